@@ -1,0 +1,1 @@
+//! deaggregation (placeholder).

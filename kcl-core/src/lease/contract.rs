@@ -1,0 +1,1 @@
+//! LeaseTable contract suite (placeholder).

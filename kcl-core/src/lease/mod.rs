@@ -1,0 +1,361 @@
+//! Leases: who processes which shard, and where it got to.
+//!
+//! A [`Lease`] per shard lives in a [`LeaseTable`], the pluggable store shared by every worker of an
+//! application (in memory for tests, SQLite on one host, DynamoDB across machines). The store only
+//! offers a handful of primitives: create-if-absent, list, get, a conditional [`LeaseUpdate`] and a
+//! conditional delete. Every transition the framework makes (take, renew, checkpoint, release) is a
+//! conditional update expressed once here, above the trait, so all stores behave identically.
+//!
+//! The fencing counter ([`Lease::counter`]) is incremented by every write. A worker writes only if
+//! the counter still has the value it last saw, so a worker that lost a lease (paused, partitioned,
+//! replaced) can never overwrite the new owner's checkpoint.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::record::{ExtendedSequenceNumber, HashKeyRange};
+
+pub mod coordinator;
+pub mod memory;
+
+#[cfg(feature = "contract-tests")]
+pub mod contract;
+
+pub use memory::InMemoryLeaseTable;
+
+/// A checkpoint prepared but not yet committed (two-phase checkpointing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingCheckpoint {
+    /// The prepared position.
+    pub position: ExtendedSequenceNumber,
+    /// Optional application state saved with it.
+    pub state: Option<Bytes>,
+}
+
+/// The lease of one shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The lease key: the shard id.
+    pub key: String,
+    /// The worker holding the lease; `None` when unassigned.
+    pub owner: Option<String>,
+    /// Fencing counter and liveness heartbeat: incremented by every write.
+    pub counter: u64,
+    /// Committed position.
+    pub checkpoint: ExtendedSequenceNumber,
+    /// A prepared, uncommitted checkpoint.
+    pub pending_checkpoint: Option<PendingCheckpoint>,
+    /// Owner changes since the last checkpoint.
+    pub owner_switches_since_checkpoint: u64,
+    /// Parent shard ids (lineage).
+    pub parent_shard_ids: Vec<String>,
+    /// Child shard ids, written when the shard ends.
+    pub child_shard_ids: Vec<String>,
+    /// The shard's hash key range, when known.
+    pub hash_key_range: Option<HashKeyRange>,
+    /// A worker asked to hand this lease over to `owner` (cooperative handoff): while set, the
+    /// named previous owner may still checkpoint.
+    pub checkpoint_owner: Option<String>,
+}
+
+impl Lease {
+    /// A new, unowned lease at `checkpoint`, with counter 0.
+    pub fn new(key: impl Into<String>, checkpoint: ExtendedSequenceNumber) -> Self {
+        Self {
+            key: key.into(),
+            owner: None,
+            counter: 0,
+            checkpoint,
+            pending_checkpoint: None,
+            owner_switches_since_checkpoint: 0,
+            parent_shard_ids: Vec::new(),
+            child_shard_ids: Vec::new(),
+            hash_key_range: None,
+            checkpoint_owner: None,
+        }
+    }
+
+    /// Sets the parents.
+    pub fn with_parents(mut self, parents: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.parent_shard_ids = parents.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the hash key range.
+    pub fn with_hash_key_range(mut self, range: HashKeyRange) -> Self {
+        self.hash_key_range = Some(range);
+        self
+    }
+
+    /// Whether every record of the shard has been processed.
+    pub fn is_finished(&self) -> bool {
+        self.checkpoint.is_shard_end()
+    }
+
+    /// Whether `worker` holds this lease.
+    pub fn is_owned_by(&self, worker: &str) -> bool {
+        self.owner.as_deref() == Some(worker)
+    }
+
+    /// The condition "nothing changed since I read this lease".
+    pub fn expectation(&self) -> Expectation {
+        Expectation {
+            counter: Some(self.counter),
+            owner: Some(self.owner.clone()),
+        }
+    }
+}
+
+/// The condition a conditional write checks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expectation {
+    /// The counter must equal this (when `Some`).
+    pub counter: Option<u64>,
+    /// The owner must equal this (when `Some`; `Some(None)` means "unowned").
+    pub owner: Option<Option<String>>,
+}
+
+impl Expectation {
+    /// Whether `lease` satisfies the condition.
+    pub fn matches(&self, lease: &Lease) -> bool {
+        self.counter.is_none_or(|c| c == lease.counter)
+            && self.owner.as_ref().is_none_or(|o| *o == lease.owner)
+    }
+}
+
+/// A change to a lease. Fields left `None` are not touched.
+///
+/// Every update increments the counter (the fencing token) unless `keep_counter` is set, which
+/// only metadata writes that must not look like liveness (child shard ids) use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseUpdate {
+    /// New owner (`Some(None)` clears it).
+    pub owner: Option<Option<String>>,
+    /// New committed checkpoint.
+    pub checkpoint: Option<ExtendedSequenceNumber>,
+    /// New pending checkpoint (`Some(None)` clears it).
+    pub pending_checkpoint: Option<Option<PendingCheckpoint>>,
+    /// Add one to `owner_switches_since_checkpoint`.
+    pub increment_owner_switches: bool,
+    /// Reset `owner_switches_since_checkpoint` to 0.
+    pub reset_owner_switches: bool,
+    /// New child shard ids.
+    pub child_shard_ids: Option<Vec<String>>,
+    /// New handoff marker (`Some(None)` clears it).
+    pub checkpoint_owner: Option<Option<String>>,
+    /// Leave the counter unchanged.
+    pub keep_counter: bool,
+}
+
+impl LeaseUpdate {
+    /// Applies the change to `lease` (what every store does after checking the expectation).
+    pub fn apply(&self, lease: &mut Lease) {
+        if let Some(owner) = &self.owner {
+            lease.owner = owner.clone();
+        }
+        if let Some(checkpoint) = &self.checkpoint {
+            lease.checkpoint = checkpoint.clone();
+        }
+        if let Some(pending) = &self.pending_checkpoint {
+            lease.pending_checkpoint = pending.clone();
+        }
+        if self.reset_owner_switches {
+            lease.owner_switches_since_checkpoint = 0;
+        }
+        if self.increment_owner_switches {
+            lease.owner_switches_since_checkpoint =
+                lease.owner_switches_since_checkpoint.saturating_add(1);
+        }
+        if let Some(children) = &self.child_shard_ids {
+            lease.child_shard_ids = children.clone();
+        }
+        if let Some(marker) = &self.checkpoint_owner {
+            lease.checkpoint_owner = marker.clone();
+        }
+        if !self.keep_counter {
+            lease.counter = lease.counter.wrapping_add(1);
+        }
+    }
+}
+
+/// An error from a lease store or a lease transition.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaseError {
+    /// The conditional write failed: another worker changed the lease (it was taken, renewed by its
+    /// owner, or checkpointed). For a holder this means the lease is lost.
+    #[error("lease {key}: condition failed (lease changed by someone else)")]
+    ConditionFailed {
+        /// The lease key.
+        key: String,
+        /// The lease as the store holds it now, when the store returned it.
+        current: Option<Box<Lease>>,
+    },
+    /// No lease with this key.
+    #[error("lease {0} does not exist")]
+    NotFound(String),
+    /// The store throttled the request; retry later.
+    #[error("lease store throttled the request: {0}")]
+    Throttled(String),
+    /// The outcome of a write is unknown (timeout, connection lost after sending).
+    #[error("lease store outcome unknown: {0}")]
+    Unknown(String),
+    /// A transient failure (5xx, busy database); retry later.
+    #[error("lease store temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// A stored lease could not be decoded; names the lease and the attribute.
+    #[error("lease {key}: attribute {attribute} is malformed: {reason}")]
+    Malformed {
+        /// The lease key.
+        key: String,
+        /// The attribute or column.
+        attribute: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The store is not usable (missing table, wrong schema, unwritable file, missing permission).
+    #[error("lease store misconfigured: {0}")]
+    Misconfigured(String),
+    /// Any other store failure.
+    #[error("lease store error: {0}")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl LeaseError {
+    /// Whether retrying the same operation later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Throttled(_) | Self::Unknown(_) | Self::Unavailable(_)
+        )
+    }
+
+    /// A condition failure for `key` without the current item.
+    pub fn condition_failed(key: impl Into<String>) -> Self {
+        Self::ConditionFailed {
+            key: key.into(),
+            current: None,
+        }
+    }
+}
+
+/// The pluggable lease store.
+///
+/// Implementations provide five primitives; every lease transition is built from them by the
+/// provided methods, so stores differ only in their adapters. Implementations must pass
+/// [`contract`] (feature `contract-tests`).
+///
+/// All writes are atomic and conditional: if the [`Expectation`] does not hold, nothing changes and
+/// the store answers [`LeaseError::ConditionFailed`].
+#[async_trait]
+pub trait LeaseTable: Send + Sync + fmt::Debug {
+    /// Creates `lease` unless a lease with its key exists. Returns whether it was created.
+    async fn create_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError>;
+
+    /// Every lease, in any order.
+    async fn list(&self) -> Result<Vec<Lease>, LeaseError>;
+
+    /// The lease with this key, if any.
+    async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError>;
+
+    /// Applies `update` if the lease matches `expect`; returns the lease as written.
+    async fn update(
+        &self,
+        key: &str,
+        expect: &Expectation,
+        update: &LeaseUpdate,
+    ) -> Result<Lease, LeaseError>;
+
+    /// Deletes the lease if it matches `expect`. Deleting a missing lease is `NotFound`.
+    async fn delete(&self, key: &str, expect: &Expectation) -> Result<(), LeaseError>;
+}
+
+/// Lease transitions built on the [`LeaseTable`] primitives. Implemented for every lease table.
+#[async_trait]
+pub trait LeaseTableExt: LeaseTable {
+    /// Takes `lease` (as last read) for `new_owner`: counter +1, owner set, owner switches +1 when
+    /// the owner changes. Fails if anyone wrote the lease since it was read.
+    async fn take(&self, lease: &Lease, new_owner: &str) -> Result<Lease, LeaseError> {
+        let update = LeaseUpdate {
+            owner: Some(Some(new_owner.to_owned())),
+            increment_owner_switches: !lease.is_owned_by(new_owner),
+            checkpoint_owner: lease.checkpoint_owner.as_ref().map(|_| None),
+            ..LeaseUpdate::default()
+        };
+        self.write_reconciled(lease, &update).await
+    }
+
+    /// Renews a held lease (counter +1). Fails if the lease was taken or changed.
+    async fn renew(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        self.write_reconciled(lease, &LeaseUpdate::default()).await
+    }
+
+    /// Commits a checkpoint on a held lease and clears any pending checkpoint.
+    async fn checkpoint(
+        &self,
+        lease: &Lease,
+        position: ExtendedSequenceNumber,
+    ) -> Result<Lease, LeaseError> {
+        let update = LeaseUpdate {
+            checkpoint: Some(position),
+            pending_checkpoint: Some(None),
+            reset_owner_switches: true,
+            ..LeaseUpdate::default()
+        };
+        self.write_reconciled(lease, &update).await
+    }
+
+    /// Records a prepared (pending) checkpoint on a held lease.
+    async fn prepare_checkpoint(
+        &self,
+        lease: &Lease,
+        pending: PendingCheckpoint,
+    ) -> Result<Lease, LeaseError> {
+        let update = LeaseUpdate {
+            pending_checkpoint: Some(Some(pending)),
+            ..LeaseUpdate::default()
+        };
+        self.write_reconciled(lease, &update).await
+    }
+
+    /// Releases a held lease: owner cleared, counter +1, so another worker can take it at once.
+    async fn release(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        let update = LeaseUpdate {
+            owner: Some(None),
+            checkpoint_owner: lease.checkpoint_owner.as_ref().map(|_| None),
+            ..LeaseUpdate::default()
+        };
+        self.write_reconciled(lease, &update).await
+    }
+
+    /// Writes `update` conditional on `lease` being unchanged. When the outcome is unknown (the
+    /// reply was lost), re-reads the lease: if it shows exactly this write applied (same owner,
+    /// counter one higher, the new values in place), the write succeeded.
+    async fn write_reconciled(
+        &self,
+        lease: &Lease,
+        update: &LeaseUpdate,
+    ) -> Result<Lease, LeaseError> {
+        match self.update(&lease.key, &lease.expectation(), update).await {
+            Err(LeaseError::Unknown(reason)) => {
+                let mut expected = lease.clone();
+                update.apply(&mut expected);
+                match self.get(&lease.key).await? {
+                    Some(current) if current == expected => Ok(current),
+                    // Unchanged: the write never landed; the caller may simply retry.
+                    Some(current) if current == *lease => Err(LeaseError::Unavailable(reason)),
+                    Some(current) => Err(LeaseError::ConditionFailed {
+                        key: lease.key.clone(),
+                        current: Some(Box::new(current)),
+                    }),
+                    None => Err(LeaseError::Unknown(reason)),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl<T: LeaseTable + ?Sized> LeaseTableExt for T {}

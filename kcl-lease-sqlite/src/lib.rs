@@ -1,0 +1,2 @@
+//! A SQLite [`kcl_core::lease::LeaseTable`] (placeholder).
+#![deny(missing_docs)]
