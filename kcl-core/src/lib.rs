@@ -19,6 +19,7 @@
 //! | [`lease`] | the `Lease` type, the `LeaseTable` trait, the in-memory table, lease coordination |
 //! | [`backend`] | the `StreamBackend` trait: the one boundary to a Kinesis-like service |
 //! | [`model`] | an in-memory Kinesis model implementing `StreamBackend` |
+//! | [`retry`] | backoff schedules shared by every retry loop |
 //! | [`retrieval`] | reading records from a shard (polling with bounded prefetch) |
 //! | [`deaggregation`] | KPL aggregated-record format: de-aggregation and aggregation |
 //! | [`shard_sync`] | shard discovery and lease creation, lineage rules |
@@ -35,6 +36,7 @@ pub mod model;
 pub mod processor;
 pub mod record;
 pub mod retrieval;
+pub mod retry;
 pub mod shard_sync;
 pub mod worker;
 

@@ -439,10 +439,22 @@ mod tests {
 
     #[test]
     fn rejects_bad_sequence_numbers() {
-        assert_eq!(SequenceNumber::new(""), Err(ParseError::EmptySequenceNumber));
-        assert!(matches!(SequenceNumber::new("12a"), Err(ParseError::NotDecimal(_))));
-        assert!(matches!(SequenceNumber::new("-1"), Err(ParseError::NotDecimal(_))));
-        assert!(matches!(SequenceNumber::new("012"), Err(ParseError::LeadingZero(_))));
+        assert_eq!(
+            SequenceNumber::new(""),
+            Err(ParseError::EmptySequenceNumber)
+        );
+        assert!(matches!(
+            SequenceNumber::new("12a"),
+            Err(ParseError::NotDecimal(_))
+        ));
+        assert!(matches!(
+            SequenceNumber::new("-1"),
+            Err(ParseError::NotDecimal(_))
+        ));
+        assert!(matches!(
+            SequenceNumber::new("012"),
+            Err(ParseError::LeadingZero(_))
+        ));
         assert_eq!(
             SequenceNumber::new("1".repeat(130)),
             Err(ParseError::TooLong(130))

@@ -1,1 +1,176 @@
-//! shard_sync (placeholder).
+//! Shard sync: discovering shards and creating their leases, following the lineage rules.
+//!
+//! - **Empty table**: `ListShards` with the `ShardFilter` of the initial position (`AT_LATEST`,
+//!   `AT_TRIM_HORIZON`, `AT_TIMESTAMP`) and a lease for every shard returned, at that position.
+//! - **Children**: a shard whose parents all hold finished (`SHARD_END`) leases, or whose parents
+//!   are gone from both the table and the stream, gets a lease at `TRIM_HORIZON`. Normally the
+//!   parent's owner creates it at shard end; the periodic sync repairs the hole if that was missed.
+//! - **Waiting**: a shard with an ancestor that holds an unfinished lease gets no lease yet; its
+//!   lease is created when the ancestors finish. So a child never starts before its parents.
+//! - **New roots**: a shard with no leased ancestor at all (a new application, or a hole with no
+//!   history) gets a lease at the initial position if the initial-position filter lists it.
+//!
+//! Creation is idempotent (`create_if_absent`), so several workers may sync concurrently.
+
+use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
+
+use tracing::{debug, info};
+
+use crate::backend::{BackendError, Shard, ShardFilter, StreamBackend, list_all_shards};
+use crate::lease::{Lease, LeaseError, LeaseTable};
+use crate::record::ExtendedSequenceNumber;
+
+/// Where a new application starts reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum InitialPosition {
+    /// After the newest record (Java KCL's default).
+    #[default]
+    Latest,
+    /// The oldest retained record.
+    TrimHorizon,
+    /// The first record at or after a time.
+    AtTimestamp(SystemTime),
+}
+
+impl InitialPosition {
+    /// The checkpoint a new lease gets.
+    pub fn checkpoint(&self) -> ExtendedSequenceNumber {
+        match self {
+            Self::Latest => ExtendedSequenceNumber::Latest,
+            Self::TrimHorizon => ExtendedSequenceNumber::TrimHorizon,
+            Self::AtTimestamp(_) => ExtendedSequenceNumber::AtTimestamp,
+        }
+    }
+
+    /// The `ListShards` filter listing the shards open at this position.
+    pub fn shard_filter(&self) -> ShardFilter {
+        match self {
+            Self::Latest => ShardFilter::AtLatest,
+            Self::TrimHorizon => ShardFilter::AtTrimHorizon,
+            Self::AtTimestamp(at) => ShardFilter::AtTimestamp(*at),
+        }
+    }
+
+    /// The timestamp, for `AtTimestamp`.
+    pub fn timestamp(&self) -> Option<SystemTime> {
+        match self {
+            Self::AtTimestamp(at) => Some(*at),
+            _ => None,
+        }
+    }
+}
+
+/// Why a shard sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardSyncError {
+    /// Listing shards failed.
+    #[error("listing shards failed: {0}")]
+    Backend(#[from] BackendError),
+    /// The lease table failed.
+    #[error("lease table failed: {0}")]
+    Lease(#[from] LeaseError),
+}
+
+/// What one sync did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Leases created by this call (another worker may have created others).
+    pub created: Vec<String>,
+    /// Shards seen.
+    pub shards: usize,
+}
+
+/// A lease for `shard` at `checkpoint`, carrying its lineage and hash range.
+pub fn lease_for_shard(shard: &Shard, checkpoint: ExtendedSequenceNumber) -> Lease {
+    Lease::new(shard.shard_id.clone(), checkpoint)
+        .with_parents(shard.parents().map(str::to_owned))
+        .with_hash_key_range(shard.hash_key_range)
+}
+
+/// Discovers the shards of `stream` and creates the missing leases.
+pub async fn sync_shards(
+    backend: &dyn StreamBackend,
+    table: &dyn LeaseTable,
+    stream: &str,
+    initial: InitialPosition,
+) -> Result<SyncReport, ShardSyncError> {
+    let shards = list_all_shards(backend, stream, None).await?;
+    let leases = table.list().await?;
+    let mut report = SyncReport {
+        shards: shards.len(),
+        ..SyncReport::default()
+    };
+    let leases: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+    let by_id: HashMap<&str, &Shard> = shards.iter().map(|s| (s.shard_id.as_str(), s)).collect();
+
+    // Parents of a shard, from the stream listing or, for trimmed shards, from lease lineage.
+    let parents_of = |id: &str| -> Vec<String> {
+        if let Some(shard) = by_id.get(id) {
+            shard.parents().map(str::to_owned).collect()
+        } else if let Some(lease) = leases.get(id) {
+            lease.parent_shard_ids.clone()
+        } else {
+            Vec::new()
+        }
+    };
+    let has_leased_ancestor = |id: &str| -> bool {
+        let mut stack = parents_of(id);
+        let mut seen = HashSet::new();
+        while let Some(parent) = stack.pop() {
+            if !seen.insert(parent.clone()) {
+                continue;
+            }
+            if leases.contains_key(parent.as_str()) {
+                return true;
+            }
+            stack.extend(parents_of(&parent));
+        }
+        false
+    };
+
+    // Children whose parents are all finished (or gone entirely): TRIM_HORIZON.
+    let mut needs_initial = false;
+    for shard in &shards {
+        if leases.contains_key(shard.shard_id.as_str()) {
+            continue;
+        }
+        let parents: Vec<&str> = shard.parents().collect();
+        let leased_parents = parents.iter().filter(|p| leases.contains_key(*p)).count();
+        if leased_parents > 0 {
+            let all_done = parents.iter().all(|p| match leases.get(p) {
+                Some(lease) => lease.is_finished(),
+                // Gone from the table: finished and cleaned up if also gone from the stream.
+                None => !by_id.contains_key(p),
+            });
+            if all_done {
+                let lease = lease_for_shard(shard, ExtendedSequenceNumber::TrimHorizon);
+                if table.create_if_absent(&lease).await? {
+                    info!(shard = %shard.shard_id, "created lease for child of finished parents");
+                    report.created.push(shard.shard_id.clone());
+                }
+            } else {
+                debug!(shard = %shard.shard_id, "waiting for parents to finish");
+            }
+        } else if !has_leased_ancestor(&shard.shard_id) {
+            needs_initial = true;
+        }
+    }
+
+    // Shards with no leased ancestry: lease the ones open at the initial position.
+    if needs_initial {
+        let roots = list_all_shards(backend, stream, Some(initial.shard_filter())).await?;
+        for shard in roots {
+            if leases.contains_key(shard.shard_id.as_str()) || has_leased_ancestor(&shard.shard_id)
+            {
+                continue;
+            }
+            let lease = lease_for_shard(&shard, initial.checkpoint());
+            if table.create_if_absent(&lease).await? {
+                info!(shard = %shard.shard_id, position = %initial.checkpoint(), "created lease at initial position");
+                report.created.push(shard.shard_id.clone());
+            }
+        }
+    }
+    Ok(report)
+}

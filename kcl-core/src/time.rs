@@ -5,7 +5,7 @@
 //! clock also advances "wall-clock" time consistently for the model and the worker.
 
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::time::Instant;
 
@@ -44,4 +44,3 @@ pub(crate) fn system_now() -> SystemTime {
 pub(crate) fn millis_between(earlier: Instant, later: Instant) -> u64 {
     u64::try_from(later.saturating_duration_since(earlier).as_millis()).unwrap_or(u64::MAX)
 }
-

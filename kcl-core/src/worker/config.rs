@@ -1,0 +1,394 @@
+//! Worker configuration: the builder, its defaults and validation.
+//!
+//! Every setting has a documented default; [`WorkerBuilder::build`] validates them all and answers
+//! [`ConfigError`] naming the offending field.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::StreamBackend;
+use crate::deaggregation::DeaggregationConfig;
+use crate::lease::LeaseTable;
+use crate::lease::coordinator::LeaseConfig;
+use crate::processor::{FailurePolicy, ProcessorFactory};
+use crate::retrieval::PollingConfig;
+use crate::shard_sync::InitialPosition;
+
+use super::Worker;
+
+/// An invalid or missing setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting was not given.
+    #[error("configuration field `{0}` is required")]
+    Missing(&'static str),
+    /// A setting has an invalid value.
+    #[error("configuration field `{field}` is invalid: {reason}")]
+    Invalid {
+        /// The field, as named by its builder method.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// When the framework checkpoints on its own after successful batches.
+///
+/// A checkpoint is written after a batch when at least `every_records` records or at least
+/// `every_interval` time passed since the last one (whichever comes first). Both `None` means
+/// manual checkpointing only. Defaults: 10 000 records or 10 s, which bounds the records
+/// re-delivered after a crash to about 10 s of traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointCadence {
+    /// Checkpoint after this many records.
+    pub every_records: Option<u64>,
+    /// Checkpoint after this much time.
+    pub every_interval: Option<Duration>,
+}
+
+impl Default for CheckpointCadence {
+    fn default() -> Self {
+        Self {
+            every_records: Some(10_000),
+            every_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl CheckpointCadence {
+    /// Manual checkpoints only.
+    pub fn manual() -> Self {
+        Self {
+            every_records: None,
+            every_interval: None,
+        }
+    }
+
+    /// Whether automatic checkpoints are on.
+    pub fn is_automatic(&self) -> bool {
+        self.every_records.is_some() || self.every_interval.is_some()
+    }
+}
+
+/// The validated configuration of a worker.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// Application name (the default lease table name for stores that use one).
+    pub application_name: String,
+    /// Stream name.
+    pub stream: String,
+    /// This worker's id, unique among the application's workers.
+    pub worker_id: String,
+    /// Where new leases start.
+    pub initial_position: InitialPosition,
+    /// Lease timing.
+    pub lease: LeaseConfig,
+    /// Polling retrieval settings.
+    pub polling: PollingConfig,
+    /// Automatic checkpoint cadence.
+    pub checkpoint: CheckpointCadence,
+    /// What to do with failed batches.
+    pub failure_policy: FailurePolicy,
+    /// How often shards are re-listed to find new shards and repair holes (default 60 s).
+    pub shard_sync_interval: Duration,
+    /// How often a child waiting for its parents re-checks them (default 1 s).
+    pub parent_poll_interval: Duration,
+    /// KPL de-aggregation settings.
+    pub deaggregation: DeaggregationConfig,
+    /// How long a graceful shutdown may take before it becomes immediate (default 30 s).
+    pub graceful_shutdown_timeout: Duration,
+}
+
+/// Builds a [`Worker`]. Start with [`Worker::builder`].
+pub struct WorkerBuilder<F> {
+    factory: F,
+    backend: Option<Arc<dyn StreamBackend>>,
+    lease_table: Option<Arc<dyn LeaseTable>>,
+    application_name: Option<String>,
+    stream: Option<String>,
+    worker_id: Option<String>,
+    initial_position: InitialPosition,
+    lease: LeaseConfig,
+    polling: PollingConfig,
+    checkpoint: CheckpointCadence,
+    failure_policy: FailurePolicy,
+    shard_sync_interval: Duration,
+    parent_poll_interval: Duration,
+    deaggregation: DeaggregationConfig,
+    graceful_shutdown_timeout: Duration,
+}
+
+impl<F> std::fmt::Debug for WorkerBuilder<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("application_name", &self.application_name)
+            .field("stream", &self.stream)
+            .field("worker_id", &self.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: ProcessorFactory> WorkerBuilder<F> {
+    pub(crate) fn new(factory: F) -> Self {
+        Self {
+            factory,
+            backend: None,
+            lease_table: None,
+            application_name: None,
+            stream: None,
+            worker_id: None,
+            initial_position: InitialPosition::default(),
+            lease: LeaseConfig::default(),
+            polling: PollingConfig::default(),
+            checkpoint: CheckpointCadence::default(),
+            failure_policy: FailurePolicy::default(),
+            shard_sync_interval: Duration::from_secs(60),
+            parent_poll_interval: Duration::from_secs(1),
+            deaggregation: DeaggregationConfig::default(),
+            graceful_shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The stream backend (the in-memory model, or the AWS adapter). Required.
+    pub fn backend(mut self, backend: Arc<dyn StreamBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// The lease table shared by the application's workers. Required.
+    pub fn lease_table(mut self, table: Arc<dyn LeaseTable>) -> Self {
+        self.lease_table = Some(table);
+        self
+    }
+
+    /// The application name. Required.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = Some(name.into());
+        self
+    }
+
+    /// The stream to consume. Required.
+    pub fn stream(mut self, stream: impl Into<String>) -> Self {
+        self.stream = Some(stream.into());
+        self
+    }
+
+    /// This worker's id (default: `<hostname or "worker">-<process id>-<random>`).
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = Some(id.into());
+        self
+    }
+
+    /// Where new leases start (default `LATEST`, as Java KCL).
+    pub fn initial_position(mut self, position: InitialPosition) -> Self {
+        self.initial_position = position;
+        self
+    }
+
+    /// Lease timing (default failover 10 s).
+    pub fn lease_config(mut self, config: LeaseConfig) -> Self {
+        self.lease = config;
+        self
+    }
+
+    /// Sets the failover time and derives the other lease timings from it.
+    pub fn failover_time(mut self, failover: Duration) -> Self {
+        let max = self.lease.max_leases_for_worker;
+        self.lease = LeaseConfig::with_failover(failover);
+        self.lease.max_leases_for_worker = max;
+        self
+    }
+
+    /// Polling retrieval settings.
+    pub fn polling(mut self, config: PollingConfig) -> Self {
+        self.polling = config;
+        self
+    }
+
+    /// Automatic checkpoint cadence (default every 10 000 records or 10 s).
+    pub fn checkpoint_cadence(mut self, cadence: CheckpointCadence) -> Self {
+        self.checkpoint = cadence;
+        self
+    }
+
+    /// What to do with failed batches (default: retry forever with backoff).
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure_policy = policy;
+        self
+    }
+
+    /// How often shards are re-listed (default 60 s).
+    pub fn shard_sync_interval(mut self, interval: Duration) -> Self {
+        self.shard_sync_interval = interval;
+        self
+    }
+
+    /// How often a waiting child re-checks its parents (default 1 s).
+    pub fn parent_poll_interval(mut self, interval: Duration) -> Self {
+        self.parent_poll_interval = interval;
+        self
+    }
+
+    /// KPL de-aggregation settings.
+    pub fn deaggregation(mut self, config: DeaggregationConfig) -> Self {
+        self.deaggregation = config;
+        self
+    }
+
+    /// How long a graceful shutdown may take (default 30 s).
+    pub fn graceful_shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.graceful_shutdown_timeout = timeout;
+        self
+    }
+
+    /// Validates the configuration and builds the worker.
+    pub fn build(self) -> Result<Worker<F>, ConfigError> {
+        let backend = self.backend.ok_or(ConfigError::Missing("backend"))?;
+        let lease_table = self
+            .lease_table
+            .ok_or(ConfigError::Missing("lease_table"))?;
+        let application_name = self
+            .application_name
+            .ok_or(ConfigError::Missing("application_name"))?;
+        validate_name("application_name", &application_name, 255)?;
+        let stream = self.stream.ok_or(ConfigError::Missing("stream"))?;
+        validate_name("stream", &stream, 128)?;
+        let worker_id = match self.worker_id {
+            Some(id) => id,
+            None => default_worker_id(),
+        };
+        if worker_id.is_empty() || worker_id.len() > 256 {
+            return Err(invalid("worker_id", "must be 1 to 256 characters"));
+        }
+        if worker_id.chars().any(char::is_control) {
+            return Err(invalid("worker_id", "must not contain control characters"));
+        }
+        let lease = self.lease;
+        if lease.failover_time < Duration::from_millis(100) {
+            return Err(invalid("failover_time", "must be at least 100 ms"));
+        }
+        if lease.renew_interval.is_zero() || lease.renew_interval >= lease.failover_time {
+            return Err(invalid(
+                "lease_config.renew_interval",
+                "must be positive and shorter than the failover time",
+            ));
+        }
+        if lease.take_interval.is_zero() {
+            return Err(invalid("lease_config.take_interval", "must be positive"));
+        }
+        if lease.max_leases_for_worker == 0 {
+            return Err(invalid(
+                "lease_config.max_leases_for_worker",
+                "must be at least 1",
+            ));
+        }
+        let polling = self.polling;
+        if !(1..=10_000).contains(&polling.max_records_per_call) {
+            return Err(invalid(
+                "polling.max_records_per_call",
+                format!("{} is outside 1..=10000", polling.max_records_per_call),
+            ));
+        }
+        if polling.max_prefetch_records == 0 {
+            return Err(invalid(
+                "polling.max_prefetch_records",
+                "must be at least 1",
+            ));
+        }
+        if polling.max_prefetch_bytes < 1024 {
+            return Err(invalid(
+                "polling.max_prefetch_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if polling.error_backoff.initial.is_zero()
+            || polling.error_backoff.max < polling.error_backoff.initial
+        {
+            return Err(invalid(
+                "polling.error_backoff",
+                "initial must be positive and not above max",
+            ));
+        }
+        if self.checkpoint.every_records == Some(0) {
+            return Err(invalid(
+                "checkpoint_cadence.every_records",
+                "must be at least 1",
+            ));
+        }
+        if self.checkpoint.every_interval == Some(Duration::ZERO) {
+            return Err(invalid(
+                "checkpoint_cadence.every_interval",
+                "must be positive",
+            ));
+        }
+        if self.failure_policy.max_attempts() == Some(0) {
+            return Err(invalid("failure_policy.max_attempts", "must be at least 1"));
+        }
+        if self.failure_policy.backoff().max < self.failure_policy.backoff().initial {
+            return Err(invalid(
+                "failure_policy.backoff",
+                "max must not be below initial",
+            ));
+        }
+        if self.shard_sync_interval.is_zero() {
+            return Err(invalid("shard_sync_interval", "must be positive"));
+        }
+        if self.parent_poll_interval.is_zero() {
+            return Err(invalid("parent_poll_interval", "must be positive"));
+        }
+        let config = WorkerConfig {
+            application_name,
+            stream,
+            worker_id,
+            initial_position: self.initial_position,
+            lease,
+            polling,
+            checkpoint: self.checkpoint,
+            failure_policy: self.failure_policy,
+            shard_sync_interval: self.shard_sync_interval,
+            parent_poll_interval: self.parent_poll_interval,
+            deaggregation: self.deaggregation,
+            graceful_shutdown_timeout: self.graceful_shutdown_timeout,
+        };
+        Ok(Worker::from_parts(
+            config,
+            self.factory,
+            backend,
+            lease_table,
+        ))
+    }
+}
+
+fn validate_name(field: &'static str, name: &str, max: usize) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > max {
+        return Err(invalid(field, format!("must be 1 to {max} characters")));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(invalid(
+            field,
+            format!(
+                "{name:?} contains {bad:?}; only letters, digits, '_', '-' and '.' are allowed"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}

@@ -1,0 +1,628 @@
+//! The shard consumer: the life of one leased shard on this worker.
+//!
+//! Wait for the parents to finish, create and initialize the processor, start retrieval from the
+//! checkpoint, then for every batch: de-aggregate, drop what the checkpoint already covers, hand it
+//! to the processor under the failure policy, and checkpoint at the configured cadence. At the end
+//! of the shard: create the child leases, call `shard_ended`, and record `SHARD_END` once it
+//! returned `Ok`. Lease loss and shutdown are watched throughout.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use super::{ConsumerExit, ShardState, Shutdown, StatusBoard, WorkerConfig};
+use crate::backend::{ChildShard, StreamBackend};
+use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::deaggregation::Deaggregator;
+use crate::lease::coordinator::HeldLease;
+use crate::lease::{Lease, LeaseTable};
+use crate::processor::{
+    BoxError, DeadLetterBatch, FailurePolicy, InitializationInput, ProcessRecordsInput,
+    ProcessorFactory, RecordProcessor, ShardEndedInput, ShardInfo, ShutdownReason,
+};
+use crate::record::{ExtendedSequenceNumber, Record};
+use crate::retrieval::polling::PollingTask;
+use crate::retrieval::{PrefetchBudget, RetrievalEvent, starting_position};
+
+/// Shared state a consumer needs.
+pub(crate) struct ConsumerContext {
+    pub config: Arc<WorkerConfig>,
+    pub backend: Arc<dyn StreamBackend>,
+    pub table: Arc<dyn LeaseTable>,
+    pub status: Arc<StatusBoard>,
+    pub deaggregator: Arc<Deaggregator>,
+    pub shutdown: watch::Receiver<Shutdown>,
+}
+
+/// Something that interrupted the consumer.
+enum Interrupt {
+    Lost,
+    Shutdown,
+}
+
+/// What the consumer loop reacts to next.
+enum Next {
+    Interrupt(Interrupt),
+    Event(Option<RetrievalEvent>),
+}
+
+/// How a batch ended.
+enum BatchOutcome {
+    Done,
+    Stop,
+    Interrupted(Interrupt),
+}
+
+/// Runs the consumer of `held` to completion.
+pub(crate) async fn run<F: ProcessorFactory>(
+    mut ctx: ConsumerContext,
+    factory: Arc<F>,
+    held: Arc<HeldLease>,
+) -> ConsumerExit {
+    let lease = held.lease().await;
+    let shard_id = lease.key.clone();
+    let mut lost = held.lost_signal();
+
+    // 1. Parents first.
+    ctx.status
+        .update(&shard_id, |s| s.state = ShardState::WaitingOnParents);
+    if let Some(interrupt) = wait_for_parents(&mut ctx, &lease, &mut lost).await {
+        return finish_without_processor(&ctx, &held, interrupt).await;
+    }
+    if lease.is_finished() {
+        return ConsumerExit::ShardEnded;
+    }
+
+    // 2. Processor.
+    ctx.status
+        .update(&shard_id, |s| s.state = ShardState::Initializing);
+    let info = ShardInfo {
+        stream: ctx.config.stream.clone(),
+        shard_id: shard_id.clone(),
+        parent_shard_ids: lease.parent_shard_ids.clone(),
+    };
+    let processor = factory.create(&info);
+    let checkpointer = Checkpointer::new(held.clone(), lease.checkpoint.clone());
+    let mut consumer = Consumer {
+        ctx,
+        shard_id,
+        processor,
+        checkpointer,
+        lost,
+        last_processed: None,
+        records_since_checkpoint: 0,
+        resume_after: match &lease.checkpoint {
+            ExtendedSequenceNumber::Sequence { .. } => Some(lease.checkpoint.clone()),
+            _ => None,
+        },
+    };
+    consumer.lifecycle(lease).await
+}
+
+/// Waits until every parent lease is finished or gone. `None` when the shard may start.
+async fn wait_for_parents(
+    ctx: &mut ConsumerContext,
+    lease: &Lease,
+    lost: &mut watch::Receiver<bool>,
+) -> Option<Interrupt> {
+    'outer: loop {
+        let mut pending = None;
+        for parent in &lease.parent_shard_ids {
+            match ctx.table.get(parent).await {
+                Ok(Some(parent_lease)) if !parent_lease.is_finished() => {
+                    pending = Some(parent.clone());
+                    break;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    warn!(%parent, %error, "could not read parent lease; will retry");
+                    pending = Some(parent.clone());
+                    break;
+                }
+            }
+        }
+        let Some(parent) = pending else {
+            return None;
+        };
+        debug!(%parent, "waiting for parent shard to finish");
+        let sleep = tokio::time::sleep(ctx.config.parent_poll_interval);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => continue 'outer,
+                _ = lost.wait_for(|l| *l) => return Some(Interrupt::Lost),
+                changed = ctx.shutdown.changed() => {
+                    if changed.is_err() || *ctx.shutdown.borrow() != Shutdown::Running {
+                        return Some(Interrupt::Shutdown);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn finish_without_processor(
+    ctx: &ConsumerContext,
+    held: &HeldLease,
+    interrupt: Interrupt,
+) -> ConsumerExit {
+    ctx.status
+        .update(held.key(), |s| s.state = ShardState::Finished);
+    if let Interrupt::Shutdown = interrupt {
+        if let Err(error) = held.release().await {
+            debug!(%error, "release failed");
+        }
+    }
+    ConsumerExit::Released
+}
+
+struct Consumer<P: RecordProcessor> {
+    ctx: ConsumerContext,
+    shard_id: String,
+    processor: P,
+    checkpointer: Checkpointer,
+    lost: watch::Receiver<bool>,
+    /// The last user record processed successfully (or dead-lettered).
+    last_processed: Option<ExtendedSequenceNumber>,
+    records_since_checkpoint: u64,
+    /// Drop records at or before this position (restart from a checkpoint).
+    resume_after: Option<ExtendedSequenceNumber>,
+}
+
+impl<P: RecordProcessor> Consumer<P> {
+    async fn lifecycle(&mut self, lease: Lease) -> ConsumerExit {
+        // Initialize, retrying with backoff.
+        let input = InitializationInput {
+            stream: self.ctx.config.stream.clone(),
+            shard_id: self.shard_id.clone(),
+            checkpoint: lease.checkpoint.clone(),
+            pending_checkpoint: lease.pending_checkpoint.clone(),
+        };
+        let mut delays = self.ctx.config.failure_policy.backoff().schedule();
+        loop {
+            let result = AssertUnwindSafe(self.processor.initialize(input.clone()))
+                .catch_unwind()
+                .await;
+            match flatten(result) {
+                Ok(()) => break,
+                Err(error) => {
+                    error!(%error, "initialize failed; retrying");
+                    let delay = delays.next().unwrap_or_default();
+                    if let Some(interrupt) = self.pause(delay).await {
+                        return self.interrupted(interrupt).await;
+                    }
+                }
+            }
+        }
+
+        // Retrieval.
+        let Some(start) = starting_position(
+            &lease.checkpoint,
+            self.ctx.config.initial_position.timestamp(),
+        ) else {
+            return ConsumerExit::ShardEnded;
+        };
+        let polling = &self.ctx.config.polling;
+        let budget = Arc::new(PrefetchBudget::new(
+            polling.max_prefetch_records,
+            polling.max_prefetch_bytes,
+        ));
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = PollingTask {
+            backend: self.ctx.backend.clone(),
+            stream: self.ctx.config.stream.clone(),
+            shard_id: self.shard_id.clone(),
+            start,
+            config: polling.clone(),
+            budget: budget.clone(),
+            events: tx,
+        };
+        let retriever = tokio::spawn(tracing::Instrument::in_current_span(task.run()));
+        let _abort = AbortOnDrop(retriever.abort_handle());
+        self.ctx
+            .status
+            .update(&self.shard_id, |s| s.state = ShardState::Processing);
+
+        let hash_range = lease.hash_key_range;
+        let mut batch = Vec::new();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.lost.wait_for(|l| *l) => Next::Interrupt(Interrupt::Lost),
+                changed = self.ctx.shutdown.changed() => {
+                    if changed.is_err() || *self.ctx.shutdown.borrow() != Shutdown::Running {
+                        Next::Interrupt(Interrupt::Shutdown)
+                    } else {
+                        continue;
+                    }
+                }
+                event = rx.recv() => Next::Event(event),
+            };
+            let event = match next {
+                Next::Interrupt(interrupt) => return self.interrupted(interrupt).await,
+                Next::Event(event) => event,
+            };
+            match event {
+                Some(RetrievalEvent::Records {
+                    records,
+                    millis_behind_latest,
+                    bytes,
+                    ..
+                }) => {
+                    let fetched = records.len();
+                    batch.clear();
+                    for record in records {
+                        self.ctx.deaggregator.deaggregate_into(
+                            record,
+                            hash_range.as_ref(),
+                            &mut batch,
+                        );
+                    }
+                    if let Some(after) = &self.resume_after {
+                        batch.retain(|r| r.position() > *after);
+                        if !batch.is_empty() {
+                            self.resume_after = None;
+                        }
+                    }
+                    self.ctx.status.update(&self.shard_id, |s| {
+                        s.millis_behind_latest = millis_behind_latest;
+                    });
+                    let outcome = if batch.is_empty() {
+                        BatchOutcome::Done
+                    } else {
+                        let records = std::mem::take(&mut batch);
+                        let outcome = self.process_batch(&records, millis_behind_latest).await;
+                        batch = records;
+                        outcome
+                    };
+                    budget.release(fetched, bytes);
+                    match outcome {
+                        BatchOutcome::Done => {
+                            if let Some(exit) = self.maybe_checkpoint().await {
+                                return exit;
+                            }
+                        }
+                        BatchOutcome::Stop => {
+                            error!(
+                                "failure policy stopped the shard; the lease is kept until shutdown"
+                            );
+                            self.ctx
+                                .status
+                                .update(&self.shard_id, |s| s.state = ShardState::Stopped);
+                            return ConsumerExit::Stopped;
+                        }
+                        BatchOutcome::Interrupted(interrupt) => {
+                            return self.interrupted(interrupt).await;
+                        }
+                    }
+                }
+                Some(RetrievalEvent::CaughtUp {
+                    millis_behind_latest,
+                }) => {
+                    self.ctx.status.update(&self.shard_id, |s| {
+                        s.millis_behind_latest = millis_behind_latest;
+                    });
+                    if let Some(exit) = self.maybe_checkpoint().await {
+                        return exit;
+                    }
+                }
+                Some(RetrievalEvent::ShardEnd { child_shards }) => {
+                    return self.shard_end(child_shards).await;
+                }
+                Some(RetrievalEvent::Failed(error)) => {
+                    error!(%error, "retrieval failed; releasing the lease");
+                    return self.interrupted(Interrupt::Shutdown).await;
+                }
+                None => {
+                    error!("retrieval stopped unexpectedly; releasing the lease");
+                    return self.interrupted(Interrupt::Shutdown).await;
+                }
+            }
+        }
+    }
+
+    /// Delivers one batch under the failure policy.
+    async fn process_batch(&mut self, records: &[Record], mbl: Option<u64>) -> BatchOutcome {
+        self.checkpointer.deliver(records);
+        let policy = self.ctx.config.failure_policy.clone();
+        let mut delays = policy.backoff().schedule();
+        let mut attempt = 1u32;
+        loop {
+            let input = ProcessRecordsInput {
+                shard_id: &self.shard_id,
+                records,
+                millis_behind_latest: mbl,
+                attempt,
+            };
+            let call = self
+                .processor
+                .process_records(input, &mut self.checkpointer);
+            let result = flatten(AssertUnwindSafe(call).catch_unwind().await);
+            let error = match result {
+                Ok(()) => {
+                    self.mark_processed(records);
+                    return BatchOutcome::Done;
+                }
+                Err(error) => error,
+            };
+            warn!(attempt, %error, records = records.len(), "process_records failed");
+            if policy.max_attempts().is_some_and(|max| attempt >= max) {
+                match &policy {
+                    FailurePolicy::DeadLetter { handler, .. } => {
+                        return self
+                            .dead_letter(handler.as_ref(), records, &error, attempt)
+                            .await;
+                    }
+                    _ => return BatchOutcome::Stop,
+                }
+            }
+            self.ctx
+                .status
+                .update(&self.shard_id, |s| s.state = ShardState::Retrying);
+            let delay = delays.next().unwrap_or_default();
+            if let Some(interrupt) = self.pause(delay).await {
+                return BatchOutcome::Interrupted(interrupt);
+            }
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    async fn dead_letter(
+        &mut self,
+        handler: &dyn crate::processor::DeadLetterHandler,
+        records: &[Record],
+        error: &BoxError,
+        attempts: u32,
+    ) -> BatchOutcome {
+        let mut delays = self.ctx.config.failure_policy.backoff().schedule();
+        loop {
+            let batch = DeadLetterBatch {
+                stream: &self.ctx.config.stream,
+                shard_id: &self.shard_id,
+                records,
+                error,
+                attempts,
+            };
+            match handler.handle(batch).await {
+                Ok(()) => {
+                    warn!(
+                        records = records.len(),
+                        "batch handed to the dead-letter handler"
+                    );
+                    self.mark_processed(records);
+                    return BatchOutcome::Done;
+                }
+                Err(dlq_error) => {
+                    error!(error = %dlq_error, "dead-letter handler failed; retrying it");
+                    let delay = delays.next().unwrap_or_default();
+                    if let Some(interrupt) = self.pause(delay).await {
+                        return BatchOutcome::Interrupted(interrupt);
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark_processed(&mut self, records: &[Record]) {
+        if let Some(last) = records.last() {
+            self.last_processed = Some(last.position());
+        }
+        let n = records.len() as u64;
+        self.records_since_checkpoint += n;
+        self.ctx.status.update(&self.shard_id, |s| {
+            s.state = ShardState::Processing;
+            s.records_processed += n;
+        });
+    }
+
+    /// Writes an automatic checkpoint if the cadence says so. Returns an exit if the lease was lost.
+    async fn maybe_checkpoint(&mut self) -> Option<ConsumerExit> {
+        let cadence = self.ctx.config.checkpoint;
+        if self.records_since_checkpoint == 0 {
+            return None;
+        }
+        let by_count = cadence
+            .every_records
+            .is_some_and(|n| self.records_since_checkpoint >= n);
+        let by_time = cadence
+            .every_interval
+            .is_some_and(|t| self.checkpointer.last_write_at().elapsed() >= t);
+        if !(by_count || by_time) {
+            return None;
+        }
+        match self.checkpoint_processed().await {
+            Err(CheckpointError::LeaseLost(_)) => Some(self.interrupted(Interrupt::Lost).await),
+            _ => None,
+        }
+    }
+
+    /// Checkpoints the last processed record, if it is ahead of the last checkpoint.
+    async fn checkpoint_processed(&mut self) -> Result<(), CheckpointError> {
+        let Some(position) = self.last_processed.clone() else {
+            return Ok(());
+        };
+        if position <= *self.checkpointer.last_checkpoint() {
+            self.records_since_checkpoint = 0;
+            return Ok(());
+        }
+        match self
+            .checkpointer
+            .checkpoint_position(position.clone())
+            .await
+        {
+            Ok(()) => {
+                self.records_since_checkpoint = 0;
+                self.ctx
+                    .status
+                    .update(&self.shard_id, |s| s.last_checkpoint = Some(position));
+                Ok(())
+            }
+            Err(error) => {
+                warn!(%error, "automatic checkpoint failed");
+                Err(error)
+            }
+        }
+    }
+
+    /// Sleeps `delay` unless the lease is lost or a shutdown is requested.
+    async fn pause(&mut self, delay: std::time::Duration) -> Option<Interrupt> {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return None,
+                _ = self.lost.wait_for(|l| *l) => return Some(Interrupt::Lost),
+                changed = self.ctx.shutdown.changed() => {
+                    if changed.is_err() || *self.ctx.shutdown.borrow() != Shutdown::Running {
+                        return Some(Interrupt::Shutdown);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn interrupted(&mut self, interrupt: Interrupt) -> ConsumerExit {
+        match interrupt {
+            Interrupt::Lost => {
+                info!("lease lost");
+                if let Err(error) = flatten(
+                    AssertUnwindSafe(self.processor.lease_lost())
+                        .catch_unwind()
+                        .await,
+                ) {
+                    warn!(%error, "lease_lost failed");
+                }
+            }
+            Interrupt::Shutdown => {
+                let held = self.checkpointer.held_lease().clone();
+                if !held.is_lost() {
+                    let result = AssertUnwindSafe(self.processor.shutdown_requested(
+                        ShutdownReason::WorkerShutdown,
+                        &mut self.checkpointer,
+                    ))
+                    .catch_unwind()
+                    .await;
+                    if let Err(error) = flatten(result) {
+                        warn!(%error, "shutdown_requested failed");
+                    }
+                    if self.ctx.config.checkpoint.is_automatic() {
+                        let _ = self.checkpoint_processed().await;
+                    }
+                    match held.release().await {
+                        Ok(()) => info!("lease released"),
+                        Err(error) => warn!(%error, "could not release lease"),
+                    }
+                }
+            }
+        }
+        self.ctx
+            .status
+            .update(&self.shard_id, |s| s.state = ShardState::Finished);
+        ConsumerExit::Released
+    }
+
+    async fn shard_end(&mut self, child_shards: Vec<ChildShard>) -> ConsumerExit {
+        // Children first, so a crash after SHARD_END cannot leave them without leases.
+        let mut children: Vec<String> = Vec::new();
+        for child in &child_shards {
+            let lease = Lease::new(child.shard_id.clone(), ExtendedSequenceNumber::TrimHorizon)
+                .with_parents(child.parent_shards.iter().cloned())
+                .with_hash_key_range(child.hash_key_range);
+            let mut delays = self.ctx.config.polling.error_backoff.schedule();
+            loop {
+                match self.ctx.table.create_if_absent(&lease).await {
+                    Ok(created) => {
+                        if created {
+                            info!(child = %child.shard_id, "created child lease");
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        warn!(child = %child.shard_id, %error, "could not create child lease; retrying");
+                        let delay = delays.next().unwrap_or_default();
+                        if let Some(interrupt) = self.pause(delay).await {
+                            return self.interrupted(interrupt).await;
+                        }
+                    }
+                }
+            }
+            children.push(child.shard_id.clone());
+        }
+
+        // Records processed before the end count: the SHARD_END write covers them.
+        self.checkpointer.permit(ExtendedSequenceNumber::ShardEnd);
+        let mut delays = self.ctx.config.failure_policy.backoff().schedule();
+        loop {
+            let input = ShardEndedInput {
+                shard_id: self.shard_id.clone(),
+                child_shards: child_shards.clone(),
+            };
+            let call = self.processor.shard_ended(input, &mut self.checkpointer);
+            match flatten(AssertUnwindSafe(call).catch_unwind().await) {
+                Ok(()) => break,
+                Err(error) => {
+                    warn!(%error, "shard_ended failed; retrying before recording SHARD_END");
+                    let delay = delays.next().unwrap_or_default();
+                    if let Some(interrupt) = self.pause(delay).await {
+                        return self.interrupted(interrupt).await;
+                    }
+                }
+            }
+        }
+        let mut delays = self.ctx.config.polling.error_backoff.schedule();
+        loop {
+            match self
+                .checkpointer
+                .checkpoint_shard_end(children.clone())
+                .await
+            {
+                Ok(()) => break,
+                Err(CheckpointError::LeaseLost(_)) => {
+                    return self.interrupted(Interrupt::Lost).await;
+                }
+                Err(error) => {
+                    warn!(%error, "could not record SHARD_END; retrying");
+                    let delay = delays.next().unwrap_or_default();
+                    if let Some(interrupt) = self.pause(delay).await {
+                        return self.interrupted(interrupt).await;
+                    }
+                }
+            }
+        }
+        info!(children = ?children, "shard ended");
+        self.ctx.status.update(&self.shard_id, |s| {
+            s.state = ShardState::Ended;
+            s.last_checkpoint = Some(ExtendedSequenceNumber::ShardEnd);
+        });
+        ConsumerExit::ShardEnded
+    }
+}
+
+/// Turns a caught processor result into `Result<(), BoxError>`, panics included.
+fn flatten<E: Into<BoxError>>(
+    result: Result<Result<(), E>, Box<dyn std::any::Any + Send>>,
+) -> Result<(), BoxError> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            Err(format!("processor panicked: {message}").into())
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
