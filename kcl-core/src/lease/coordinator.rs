@@ -379,3 +379,137 @@ impl LeaseCoordinator {
         Ok(result)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::InMemoryLeaseTable;
+    use crate::record::ExtendedSequenceNumber;
+
+    async fn table_with(keys: &[&str]) -> Arc<dyn LeaseTable> {
+        let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
+        for key in keys {
+            table
+                .create_if_absent(&Lease::new(*key, ExtendedSequenceNumber::TrimHorizon))
+                .await
+                .unwrap();
+        }
+        table
+    }
+
+    fn config() -> LeaseConfig {
+        LeaseConfig::with_failover(Duration::from_secs(10))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn takes_unowned_leases_up_to_the_fair_share() {
+        let table = table_with(&["a", "b", "c", "d"]).await;
+        let w1 = LeaseCoordinator::new("w1".into(), table.clone(), config());
+        let w2 = LeaseCoordinator::new("w2".into(), table.clone(), config());
+        // Alone, w1 takes everything.
+        assert_eq!(w1.scan_and_take().await.unwrap().taken.len(), 4);
+        assert_eq!(w2.scan_and_take().await.unwrap().taken.len(), 0);
+        // w1 releases two: w2 sees two workers, fair share 2, takes the two free ones.
+        for held in w1.held().into_iter().take(2) {
+            held.release().await.unwrap();
+        }
+        assert_eq!(w2.scan_and_take().await.unwrap().taken.len(), 2);
+        assert_eq!(w1.held().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_is_observed_on_the_local_clock() {
+        let table = table_with(&["a"]).await;
+        let dead = LeaseCoordinator::new("dead".into(), table.clone(), config());
+        dead.scan_and_take().await.unwrap();
+        let w = LeaseCoordinator::new("w".into(), table.clone(), config());
+        // First sighting: not expired, however old the lease really is.
+        assert!(w.scan_and_take().await.unwrap().taken.is_empty());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(w.scan_and_take().await.unwrap().taken.is_empty());
+        // The owner renews: the counter moves, the observation restarts.
+        dead.renew_all().await;
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(w.scan_and_take().await.unwrap().taken.is_empty());
+        // Silence for longer than the failover time: expired, taken.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let taken = w.scan_and_take().await.unwrap().taken;
+        assert_eq!(taken.len(), 1);
+        let lease = table.get("a").await.unwrap().unwrap();
+        assert_eq!(lease.owner.as_deref(), Some("w"));
+        assert_eq!(lease.owner_switches_since_checkpoint, 2);
+        // The old owner's renewal now fails and it drops the lease.
+        dead.renew_all().await;
+        assert!(dead.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_leases_and_blocked_children_are_not_taken() {
+        let table = table_with(&[]).await;
+        let mut parent = Lease::new("parent", ExtendedSequenceNumber::TrimHorizon);
+        parent.owner = Some("other".into());
+        table.create_if_absent(&parent).await.unwrap();
+        let child =
+            Lease::new("child", ExtendedSequenceNumber::TrimHorizon).with_parents(["parent"]);
+        table.create_if_absent(&child).await.unwrap();
+        let done = Lease::new("done", ExtendedSequenceNumber::ShardEnd);
+        table.create_if_absent(&done).await.unwrap();
+        let w = LeaseCoordinator::new("w".into(), table.clone(), config());
+        let taken = w.scan_and_take().await.unwrap().taken;
+        assert!(taken.is_empty(), "took {:?}", taken);
+        // Parent finishes: the child becomes available.
+        let p = table.get("parent").await.unwrap().unwrap();
+        table.take(&p, "other").await.unwrap();
+        let p = table.get("parent").await.unwrap().unwrap();
+        table
+            .checkpoint(&p, ExtendedSequenceNumber::ShardEnd)
+            .await
+            .unwrap();
+        let taken = w.scan_and_take().await.unwrap().taken;
+        assert_eq!(taken.iter().map(|h| h.key()).collect::<Vec<_>>(), ["child"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_that_cannot_be_renewed_for_the_failover_time_is_dropped() {
+        #[derive(Debug)]
+        struct Failing(Arc<dyn LeaseTable>, std::sync::atomic::AtomicBool);
+        #[async_trait::async_trait]
+        impl LeaseTable for Failing {
+            async fn create_if_absent(&self, l: &Lease) -> Result<bool, LeaseError> {
+                self.0.create_if_absent(l).await
+            }
+            async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
+                self.0.list().await
+            }
+            async fn get(&self, k: &str) -> Result<Option<Lease>, LeaseError> {
+                self.0.get(k).await
+            }
+            async fn update(
+                &self,
+                k: &str,
+                e: &super::super::Expectation,
+                u: &LeaseUpdate,
+            ) -> Result<Lease, LeaseError> {
+                if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(LeaseError::Unavailable("injected".into()));
+                }
+                self.0.update(k, e, u).await
+            }
+            async fn delete(&self, k: &str, e: &super::super::Expectation) -> Result<(), LeaseError> {
+                self.0.delete(k, e).await
+            }
+        }
+        let inner = table_with(&["a"]).await;
+        let failing = Arc::new(Failing(inner, false.into()));
+        let table: Arc<dyn LeaseTable> = failing.clone();
+        let w = LeaseCoordinator::new("w".into(), table, config());
+        w.scan_and_take().await.unwrap();
+        failing.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        w.renew_all().await;
+        assert_eq!(w.held().len(), 1, "a failed renewal within the failover time keeps the lease");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        w.renew_all().await;
+        assert!(w.held().is_empty(), "past the failover time the lease is dropped");
+    }
+}
