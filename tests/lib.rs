@@ -14,11 +14,21 @@ use bytes::Bytes;
 use kcl_core::checkpoint::Checkpointer;
 use kcl_core::model::KinesisModel;
 use kcl_core::processor::{
-    BoxError, InitializationInput, ProcessRecordsInput, ProcessorFactory, RecordProcessor, ShardEndedInput,
-    ShardInfo, ShutdownReason,
+    BoxError, InitializationInput, ProcessRecordsInput, ProcessorFactory, RecordProcessor,
+    ShardEndedInput, ShardInfo, ShutdownReason,
 };
 use kcl_core::record::ExtendedSequenceNumber;
 use tokio::sync::Notify;
+
+/// Sends the crate's tracing output to the test's captured output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
 
 /// One record as a processor saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,7 +280,10 @@ pub fn assert_order_per_key(recorder: &Recorder, produced: &[(String, Bytes)]) {
     for (key, want) in &expected {
         let got = actual.get(key).cloned().unwrap_or_default();
         let got: Vec<Bytes> = got.into_iter().filter(|d| want.contains(d)).collect();
-        assert_eq!(&got, want, "first deliveries out of order or missing for {key}");
+        assert_eq!(
+            &got, want,
+            "first deliveries out of order or missing for {key}"
+        );
     }
 }
 
@@ -279,5 +292,72 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
     match tokio::time::timeout(limit, fut).await {
         Ok(v) => v,
         Err(_) => panic!("{what} did not finish within {limit:?} of virtual time"),
+    }
+}
+
+/// Wraps a real backend and counts the errors it returns, by kind.
+#[derive(Debug)]
+pub struct CountingBackend {
+    pub inner: Arc<dyn kcl_core::backend::StreamBackend>,
+    pub expired_iterators: std::sync::atomic::AtomicU64,
+    pub throttled: std::sync::atomic::AtomicU64,
+    pub get_records_calls: std::sync::atomic::AtomicU64,
+}
+
+impl CountingBackend {
+    pub fn new(inner: Arc<dyn kcl_core::backend::StreamBackend>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            expired_iterators: 0.into(),
+            throttled: 0.into(),
+            get_records_calls: 0.into(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl kcl_core::backend::StreamBackend for CountingBackend {
+    async fn describe_stream(
+        &self,
+        stream: &str,
+    ) -> Result<kcl_core::backend::StreamDescription, kcl_core::backend::BackendError> {
+        self.inner.describe_stream(stream).await
+    }
+
+    async fn list_shards(
+        &self,
+        request: kcl_core::backend::ListShardsRequest,
+    ) -> Result<kcl_core::backend::ListShardsPage, kcl_core::backend::BackendError> {
+        self.inner.list_shards(request).await
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: kcl_core::backend::StartingPosition,
+    ) -> Result<kcl_core::backend::ShardIterator, kcl_core::backend::BackendError> {
+        self.inner
+            .get_shard_iterator(stream, shard_id, position)
+            .await
+    }
+
+    async fn get_records(
+        &self,
+        iterator: &kcl_core::backend::ShardIterator,
+        limit: u32,
+    ) -> Result<kcl_core::backend::GetRecordsOutput, kcl_core::backend::BackendError> {
+        self.get_records_calls.fetch_add(1, Ordering::SeqCst);
+        let result = self.inner.get_records(iterator, limit).await;
+        match &result {
+            Err(kcl_core::backend::BackendError::ExpiredIterator(_)) => {
+                self.expired_iterators.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) if e.is_throttling() => {
+                self.throttled.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+        result
     }
 }

@@ -8,15 +8,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use kcl_core::lease::{InMemoryLeaseTable, LeaseTable};
 use kcl_core::model::{KinesisModel, ModelConfig};
+use kcl_core::processor::ProcessorFactory;
 use kcl_core::processor::{BoxError, DeadLetterBatch, DeadLetterHandler, FailurePolicy};
 use kcl_core::record::ExtendedSequenceNumber;
 use kcl_core::retry::RetryBackoff;
 use kcl_core::shard_sync::InitialPosition;
-use kcl_core::processor::ProcessorFactory;
 use kcl_core::worker::{CheckpointCadence, ConfigError, Worker, WorkerBuilder, WorkerHandle};
 use kcl_tests::{
-    Call, Faults, Recorder, RecordingFactory, RecordingProcessor, assert_order_per_key, produce,
-    within,
+    Call, CountingBackend, Faults, Recorder, RecordingFactory, RecordingProcessor,
+    assert_order_per_key, produce, within,
 };
 
 const STREAM: &str = "orders";
@@ -53,6 +53,7 @@ fn start(
     faults: Faults,
     configure: impl FnOnce(WorkerBuilder<RecordingFactory>) -> WorkerBuilder<RecordingFactory>,
 ) -> Running {
+    kcl_tests::init_tracing();
     let builder = Worker::builder(RecordingProcessor::factory(name, recorder.clone(), faults))
         .application_name("app")
         .stream(STREAM)
@@ -89,13 +90,19 @@ async fn every_record_is_processed_in_order_per_shard() {
     }
     assert_eq!(by_shard.len(), 4);
     for (shard, positions) in by_shard {
-        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{shard} out of order");
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "{shard} out of order"
+        );
     }
     assert_order_per_key(&recorder, &produced);
     // Graceful shutdown called shutdown_requested and checkpointed the last record.
     for lease in table.list().await.unwrap() {
         assert_eq!(lease.owner, None, "released");
-        assert!(matches!(lease.checkpoint, ExtendedSequenceNumber::Sequence { .. }));
+        assert!(matches!(
+            lease.checkpoint,
+            ExtendedSequenceNumber::Sequence { .. }
+        ));
         assert_eq!(recorder.calls(&lease.key).last(), Some(&Call::Shutdown));
     }
 }
@@ -150,7 +157,11 @@ async fn after_an_immediate_stop_only_records_after_the_checkpoint_repeat() {
         .into_iter()
         .filter(|s| s.worker == "w2")
         .collect();
-    assert_eq!(again.len(), 20, "exactly the records after the last checkpoint repeat");
+    assert_eq!(
+        again.len(),
+        20,
+        "exactly the records after the last checkpoint repeat"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -201,7 +212,11 @@ async fn split_and_merge_children_start_after_their_parents() {
     // Parents ended (SHARD_END recorded by the framework), children processed.
     for parent in [&s0.shard_id, &shards[1].shard_id, &high] {
         let lease = table.get(parent).await.unwrap().unwrap();
-        assert_eq!(lease.checkpoint, ExtendedSequenceNumber::ShardEnd, "{parent}");
+        assert_eq!(
+            lease.checkpoint,
+            ExtendedSequenceNumber::ShardEnd,
+            "{parent}"
+        );
         assert!(recorder.calls(parent).contains(&Call::ShardEnded));
         assert!(!lease.child_shard_ids.is_empty());
     }
@@ -309,7 +324,10 @@ async fn stop_shard_policy_halts_the_shard_and_keeps_the_lease() {
         .shards(STREAM)
         .unwrap()
         .into_iter()
-        .find(|s| s.hash_key_range.contains(kcl_core::record::partition_key_hash(&produced[0].0)))
+        .find(|s| {
+            s.hash_key_range
+                .contains(kcl_core::record::partition_key_hash(&produced[0].0))
+        })
         .unwrap()
         .shard_id;
     let policy = FailurePolicy::StopShard {
@@ -320,10 +338,17 @@ async fn stop_shard_policy_halts_the_shard_and_keeps_the_lease() {
         poison: Some(poison),
         ..Faults::default()
     };
-    let w = start("w1", &model, &table, &recorder, faults, |b| b.failure_policy(policy));
+    let w = start("w1", &model, &table, &recorder, faults, |b| {
+        b.failure_policy(policy)
+    });
     let healthy = {
         let poisoned_shard = poisoned_shard.clone();
-        move |r: &Recorder| r.seen().iter().filter(|s| s.shard_id != poisoned_shard).count()
+        move |r: &Recorder| {
+            r.seen()
+                .iter()
+                .filter(|s| s.shard_id != poisoned_shard)
+                .count()
+        }
     };
     let expected_healthy = 200
         - produced
@@ -331,20 +356,33 @@ async fn stop_shard_policy_halts_the_shard_and_keeps_the_lease() {
             .filter(|(k, _)| {
                 model.shards(STREAM).unwrap().iter().any(|s| {
                     s.shard_id == poisoned_shard
-                        && s.hash_key_range.contains(kcl_core::record::partition_key_hash(k))
+                        && s.hash_key_range
+                            .contains(kcl_core::record::partition_key_hash(k))
                 })
             })
             .count();
     recorder
         .wait_until(LONG, |r| healthy(r) >= expected_healthy)
         .await;
+    // The poisoned shard gives up after its second attempt (backoff in virtual time).
+    let state_of = |status: &kcl_core::worker::WorkerStatus| {
+        status
+            .shards
+            .iter()
+            .find(|s| s.shard_id == poisoned_shard)
+            .map(|s| s.state)
+    };
+    for _ in 0..600 {
+        if state_of(&w.handle.status()) == Some(kcl_core::worker::ShardState::Stopped) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let status = w.handle.status();
-    let stopped = status
-        .shards
-        .iter()
-        .find(|s| s.shard_id == poisoned_shard)
-        .unwrap();
-    assert_eq!(stopped.state, kcl_core::worker::ShardState::Stopped);
+    assert_eq!(
+        state_of(&status),
+        Some(kcl_core::worker::ShardState::Stopped)
+    );
     assert!(status.held_leases.contains(&poisoned_shard), "lease kept");
     assert!(recorder.seen().iter().all(|s| s.shard_id != poisoned_shard));
     w.stop().await;
@@ -370,11 +408,12 @@ async fn a_slow_processor_outlives_its_iterator_without_losing_records() {
                 .create(shard),
         }
     };
+    let counting = CountingBackend::new(model.clone());
     let worker = Worker::builder(factory)
         .application_name("app")
         .stream(STREAM)
         .worker_id("w1")
-        .backend(model.clone())
+        .backend(counting.clone())
         .lease_table(table.clone())
         .initial_position(InitialPosition::TrimHorizon)
         .polling(polling)
@@ -382,11 +421,20 @@ async fn a_slow_processor_outlives_its_iterator_without_losing_records() {
         .unwrap();
     let handle = worker.handle();
     let task = tokio::spawn(async move { worker.run().await.unwrap() });
-    recorder.wait_until(Duration::from_secs(7200), |r| r.distinct() >= 60).await;
+    recorder
+        .wait_until(Duration::from_secs(7200), |r| r.distinct() >= 60)
+        .await;
     handle.shutdown();
     within(LONG, "shutdown", task).await.unwrap();
     assert_eq!(recorder.seen().len(), 60);
     assert_order_per_key(&recorder, &produced);
+    assert!(
+        counting
+            .expired_iterators
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0,
+        "the scenario must actually expire an iterator"
+    );
 }
 
 struct SlowProcessor {
@@ -420,11 +468,12 @@ async fn throttled_reads_back_off_and_lose_nothing() {
     };
     let mut runs = Vec::new();
     let mut recorders = Vec::new();
+    let counting = CountingBackend::new(model.clone());
     for app in ["a", "b"] {
         let recorder = Recorder::new();
         let table = table();
         let w = start(app, &model, &table, &recorder, Faults::default(), |b| {
-            b.polling(fast.clone())
+            b.polling(fast.clone()).backend(counting.clone())
         });
         runs.push(w);
         recorders.push(recorder);
@@ -439,6 +488,10 @@ async fn throttled_reads_back_off_and_lose_nothing() {
         assert_eq!(r.seen().len(), 500);
         assert_order_per_key(r, &produced);
     }
+    assert!(
+        counting.throttled.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the scenario must actually be throttled"
+    );
 }
 
 #[tokio::test]
@@ -453,7 +506,16 @@ async fn invalid_configuration_names_the_field() {
         .lease_table(table())
         .build()
         .unwrap_err();
-    assert!(matches!(err, ConfigError::Invalid { field: "stream", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ConfigError::Invalid {
+                field: "stream",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let recorder = Recorder::new();
     let factory = RecordingProcessor::factory("w", recorder, Faults::default());
@@ -468,7 +530,10 @@ async fn invalid_configuration_names_the_field() {
         })
         .build()
         .unwrap_err();
-    assert!(err.to_string().contains("checkpoint_cadence.every_records"), "{err}");
+    assert!(
+        err.to_string().contains("checkpoint_cadence.every_records"),
+        "{err}"
+    );
 
     let recorder = Recorder::new();
     let factory = RecordingProcessor::factory("w", recorder, Faults::default());

@@ -495,7 +495,11 @@ mod tests {
                 }
                 self.0.update(k, e, u).await
             }
-            async fn delete(&self, k: &str, e: &super::super::Expectation) -> Result<(), LeaseError> {
+            async fn delete(
+                &self,
+                k: &str,
+                e: &super::super::Expectation,
+            ) -> Result<(), LeaseError> {
                 self.0.delete(k, e).await
             }
         }
@@ -507,9 +511,16 @@ mod tests {
         failing.1.store(true, std::sync::atomic::Ordering::SeqCst);
         tokio::time::advance(Duration::from_secs(5)).await;
         w.renew_all().await;
-        assert_eq!(w.held().len(), 1, "a failed renewal within the failover time keeps the lease");
+        assert_eq!(
+            w.held().len(),
+            1,
+            "a failed renewal within the failover time keeps the lease"
+        );
         tokio::time::advance(Duration::from_secs(6)).await;
         w.renew_all().await;
-        assert!(w.held().is_empty(), "past the failover time the lease is dropped");
+        assert!(
+            w.held().is_empty(),
+            "past the failover time the lease is dropped"
+        );
     }
 }

@@ -498,7 +498,11 @@ impl<P: RecordProcessor> Consumer<P> {
             }
             Interrupt::Shutdown => {
                 let held = self.checkpointer.held_lease().clone();
-                if !held.is_lost() {
+                let immediate = *self.ctx.shutdown.borrow() == Shutdown::Immediate;
+                if immediate {
+                    // No processor call, no checkpoint: the worker releases the lease.
+                    info!("stopping immediately");
+                } else if !held.is_lost() {
                     let result = AssertUnwindSafe(self.processor.shutdown_requested(
                         ShutdownReason::WorkerShutdown,
                         &mut self.checkpointer,
