@@ -282,7 +282,11 @@ async fn create<T: LeaseTable + ?Sized>(table: &T, lease: &Lease) {
         .create_if_absent(lease)
         .await
         .unwrap_or_else(|e| panic!("create_if_absent({}) failed: {e}", lease.key));
-    assert!(created, "create_if_absent({}) on an empty key returned false", lease.key);
+    assert!(
+        created,
+        "create_if_absent({}) on an empty key returned false",
+        lease.key
+    );
 }
 
 async fn stored<T: LeaseTable + ?Sized>(table: &T, key: &str) -> Lease {
@@ -320,7 +324,9 @@ fn assert_condition_failed<R: std::fmt::Debug>(
 #[track_caller]
 fn assert_not_found<R: std::fmt::Debug>(result: Result<R, LeaseError>, key: &str) {
     match result {
-        Err(LeaseError::NotFound(missing)) => assert_eq!(missing, key, "NotFound names the wrong key"),
+        Err(LeaseError::NotFound(missing)) => {
+            assert_eq!(missing, key, "NotFound names the wrong key")
+        }
         other => panic!("expected NotFound({key}), got {other:?}"),
     }
 }
@@ -347,9 +353,19 @@ pub async fn create_if_absent_creates_once<T: LeaseTable + 'static>(table: T) {
     second.counter = 42;
     second.checkpoint = ExtendedSequenceNumber::ShardEnd;
     second.child_shard_ids = vec!["shardId-000000000009".into()];
-    let created = table.create_if_absent(&second).await.expect("create_if_absent");
-    assert!(!created, "second create_if_absent of the same key returned true");
-    assert_eq!(stored(&table, &first.key).await, first, "second create changed the lease");
+    let created = table
+        .create_if_absent(&second)
+        .await
+        .expect("create_if_absent");
+    assert!(
+        !created,
+        "second create_if_absent of the same key returned true"
+    );
+    assert_eq!(
+        stored(&table, &first.key).await,
+        first,
+        "second create changed the lease"
+    );
     assert_eq!(table.list().await.expect("list"), vec![first]);
 }
 
@@ -362,7 +378,10 @@ pub async fn concurrent_creates_exactly_one_wins<T: LeaseTable + 'static>(table:
             tokio::spawn(async move {
                 let mut lease = Lease::new("shardId-race", ExtendedSequenceNumber::TrimHorizon);
                 lease.owner = Some(format!("worker-{i}"));
-                let created = table.create_if_absent(&lease).await.expect("create_if_absent");
+                let created = table
+                    .create_if_absent(&lease)
+                    .await
+                    .expect("create_if_absent");
                 (created, lease)
             })
         })
@@ -374,7 +393,11 @@ pub async fn concurrent_creates_exactly_one_wins<T: LeaseTable + 'static>(table:
             winners.push(lease);
         }
     }
-    assert_eq!(winners.len(), 1, "expected exactly one successful create: {winners:?}");
+    assert_eq!(
+        winners.len(),
+        1,
+        "expected exactly one successful create: {winners:?}"
+    );
     assert_eq!(stored(&*table, "shardId-race").await, winners[0]);
 }
 
@@ -386,7 +409,10 @@ pub async fn get_missing_is_none<T: LeaseTable + 'static>(table: T) {
     assert_eq!(table.get("shardId-000000000001").await.expect("get"), None);
     assert_eq!(table.get("shardId-00000000000").await.expect("get"), None);
     assert_eq!(table.get("").await.expect("get"), None);
-    assert_eq!(table.get("shardId-000000000000").await.expect("get"), Some(lease));
+    assert_eq!(
+        table.get("shardId-000000000000").await.expect("get"),
+        Some(lease)
+    );
 }
 
 /// `list` returns every lease (in any order), nothing on an empty table, and forgets deleted ones.
@@ -408,8 +434,15 @@ pub async fn list_returns_all<T: LeaseTable + 'static>(table: T) {
     assert_eq!(by_key(table.list().await.expect("list")), leases);
 
     let gone = &leases[5];
-    table.delete(&gone.key, &gone.expectation()).await.expect("delete");
-    let rest: Vec<Lease> = leases.iter().filter(|l| l.key != gone.key).cloned().collect();
+    table
+        .delete(&gone.key, &gone.expectation())
+        .await
+        .expect("delete");
+    let rest: Vec<Lease> = leases
+        .iter()
+        .filter(|l| l.key != gone.key)
+        .cloned()
+        .collect();
     assert_eq!(by_key(table.list().await.expect("list")), rest);
 }
 
@@ -420,7 +453,12 @@ pub async fn round_trip_every_field<T: LeaseTable + 'static>(table: T) {
         create(&table, lease).await;
     }
     for lease in &leases {
-        assert_eq!(stored(&table, &lease.key).await, *lease, "round trip of {}", lease.key);
+        assert_eq!(
+            stored(&table, &lease.key).await,
+            *lease,
+            "round trip of {}",
+            lease.key
+        );
     }
     assert_eq!(by_key(table.list().await.expect("list")), by_key(leases));
 }
@@ -461,7 +499,9 @@ pub async fn update_applies_lease_update_semantics<T: LeaseTable + 'static>(tabl
         LeaseUpdate {
             pending_checkpoint: Some(Some(PendingCheckpoint {
                 position: position(&long, 0),
-                state: Some(Bytes::from_static(b"\x00\x01\x02 application state \xfe\xff")),
+                state: Some(Bytes::from_static(
+                    b"\x00\x01\x02 application state \xfe\xff",
+                )),
             })),
             ..LeaseUpdate::default()
         },
@@ -513,14 +553,20 @@ pub async fn update_applies_lease_update_semantics<T: LeaseTable + 'static>(tabl
             .update(&expected.key, &expect, update)
             .await
             .unwrap_or_else(|e| panic!("update step {step} ({update:?}) failed: {e}"));
-        assert_eq!(written, expected, "update step {step} returned the wrong lease");
+        assert_eq!(
+            written, expected,
+            "update step {step} returned the wrong lease"
+        );
         assert_eq!(
             stored(&table, &expected.key).await,
             expected,
             "update step {step} stored the wrong lease"
         );
     }
-    assert_eq!(expected.counter, 7, "the sequence above wraps the counter past u64::MAX");
+    assert_eq!(
+        expected.counter, 7,
+        "the sequence above wraps the counter past u64::MAX"
+    );
 }
 
 /// An update expecting a stale counter fails with `ConditionFailed` and changes nothing.
@@ -535,7 +581,9 @@ pub async fn update_stale_counter_fails_and_changes_nothing<T: LeaseTable + 'sta
         checkpoint: Some(ExtendedSequenceNumber::ShardEnd),
         ..LeaseUpdate::default()
     };
-    let result = table.update(&lease.key, &lease.expectation(), &update).await;
+    let result = table
+        .update(&lease.key, &lease.expectation(), &update)
+        .await;
     assert_condition_failed(result, &lease.key, &renewed);
     let counter_only = Expectation {
         counter: Some(lease.counter),
@@ -562,7 +610,11 @@ pub async fn update_wrong_owner_fails_and_changes_nothing<T: LeaseTable + 'stati
         checkpoint: Some(position(SEQUENCE_56, 0)),
         ..LeaseUpdate::default()
     };
-    for owner in [Some("worker-2".to_owned()), None, Some("worker-10".to_owned())] {
+    for owner in [
+        Some("worker-2".to_owned()),
+        None,
+        Some("worker-10".to_owned()),
+    ] {
         let expect = Expectation {
             counter: Some(lease.counter),
             owner: Some(owner),
@@ -653,8 +705,13 @@ pub async fn update_missing_is_not_found<T: LeaseTable + 'static>(table: T) {
 
     // A deleted lease is missing too.
     create(&table, &lease).await;
-    table.delete(&lease.key, &lease.expectation()).await.expect("delete");
-    let result = table.update(&lease.key, &lease.expectation(), &update).await;
+    table
+        .delete(&lease.key, &lease.expectation())
+        .await
+        .expect("delete");
+    let result = table
+        .update(&lease.key, &lease.expectation(), &update)
+        .await;
     assert_not_found(result, &lease.key);
 }
 
@@ -663,7 +720,10 @@ pub async fn update_keep_counter<T: LeaseTable + 'static>(table: T) {
     let lease = owned("shardId-000000000000", "worker-1");
     create(&table, &lease).await;
     let children = LeaseUpdate {
-        child_shard_ids: Some(vec!["shardId-000000000001".into(), "shardId-000000000002".into()]),
+        child_shard_ids: Some(vec![
+            "shardId-000000000001".into(),
+            "shardId-000000000002".into(),
+        ]),
         keep_counter: true,
         ..LeaseUpdate::default()
     };
@@ -718,7 +778,10 @@ pub async fn take_renew_checkpoint_release<T: LeaseTable + 'static>(table: T) {
     assert_eq!(renewed.checkpoint, ExtendedSequenceNumber::TrimHorizon);
 
     let at = position(SEQUENCE_56, 4);
-    let checkpointed = table.checkpoint(&renewed, at.clone()).await.expect("checkpoint");
+    let checkpointed = table
+        .checkpoint(&renewed, at.clone())
+        .await
+        .expect("checkpoint");
     assert_eq!(checkpointed.counter, 3);
     assert_eq!(checkpointed.checkpoint, at);
     assert_eq!(stored(&table, &lease.key).await, checkpointed);
@@ -730,7 +793,10 @@ pub async fn take_renew_checkpoint_release<T: LeaseTable + 'static>(table: T) {
     assert_eq!(stored(&table, &lease.key).await, released);
 
     // Released: another worker takes it at once and continues from the checkpoint.
-    let next = table.take(&released, "worker-2").await.expect("take after release");
+    let next = table
+        .take(&released, "worker-2")
+        .await
+        .expect("take after release");
     assert!(next.is_owned_by("worker-2"));
     assert_eq!(next.checkpoint, at);
     assert_eq!(next.counter, 5);
@@ -794,21 +860,34 @@ pub async fn owner_switches_count_and_reset<T: LeaseTable + 'static>(table: T) {
     let a = table.take(&lease, "worker-a").await.expect("take a");
     assert_eq!(a.owner_switches_since_checkpoint, 1);
     let a = table.take(&a, "worker-a").await.expect("re-take a");
-    assert_eq!(a.owner_switches_since_checkpoint, 1, "re-take by the owner counted as a switch");
+    assert_eq!(
+        a.owner_switches_since_checkpoint, 1,
+        "re-take by the owner counted as a switch"
+    );
     let a = table.renew(&a).await.expect("renew a");
     assert_eq!(a.owner_switches_since_checkpoint, 1);
     let b = table.take(&a, "worker-b").await.expect("take b");
     assert_eq!(b.owner_switches_since_checkpoint, 2);
     let c = table.take(&b, "worker-c").await.expect("take c");
     assert_eq!(c.owner_switches_since_checkpoint, 3);
-    assert_eq!(stored(&table, &lease.key).await.owner_switches_since_checkpoint, 3);
+    assert_eq!(
+        stored(&table, &lease.key)
+            .await
+            .owner_switches_since_checkpoint,
+        3
+    );
 
     let c = table
         .checkpoint(&c, position(SEQUENCE_56, 0))
         .await
         .expect("checkpoint");
     assert_eq!(c.owner_switches_since_checkpoint, 0);
-    assert_eq!(stored(&table, &lease.key).await.owner_switches_since_checkpoint, 0);
+    assert_eq!(
+        stored(&table, &lease.key)
+            .await
+            .owner_switches_since_checkpoint,
+        0
+    );
 
     let released = table.release(&c).await.expect("release");
     assert_eq!(released.owner_switches_since_checkpoint, 0);
@@ -822,7 +901,10 @@ pub async fn take_clears_handoff_marker<T: LeaseTable + 'static>(table: T) {
     let mut lease = owned("shardId-000000000000", "new-owner");
     lease.checkpoint_owner = Some("old-owner".into());
     create(&table, &lease).await;
-    assert_eq!(stored(&table, &lease.key).await.checkpoint_owner.as_deref(), Some("old-owner"));
+    assert_eq!(
+        stored(&table, &lease.key).await.checkpoint_owner.as_deref(),
+        Some("old-owner")
+    );
 
     let taken = table.take(&lease, "new-owner").await.expect("take");
     assert_eq!(taken.checkpoint_owner, None);
@@ -925,11 +1007,16 @@ pub async fn delete_is_conditional<T: LeaseTable + 'static>(table: T) {
 
 /// Deleting a missing lease is `NotFound` naming the key.
 pub async fn delete_missing_is_not_found<T: LeaseTable + 'static>(table: T) {
-    let result = table.delete("shardId-missing", &Expectation::default()).await;
+    let result = table
+        .delete("shardId-missing", &Expectation::default())
+        .await;
     assert_not_found(result, "shardId-missing");
     let lease = Lease::new("shardId-000000000000", ExtendedSequenceNumber::TrimHorizon);
     create(&table, &lease).await;
-    table.delete(&lease.key, &lease.expectation()).await.expect("delete");
+    table
+        .delete(&lease.key, &lease.expectation())
+        .await
+        .expect("delete");
     let result = table.delete(&lease.key, &lease.expectation()).await;
     assert_not_found(result, &lease.key);
 }
@@ -955,7 +1042,11 @@ pub async fn concurrent_takes_exactly_one_wins<T: LeaseTable + 'static>(table: T
             Err(other) => panic!("unexpected error from a contended take: {other:?}"),
         }
     }
-    assert_eq!(winners.len(), 1, "expected exactly one winning take: {winners:?}");
+    assert_eq!(
+        winners.len(),
+        1,
+        "expected exactly one winning take: {winners:?}"
+    );
     assert_eq!(winners[0].counter, 1);
     assert_eq!(winners[0].owner_switches_since_checkpoint, 1);
     assert_eq!(stored(&*table, &lease.key).await, winners[0]);
@@ -965,7 +1056,12 @@ pub async fn concurrent_takes_exactly_one_wins<T: LeaseTable + 'static>(table: T
 pub async fn concurrent_takes_of_different_leases_all_win<T: LeaseTable + 'static>(table: T) {
     let table = Arc::new(table);
     let leases: Vec<Lease> = (0..12)
-        .map(|i| Lease::new(format!("shardId-{i:012}"), ExtendedSequenceNumber::TrimHorizon))
+        .map(|i| {
+            Lease::new(
+                format!("shardId-{i:012}"),
+                ExtendedSequenceNumber::TrimHorizon,
+            )
+        })
         .collect();
     for lease in &leases {
         create(&*table, lease).await;
@@ -981,7 +1077,11 @@ pub async fn concurrent_takes_of_different_leases_all_win<T: LeaseTable + 'stati
         .collect();
     let mut taken = Vec::new();
     for task in tasks {
-        taken.push(task.await.expect("task panicked").expect("take of a distinct lease"));
+        taken.push(
+            task.await
+                .expect("task panicked")
+                .expect("take of a distinct lease"),
+        );
     }
     for (i, lease) in taken.iter().enumerate() {
         assert!(lease.is_owned_by(&format!("worker-{i}")));
