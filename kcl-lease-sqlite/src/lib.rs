@@ -545,9 +545,8 @@ impl RawLease {
     fn read(row: &rusqlite::Row<'_>) -> Result<Self, Failure> {
         let key: String = row.get(0)?;
         let get = |index: usize, column: &str| -> Result<_, LeaseError> {
-            Ok(row
-                .get_ref(index)
-                .map_err(|e| malformed(&key, column, e.to_string()))?)
+            row.get_ref(index)
+                .map_err(|e| malformed(&key, column, e.to_string()))
         };
         let text = |index: usize, column: &str| -> Result<Option<String>, LeaseError> {
             get(index, column)?
@@ -767,10 +766,7 @@ impl LeaseTable for SqliteLeaseTable {
             let mut rows = stmt.query([&inner.application])?;
             let mut leases = Vec::new();
             while let Some(row) = rows.next()? {
-                match RawLease::read(row)
-                    .map_err(Failure::from)
-                    .and_then(|raw| raw.decode().map_err(Failure::from))
-                {
+                match RawLease::read(row).and_then(|raw| raw.decode().map_err(Failure::from)) {
                     Ok(lease) => leases.push(lease),
                     Err(Failure::Lease(e @ LeaseError::Malformed { .. })) => {
                         tracing::warn!(

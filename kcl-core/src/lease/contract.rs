@@ -1114,7 +1114,7 @@ pub async fn concurrent_writes_never_lose_an_update<T: LeaseTable + 'static>(tab
                     assert!(attempts < 100_000, "task {task} made no progress");
                     let current = stored(&*table, &key).await;
                     let write = successes.len() as u64;
-                    let result = if write % 2 == 0 {
+                    let result = if write.is_multiple_of(2) {
                         table.renew(&current).await.map(|l| (l, None))
                     } else {
                         let at = position(&(task * 1000 + write + 1).to_string(), task);
