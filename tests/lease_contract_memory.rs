@@ -2,7 +2,7 @@
 
 use kcl_core::lease::InMemoryLeaseTable;
 
-kcl_core::lease_table_contract_tests!(|| async { InMemoryLeaseTable::new() });
+kcl_core::lease_table_contract_tests!(async || InMemoryLeaseTable::new());
 
 /// `run_all` (the non-macro entry point) passes too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

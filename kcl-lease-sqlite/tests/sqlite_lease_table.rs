@@ -317,6 +317,18 @@ async fn corrupt_file_is_misconfigured_and_left_alone() {
 }
 
 #[tokio::test]
+async fn an_existing_empty_file_becomes_a_lease_file() {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    assert_eq!(std::fs::metadata(file.path()).expect("stat").len(), 0);
+    let table = SqliteLeaseTable::open(file.path(), APP)
+        .await
+        .expect("open empty file");
+    let lease = Lease::new("shardId-000000000000", ExtendedSequenceNumber::TrimHorizon);
+    assert!(table.create_if_absent(&lease).await.expect("create"));
+    assert_eq!(table.list().await.expect("list"), vec![lease]);
+}
+
+#[tokio::test]
 async fn unrelated_database_is_misconfigured_and_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db_path(&dir);
@@ -458,6 +470,31 @@ async fn shard_ids_with_commas_are_refused() {
 // ------------------------------------------------------------------------------------------------
 // Malformed rows and a busy database
 
+/// Sends every `warn` event of this process to the returned buffer (a process-wide subscriber: the
+/// lease table logs from Tokio's blocking threads). Only one test may call it.
+fn capture_warnings() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    #[derive(Clone)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = Capture(Arc::clone(&buffer));
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+    buffer
+}
+
 fn raw_update(path: &Path, sql: &str) {
     let conn = rusqlite::Connection::open(path).expect("raw open");
     let changed = conn.execute(sql, []).expect("raw update");
@@ -466,6 +503,7 @@ fn raw_update(path: &Path, sql: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_rows_are_named_and_do_not_break_other_leases() {
+    let log = capture_warnings();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db_path(&dir);
     let table = SqliteLeaseTable::open(&path, APP).await.expect("open");
@@ -526,6 +564,15 @@ async fn malformed_rows_are_named_and_do_not_break_other_leases() {
     }
     // `list` skips the malformed rows (logging each) and returns the good lease.
     assert_eq!(table.list().await.expect("list"), vec![good.clone()]);
+    let logged = String::from_utf8(log.lock().expect("log").clone()).expect("utf-8 log");
+    for (key, _, column) in &cases {
+        let line = logged
+            .lines()
+            .find(|line| line.contains(key))
+            .unwrap_or_else(|| panic!("no warning names {key}: {logged}"));
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains(column), "{line}");
+    }
     // The good lease keeps working.
     let taken = table.take(&good, "worker-1").await.expect("take good");
     assert_eq!(taken.counter, 1);
