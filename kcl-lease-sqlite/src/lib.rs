@@ -163,7 +163,9 @@ impl SqliteOptions {
 /// A [`LeaseTable`] stored in a SQLite file, shared by every process of one host that opens the
 /// same file with the same application name. See the [crate documentation](crate).
 ///
-/// Cloning is cheap and shares the connection.
+/// Cloning is cheap and shares the connection. Dropping the last clone closes the connection on
+/// the dropping thread; the last connection to the file also checkpoints the WAL into the main
+/// file, a short blocking write.
 #[derive(Clone)]
 pub struct SqliteLeaseTable {
     inner: Arc<Inner>,
