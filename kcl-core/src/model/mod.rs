@@ -23,9 +23,13 @@
 //!   that fits its caps, and later calls are throttled until the debt is repaid, which is how
 //!   Kinesis documents it: "if a call returns 10 MiB, calls in the next 5 seconds throw"), and at
 //!   most 10 MiB / 10000 records per call. A throttled call does not count.
-//! * Shard iterators of every [`StartingPosition`](crate::backend::StartingPosition), expiring
+//! * Shard iterators of every [`StartingPosition`], expiring
 //!   after 5 minutes; they are opaque sealed strings, so forged or garbled ones are
-//!   `InvalidArgument`.
+//!   `InvalidArgument`. `AT_TIMESTAMP` starts at the first record that arrived at or after the
+//!   time (a time in the future starts at the tip); `AT_SEQUENCE_NUMBER` /
+//!   `AFTER_SEQUENCE_NUMBER` accept any number between the shard's starting number and its
+//!   ending number (or the stream's newest number while open), else `InvalidArgument`; a
+//!   position whose records were trimmed reads from the trim horizon.
 //! * Retention (24 h by default, per stream via [`KinesisModel::set_retention_period`]): trimmed
 //!   records are gone and `TRIM_HORIZON` moves; a closed shard whose records are all past
 //!   retention (closed longer ago than the retention period) disappears from `ListShards` and
@@ -37,7 +41,11 @@
 //!   response as its last records, if that call reaches the end).
 //! * `MillisBehindLatest` on every response: 0 when the response reaches the tip, else the age of
 //!   the oldest record not yet returned.
-//! * `ListShards` pagination (opaque tokens, expiring after 300 s) and every [`ShardFilter`].
+//! * `ListShards` pagination (opaque tokens, expiring after 300 s; a garbled token is
+//!   `InvalidArgument`) and every [`ShardFilter`] with the semantics of the API reference
+//!   (no filter means `FROM_TRIM_HORIZON`); the details are on `StreamState::list` in
+//!   `stream.rs`. Shard times for the timestamp filters are the instants the model created and
+//!   closed the shards.
 //! * `DescribeStreamSummary` ([`describe_stream`](crate::backend::StreamBackend::describe_stream)).
 //!
 //! # What is not modelled
@@ -51,6 +59,8 @@
 //!   limits (shard quotas, control-plane call rates; only a per-stream open-shard cap), IAM.
 //! * Sequence numbers do not encode the shard; an `AT_SEQUENCE_NUMBER` taken from another shard
 //!   of the same stream is accepted if it lies in this shard's range of numbers.
+//! * Throughput errors carry no retry hints; there is no `KMSThrottling`, no `InternalFailure`
+//!   injection (fault injection belongs to a wrapper around the backend).
 //! * Record sizes for limits are data plus partition key (the service's accounting is similar
 //!   but not published exactly).
 //!
