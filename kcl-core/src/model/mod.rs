@@ -112,6 +112,7 @@ pub struct KinesisModel {
 struct Registry {
     streams: HashMap<String, Arc<Mutex<StreamState>>>,
     next_id: u64,
+    last_stamp: u128,
 }
 
 impl fmt::Debug for KinesisModel {
@@ -201,14 +202,25 @@ impl KinesisModel {
                 "stream {name:?} already exists"
             )));
         }
-        registry.next_id += 1;
+        let now = Instant::now();
+        // The creation time in milliseconds goes into the stream's sequence numbers; keep it
+        // unique per model so a stream re-created within the same millisecond (easy with a
+        // paused clock) never reuses the numbers of its predecessor.
+        let millis = time::to_system(now)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let stamp = millis.max(registry.last_stamp + 1);
         let stream = StreamState::new(
             name.to_owned(),
-            registry.next_id,
+            registry.next_id + 1,
+            stamp,
             shard_count,
-            Instant::now(),
+            now,
             &self.config,
         )?;
+        registry.next_id += 1;
+        registry.last_stamp = stamp;
         registry
             .streams
             .insert(name.to_owned(), Arc::new(Mutex::new(stream)));
@@ -535,7 +547,7 @@ impl KinesisModel {
         Ok(match position {
             StartingPosition::TrimHorizon => shard.start(),
             StartingPosition::Latest => shard.end(),
-            StartingPosition::AtTimestamp(at) => shard.seek_time(time::from_system(*at)),
+            StartingPosition::AtTimestamp(at) => shard.seek_time(*at),
             StartingPosition::AtSequenceNumber(seq)
             | StartingPosition::AfterSequenceNumber(seq) => {
                 let upper = match &shard.ending_sequence {
