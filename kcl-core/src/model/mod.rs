@@ -65,6 +65,40 @@
 //!   but not published exactly).
 //!
 //! All limits are in [`ModelConfig`]; [`ModelConfig::unlimited`] switches them off.
+//!
+//! # Example
+//!
+//! ```
+//! use kcl_core::Bytes;
+//! use kcl_core::backend::{StartingPosition, StreamBackend};
+//! use kcl_core::model::{KinesisModel, ModelConfig};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), kcl_core::backend::BackendError> {
+//! let model = KinesisModel::new(ModelConfig::default());
+//! model.create_stream("orders", 2)?;
+//! let put = model.put_record("orders", "customer-1", Bytes::from_static(b"hello"), None)?;
+//! let it = model
+//!     .get_shard_iterator("orders", &put.shard_id, StartingPosition::TrimHorizon)
+//!     .await?;
+//! let out = model.get_records(&it, 100).await?;
+//! assert_eq!(out.records[0].data().as_ref(), b"hello");
+//! assert_eq!(out.millis_behind_latest, Some(0));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Module map
+//!
+//! | module | owns |
+//! |---|---|
+//! | `config` | [`ModelConfig`] and the default limits |
+//! | `types` | write-side request and response types ([`PutRecordsEntry`], ...) |
+//! | `stream` | a stream's shards, routing, resharding, `ListShards` filters |
+//! | `shard` | a shard's records, positions, trimming, reads |
+//! | `sequence` | the sequence-number format and allocator |
+//! | `limits` | token buckets and call windows |
+//! | `token` | sealed shard iterators and `ListShards` tokens |
+//! | `backend_impl` | `impl StreamBackend for KinesisModel` |
 
 mod backend_impl;
 mod config;
