@@ -664,3 +664,54 @@ async fn is_usable_as_a_shared_dyn_backend() {
     }
     assert_eq!(total, 100);
 }
+
+#[tokio::test(start_paused = true)]
+async fn timestamps_long_before_the_process_started_mean_the_trim_horizon() {
+    let m = model();
+    m.create_stream("s", 2).unwrap();
+    m.put_record("s", "k", Bytes::from_static(b"a"), Some("0"))
+        .unwrap();
+    m.put_record("s", "k", Bytes::from_static(b"b"), Some("0"))
+        .unwrap();
+    let epoch = std::time::UNIX_EPOCH;
+    let it = iter(
+        &m,
+        "s",
+        "shardId-000000000000",
+        StartingPosition::AtTimestamp(epoch),
+    )
+    .await;
+    assert_eq!(read(&m, &it).await.records.len(), 2);
+    let listed = m
+        .shards_filtered(
+            "s",
+            Some(&kcl_core::backend::ShardFilter::AtTimestamp(epoch)),
+        )
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recreated_stream_never_reuses_sequence_numbers() {
+    let m = model();
+    m.create_stream("s", 1).unwrap();
+    let old = m
+        .put_record("s", "k", Bytes::from_static(b"a"), None)
+        .unwrap();
+    m.delete_stream("s").unwrap();
+    m.create_stream("s", 1).unwrap();
+    let new = m
+        .put_record("s", "k", Bytes::from_static(b"a"), None)
+        .unwrap();
+    assert_ne!(old.sequence_number, new.sequence_number);
+    assert!(old.sequence_number < new.sequence_number);
+    let err = m
+        .get_shard_iterator(
+            "s",
+            "shardId-000000000000",
+            StartingPosition::AtSequenceNumber(old.sequence_number),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::InvalidArgument(_)), "{err:?}");
+}

@@ -415,3 +415,28 @@ async fn shared_between_tasks() {
     }
     assert_eq!(total, 1000);
 }
+
+#[test]
+fn config_defaults_are_the_service_limits() {
+    let c = ModelConfig::default();
+    assert_eq!(c.retention, Duration::from_secs(24 * 3600));
+    assert_eq!(c.iterator_ttl, Duration::from_secs(300));
+    assert_eq!(c.list_shards_token_ttl, Duration::from_secs(300));
+    assert_eq!(c.write_bytes_per_second, Some(MIB));
+    assert_eq!(c.write_records_per_second, Some(1000));
+    assert_eq!(c.read_calls_per_second, Some(5));
+    assert_eq!(c.read_bytes_per_second, Some(2 * MIB));
+    assert_eq!(c.max_get_records_bytes, Some(10 * MIB));
+    assert_eq!(c.max_get_records_records, Some(10_000));
+    assert_eq!(c.max_record_bytes, Some(MIB));
+    assert_eq!(c.max_put_records_entries, Some(500));
+    assert_eq!(c.max_put_records_bytes, Some(5 * MIB));
+    assert!(c.limit_scaling);
+    assert_eq!(ModelConfig::new(), c);
+    let u = ModelConfig::unlimited();
+    assert_eq!(u.write_bytes_per_second, None);
+    assert_eq!(u.read_calls_per_second, None);
+    assert_eq!(u.max_get_records_records, None);
+    assert_eq!(u.retention, c.retention);
+    assert_eq!(u.iterator_ttl, c.iterator_ttl);
+}

@@ -9,7 +9,9 @@ pub const MIB: u64 = 1024 * 1024;
 ///
 /// [`ModelConfig::default`] matches the real service (provisioned capacity mode). Every throughput
 /// limit and per-call cap is an `Option`: `None` switches it off. [`ModelConfig::unlimited`]
-/// switches all of them off at once, for benchmarks.
+/// switches all of them off at once, for benchmarks. The struct is `#[non_exhaustive]` (later
+/// limits, e.g. for enhanced fan-out, can be added): start from `default()` or `unlimited()` and
+/// use the `with_*` methods or assign the public fields.
 ///
 /// | field | default | what it is |
 /// |---|---|---|
@@ -28,6 +30,7 @@ pub const MIB: u64 = 1024 * 1024;
 /// | `max_open_shards` | 10000 | open shards per stream (a sanity cap standing in for the account quota) |
 /// | `limit_scaling` | true | `UpdateShardCount` may at most double or halve the open shard count |
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ModelConfig {
     /// Default retention period of new streams.
     pub retention: Duration,

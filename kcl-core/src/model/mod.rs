@@ -23,9 +23,13 @@
 //!   that fits its caps, and later calls are throttled until the debt is repaid, which is how
 //!   Kinesis documents it: "if a call returns 10 MiB, calls in the next 5 seconds throw"), and at
 //!   most 10 MiB / 10000 records per call. A throttled call does not count.
-//! * Shard iterators of every [`StartingPosition`](crate::backend::StartingPosition), expiring
+//! * Shard iterators of every [`StartingPosition`], expiring
 //!   after 5 minutes; they are opaque sealed strings, so forged or garbled ones are
-//!   `InvalidArgument`.
+//!   `InvalidArgument`. `AT_TIMESTAMP` starts at the first record that arrived at or after the
+//!   time (a time in the future starts at the tip); `AT_SEQUENCE_NUMBER` /
+//!   `AFTER_SEQUENCE_NUMBER` accept any number between the shard's starting number and its
+//!   ending number (or the stream's newest number while open), else `InvalidArgument`; a
+//!   position whose records were trimmed reads from the trim horizon.
 //! * Retention (24 h by default, per stream via [`KinesisModel::set_retention_period`]): trimmed
 //!   records are gone and `TRIM_HORIZON` moves; a closed shard whose records are all past
 //!   retention (closed longer ago than the retention period) disappears from `ListShards` and
@@ -37,7 +41,11 @@
 //!   response as its last records, if that call reaches the end).
 //! * `MillisBehindLatest` on every response: 0 when the response reaches the tip, else the age of
 //!   the oldest record not yet returned.
-//! * `ListShards` pagination (opaque tokens, expiring after 300 s) and every [`ShardFilter`].
+//! * `ListShards` pagination (opaque tokens, expiring after 300 s; a garbled token is
+//!   `InvalidArgument`) and every [`ShardFilter`] with the semantics of the API reference
+//!   (no filter means `FROM_TRIM_HORIZON`); the details are on `StreamState::list` in
+//!   `stream.rs`. Shard times for the timestamp filters are the instants the model created and
+//!   closed the shards.
 //! * `DescribeStreamSummary` ([`describe_stream`](crate::backend::StreamBackend::describe_stream)).
 //!
 //! # What is not modelled
@@ -51,10 +59,46 @@
 //!   limits (shard quotas, control-plane call rates; only a per-stream open-shard cap), IAM.
 //! * Sequence numbers do not encode the shard; an `AT_SEQUENCE_NUMBER` taken from another shard
 //!   of the same stream is accepted if it lies in this shard's range of numbers.
+//! * Throughput errors carry no retry hints; there is no `KMSThrottling`, no `InternalFailure`
+//!   injection (fault injection belongs to a wrapper around the backend).
 //! * Record sizes for limits are data plus partition key (the service's accounting is similar
 //!   but not published exactly).
 //!
 //! All limits are in [`ModelConfig`]; [`ModelConfig::unlimited`] switches them off.
+//!
+//! # Example
+//!
+//! ```
+//! use kcl_core::Bytes;
+//! use kcl_core::backend::{StartingPosition, StreamBackend};
+//! use kcl_core::model::{KinesisModel, ModelConfig};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), kcl_core::backend::BackendError> {
+//! let model = KinesisModel::new(ModelConfig::default());
+//! model.create_stream("orders", 2)?;
+//! let put = model.put_record("orders", "customer-1", Bytes::from_static(b"hello"), None)?;
+//! let it = model
+//!     .get_shard_iterator("orders", &put.shard_id, StartingPosition::TrimHorizon)
+//!     .await?;
+//! let out = model.get_records(&it, 100).await?;
+//! assert_eq!(out.records[0].data().as_ref(), b"hello");
+//! assert_eq!(out.millis_behind_latest, Some(0));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Module map
+//!
+//! | module | owns |
+//! |---|---|
+//! | `config` | [`ModelConfig`] and the default limits |
+//! | `types` | write-side request and response types ([`PutRecordsEntry`], ...) |
+//! | `stream` | a stream's shards, routing, resharding, `ListShards` filters |
+//! | `shard` | a shard's records, positions, trimming, reads |
+//! | `sequence` | the sequence-number format and allocator |
+//! | `limits` | token buckets and call windows |
+//! | `token` | sealed shard iterators and `ListShards` tokens |
+//! | `backend_impl` | `impl StreamBackend for KinesisModel` |
 
 mod backend_impl;
 mod config;
@@ -102,6 +146,7 @@ pub struct KinesisModel {
 struct Registry {
     streams: HashMap<String, Arc<Mutex<StreamState>>>,
     next_id: u64,
+    last_stamp: u128,
 }
 
 impl fmt::Debug for KinesisModel {
@@ -191,14 +236,25 @@ impl KinesisModel {
                 "stream {name:?} already exists"
             )));
         }
-        registry.next_id += 1;
+        let now = Instant::now();
+        // The creation time in milliseconds goes into the stream's sequence numbers; keep it
+        // unique per model so a stream re-created within the same millisecond (easy with a
+        // paused clock) never reuses the numbers of its predecessor.
+        let millis = time::to_system(now)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let stamp = millis.max(registry.last_stamp + 1);
         let stream = StreamState::new(
             name.to_owned(),
-            registry.next_id,
+            registry.next_id + 1,
+            stamp,
             shard_count,
-            Instant::now(),
+            now,
             &self.config,
         )?;
+        registry.next_id += 1;
+        registry.last_stamp = stamp;
         registry
             .streams
             .insert(name.to_owned(), Arc::new(Mutex::new(stream)));
@@ -525,7 +581,7 @@ impl KinesisModel {
         Ok(match position {
             StartingPosition::TrimHorizon => shard.start(),
             StartingPosition::Latest => shard.end(),
-            StartingPosition::AtTimestamp(at) => shard.seek_time(time::from_system(*at)),
+            StartingPosition::AtTimestamp(at) => shard.seek_time(*at),
             StartingPosition::AtSequenceNumber(seq)
             | StartingPosition::AfterSequenceNumber(seq) => {
                 let upper = match &shard.ending_sequence {

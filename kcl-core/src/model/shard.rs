@@ -6,7 +6,7 @@
 //! increase along the deque, so seeks are binary searches.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -145,8 +145,14 @@ impl ShardState {
     }
 
     /// Position of the first record that arrived at or after `at`.
-    pub(crate) fn seek_time(&self, at: Instant) -> u64 {
-        self.trimmed + self.records.partition_point(|r| r.arrival < at) as u64
+    ///
+    /// Compared as wall-clock times (the records' approximate arrival), so a time from long
+    /// before the process started needs no conversion to an `Instant`.
+    pub(crate) fn seek_time(&self, at: SystemTime) -> u64 {
+        let index = self
+            .records
+            .partition_point(|r| r.record.approximate_arrival().is_some_and(|a| a < at));
+        self.trimmed + index as u64
     }
 
     /// Arrival time of the record at `position`, if retained.

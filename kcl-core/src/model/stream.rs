@@ -55,18 +55,16 @@ pub(crate) fn uniform_ranges(count: u128) -> Vec<HashKeyRange> {
 }
 
 impl StreamState {
-    /// A new stream with `shard_count` shards splitting the key space evenly.
+    /// A new stream with `shard_count` shards splitting the key space evenly; `stamp` (creation
+    /// time in milliseconds, unique per model) goes into its sequence numbers.
     pub(crate) fn new(
         name: String,
         id: u64,
+        stamp: u128,
         shard_count: u32,
         now: Instant,
         config: &ModelConfig,
     ) -> Result<Self, BackendError> {
-        let created = time::to_system(now)
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
         let mut stream = Self {
             name,
             id,
@@ -74,7 +72,7 @@ impl StreamState {
             retention: config.retention,
             shards: Vec::new(),
             open: Vec::new(),
-            sequences: SequenceAllocator::new(created),
+            sequences: SequenceAllocator::new(stamp),
         };
         for range in uniform_ranges(u128::from(shard_count)) {
             stream.add_shard(range, None, None, now, config)?;
@@ -346,11 +344,15 @@ impl StreamState {
     /// * `FromTimestamp(t)`: open shards plus closed shards closed at or after `t` (corrected up
     ///   to the trim horizon).
     pub(crate) fn list(&self, filter: Option<&ShardFilter>, now: Instant) -> Vec<usize> {
-        let horizon = self.trim_horizon_time(now);
-        let open_at = |s: &ShardState, t: Instant| {
-            s.created_at <= t && s.closed_at.is_none_or(|closed| closed >= t)
+        // Compared as wall-clock times: a filter time from long before the process started
+        // needs no conversion to an `Instant`.
+        let horizon = time::to_system(self.trim_horizon_time(now));
+        let created = |s: &ShardState| time::to_system(s.created_at);
+        let closed = |s: &ShardState| s.closed_at.map(time::to_system);
+        let open_at = |s: &ShardState, t: SystemTime| {
+            created(s) <= t && closed(s).is_none_or(|closed| closed >= t)
         };
-        let corrected = |t: &SystemTime| time::from_system(*t).max(horizon);
+        let corrected = |t: &SystemTime| (*t).max(horizon);
         self.shards
             .iter()
             .enumerate()
@@ -363,7 +365,7 @@ impl StreamState {
                 Some(ShardFilter::AtTimestamp(t)) => open_at(s, corrected(t)),
                 Some(ShardFilter::FromTimestamp(t)) => {
                     let t = corrected(t);
-                    s.closed_at.is_none_or(|closed| closed >= t)
+                    closed(s).is_none_or(|closed| closed >= t)
                 }
             })
             .map(|(i, _)| i)

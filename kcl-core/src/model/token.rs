@@ -199,7 +199,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex_str(text: &str) -> Option<String> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..text.len())
