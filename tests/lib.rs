@@ -199,10 +199,10 @@ impl RecordProcessor for RecordingProcessor {
         input: ProcessRecordsInput<'_>,
         checkpointer: &mut Checkpointer,
     ) -> Result<(), BoxError> {
-        if let Some(poison) = &self.faults.poison {
-            if input.records.iter().any(|r| r.data() == poison) {
-                return Err("poison record".into());
-            }
+        if let Some(poison) = &self.faults.poison
+            && input.records.iter().any(|r| r.data() == poison)
+        {
+            return Err("poison record".into());
         }
         let left = self.faults.fail_times.load(Ordering::SeqCst);
         if left > 0 {

@@ -100,7 +100,10 @@ fn produce(model: &KinesisModel, next: &mut usize, count: usize) -> Result<usize
     let mut pending: Vec<PutRecordsEntry> = (0..count)
         .map(|i| {
             let n = *next + i;
-            PutRecordsEntry::new(format!("user-{}", n % 97), Bytes::from(format!("record-{n}")))
+            PutRecordsEntry::new(
+                format!("user-{}", n % 97),
+                Bytes::from(format!("record-{n}")),
+            )
         })
         .collect();
     *next += count;
@@ -135,7 +138,10 @@ async fn main() -> Result<(), BoxError> {
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
     let lease_file = dir.path().join("leases.sqlite");
-    println!("kcl-rs quickstart: in-memory stream, SQLite leases at {}", lease_file.display());
+    println!(
+        "kcl-rs quickstart: in-memory stream, SQLite leases at {}",
+        lease_file.display()
+    );
 
     let model = KinesisModel::new(ModelConfig::new());
     model.create_stream(STREAM, 4)?;
@@ -181,7 +187,11 @@ async fn main() -> Result<(), BoxError> {
     // Let worker-2 drain the stream: wait until every record was seen (bounded).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let seen = tally.lock().map_err(|_| "tally lock poisoned")?.deliveries.len();
+        let seen = tally
+            .lock()
+            .map_err(|_| "tally lock poisoned")?
+            .deliveries
+            .len();
         if seen >= produced || Instant::now() >= deadline {
             break;
         }
@@ -196,9 +206,14 @@ async fn main() -> Result<(), BoxError> {
     let duplicates: u32 = tally.deliveries.values().map(|n| n - 1).sum();
     println!();
     println!("summary after {:.1}s", started.elapsed().as_secs_f32());
-    println!("  records produced     {produced} ({throttled} PutRecords entries throttled and retried)");
+    println!(
+        "  records produced     {produced} ({throttled} PutRecords entries throttled and retried)"
+    );
     println!("  records processed    {processed} distinct");
-    println!("  missing              {}", produced.saturating_sub(processed));
+    println!(
+        "  missing              {}",
+        produced.saturating_sub(processed)
+    );
     println!("  duplicates           {duplicates}");
     println!("  shards and the workers that processed them:");
     for (shard, workers) in &tally.shards {

@@ -35,7 +35,12 @@ fn cpu_time() -> Duration {
     // Fields after the command name (which is in parentheses and may contain spaces).
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name.
     let total = ticks(11) + ticks(12);
     // Clock ticks per second: 100 on Linux unless configured otherwise.
@@ -65,7 +70,8 @@ impl RecordProcessor for Noop {
         input: ProcessRecordsInput<'_>,
         _checkpointer: &mut Checkpointer,
     ) -> Result<(), BoxError> {
-        self.0.fetch_add(input.records.len() as u64, Ordering::Relaxed);
+        self.0
+            .fetch_add(input.records.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -80,7 +86,10 @@ async fn model_alone(model: &Arc<KinesisModel>) -> u64 {
                 .expect("iterator"),
         );
         while let Some(current) = it {
-            let out = model.get_records(&current, 10_000).await.expect("get_records");
+            let out = model
+                .get_records(&current, 10_000)
+                .await
+                .expect("get_records");
             if out.records.is_empty() {
                 break;
             }

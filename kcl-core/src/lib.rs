@@ -43,3 +43,8 @@ pub mod worker;
 pub(crate) mod time;
 
 pub use bytes::Bytes;
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -25,16 +25,6 @@ pub(crate) fn to_system(at: Instant) -> SystemTime {
     }
 }
 
-/// Converts wall-clock time to a tokio instant (clamped to what `Instant` can represent).
-pub(crate) fn from_system(at: SystemTime) -> Instant {
-    let (sys, base) = anchor();
-    let std_instant = match at.duration_since(sys) {
-        Ok(after) => base.checked_add(after).unwrap_or(base),
-        Err(before) => base.checked_sub(before.duration()).unwrap_or(base),
-    };
-    Instant::from_std(std_instant)
-}
-
 /// The current wall-clock time, as seen through tokio's clock.
 pub(crate) fn system_now() -> SystemTime {
     to_system(Instant::now())

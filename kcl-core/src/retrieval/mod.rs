@@ -138,3 +138,37 @@ pub(crate) fn starting_position(
 pub(crate) fn record_bytes(record: &Record) -> usize {
     record.data().len() + record.partition_key().len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_blocks_the_fetcher_until_the_consumer_gives_back() {
+        let budget = std::sync::Arc::new(PrefetchBudget::new(100, 10_000));
+        assert_eq!(budget.wait_for_room().await, 100);
+        budget.charge(60, 1_000);
+        assert_eq!(budget.wait_for_room().await, 40);
+        budget.charge(50, 1_000);
+        assert_eq!(budget.in_use(), (110, 2_000));
+        // Full (records): the fetcher waits until the consumer releases a batch.
+        let waiter = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.wait_for_room().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        budget.release(60, 1_000);
+        assert_eq!(waiter.await.unwrap(), 50);
+        // Full (bytes) also blocks.
+        budget.charge(0, 9_000);
+        let waiter = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.wait_for_room().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        budget.release(50, 9_000);
+        assert_eq!(waiter.await.unwrap(), 100);
+    }
+}

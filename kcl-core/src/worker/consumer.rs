@@ -69,7 +69,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
     // 1. Parents first.
     ctx.status
         .update(&shard_id, |s| s.state = ShardState::WaitingOnParents);
-    if let Some(interrupt) = wait_for_parents(&mut ctx, &lease, &mut lost).await {
+    if let Err(interrupt) = wait_for_parents(&mut ctx, &lease, &mut lost).await {
         return finish_without_processor(&ctx, &held, interrupt).await;
     }
     if lease.is_finished() {
@@ -102,12 +102,12 @@ pub(crate) async fn run<F: ProcessorFactory>(
     consumer.lifecycle(lease).await
 }
 
-/// Waits until every parent lease is finished or gone. `None` when the shard may start.
+/// Waits until every parent lease is finished or gone (`Ok`), or an interruption.
 async fn wait_for_parents(
     ctx: &mut ConsumerContext,
     lease: &Lease,
     lost: &mut watch::Receiver<bool>,
-) -> Option<Interrupt> {
+) -> Result<(), Interrupt> {
     'outer: loop {
         let mut pending = None;
         for parent in &lease.parent_shard_ids {
@@ -125,7 +125,7 @@ async fn wait_for_parents(
             }
         }
         let Some(parent) = pending else {
-            return None;
+            return Ok(());
         };
         debug!(%parent, "waiting for parent shard to finish");
         let sleep = tokio::time::sleep(ctx.config.parent_poll_interval);
@@ -133,10 +133,10 @@ async fn wait_for_parents(
         loop {
             tokio::select! {
                 _ = &mut sleep => continue 'outer,
-                _ = lost.wait_for(|l| *l) => return Some(Interrupt::Lost),
+                _ = lost.wait_for(|l| *l) => return Err(Interrupt::Lost),
                 changed = ctx.shutdown.changed() => {
                     if changed.is_err() || *ctx.shutdown.borrow() != Shutdown::Running {
-                        return Some(Interrupt::Shutdown);
+                        return Err(Interrupt::Shutdown);
                     }
                 }
             }
@@ -151,10 +151,10 @@ async fn finish_without_processor(
 ) -> ConsumerExit {
     ctx.status
         .update(held.key(), |s| s.state = ShardState::Finished);
-    if let Interrupt::Shutdown = interrupt {
-        if let Err(error) = held.release().await {
-            debug!(%error, "release failed");
-        }
+    if let Interrupt::Shutdown = interrupt
+        && let Err(error) = held.release().await
+    {
+        debug!(%error, "release failed");
     }
     ConsumerExit::Released
 }

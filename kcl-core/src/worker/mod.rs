@@ -319,10 +319,10 @@ impl<F: ProcessorFactory> Worker<F> {
                     continue;
                 }
                 Some(joined) = consumers.join_next(), if !consumers.is_empty() => {
-                    if let Err(error) = joined {
-                        if error.is_panic() {
-                            warn!(%error, "a shard consumer task panicked");
-                        }
+                    if let Err(error) = joined
+                        && error.is_panic()
+                    {
+                        warn!(%error, "a shard consumer task panicked");
                     }
                     continue;
                 }
