@@ -1,1 +1,0 @@
-//! deaggregation (placeholder).
