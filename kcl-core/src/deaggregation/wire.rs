@@ -75,15 +75,21 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, DecodeError> {
-        // Fast path: one-byte varints (field keys, small indices) dominate.
+        // Fast path: one-byte varints (field keys, small indices, short lengths) dominate.
         if let Some(&b) = self.buf.get(self.pos)
             && b < 0x80
         {
             self.pos += 1;
             return Ok(u64::from(b));
         }
+        self.varint_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, DecodeError> {
         let mut result = 0u64;
         let mut shift = 0u32;
         loop {
@@ -164,8 +170,12 @@ fn expect(message: &'static str, field: u64, wire_type: u8, want: u8) -> Result<
 }
 
 /// Decodes a proto2 string: borrowed when valid UTF-8, lossily converted otherwise.
+#[inline]
 fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// The key tables of an aggregated record and the number of records it holds.
