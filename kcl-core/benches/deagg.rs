@@ -87,8 +87,13 @@ fn measure_all(fs: &mut [&mut dyn FnMut()]) -> Vec<Duration> {
 }
 
 fn main() {
-    // `cargo test --benches` runs this with `--test`-like flags; keep it quick there.
-    if std::env::args().any(|a| a == "--test" || a == "--list") {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this without it (in debug
+    // mode), where only a smoke check is worth doing.
+    if !std::env::args().any(|a| a == "--bench") {
+        let input = aggregates(false);
+        let (out, stats) = Deaggregator::default().deaggregate(input.into_iter().take(2), None);
+        assert_eq!(stats.aggregates, 2);
+        assert!(!out.is_empty());
         return;
     }
     println!(

@@ -1,10 +1,11 @@
 //! The producer side: packing user records into KPL aggregated records.
 //!
-//! Output is byte-identical to the official `aws-kinesis-agg` Python library for the same
-//! sequence of records and the same flush points (fields in tag order, key tables in order of
-//! first use, the aggregate put with the first user record's partition key and explicit hash
-//! key). Unlike the Python library, the size limit is exact: a flushed aggregate, magic and digest
-//! included, is never larger than `max_size`.
+//! Output is byte-identical to the official `aws-kinesis-agg` Python library (1.2.3) for the same
+//! user records per aggregate: fields in tag order, key tables in order of first use, the
+//! aggregate put with the first user record's partition key and explicit hash key. The flush
+//! points can differ: the size accounting here is exact (a flushed aggregate, magic and digest
+//! included, is never larger than `max_size`, and is filled as far as that allows), while the
+//! Python library over-counts repeated partition keys and so flushes earlier.
 //!
 //! A user record that alone does not fit within `max_size` is refused with
 //! [`AggregationError::RecordTooLarge`] and the aggregator is left unchanged; the caller can put

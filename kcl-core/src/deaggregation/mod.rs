@@ -36,8 +36,9 @@
 //!
 //! ## Aggregation
 //!
-//! [`Aggregator`] produces the same format (byte-identical to the official Python library for the
-//! same input), within the KPL `AggregationMaxSize` (51200 bytes by default).
+//! [`Aggregator`] produces the same format within the KPL `AggregationMaxSize` (51200 bytes by
+//! default). For the same user records per aggregate its output is byte-identical to the official
+//! Python library `aws-kinesis-agg` (checked in `tests/deagg_interop.rs`).
 //!
 //! Submodules: [`proto`] (wire format constants and `prost` messages), `wire` (the zero-copy
 //! reader used by the de-aggregator), [`aggregator`] (the producer side), `resume` (checkpoint
