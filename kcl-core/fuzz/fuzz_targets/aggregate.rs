@@ -32,10 +32,11 @@ fuzz_target!(|data: &[u8]| {
     let mut agg = Aggregator::new(max_size);
     let mut accepted = Vec::new();
     let mut aggregates = Vec::new();
-    loop {
-        let Some(flags) = input.byte() else { break };
+    while let Some(flags) = input.byte() {
         let Some(pk_len) = input.byte() else { break };
-        let Some(pk) = input.take(usize::from(pk_len)) else { break };
+        let Some(pk) = input.take(usize::from(pk_len)) else {
+            break;
+        };
         let pk = String::from_utf8_lossy(pk).into_owned();
         let ehk = if flags & 1 != 0 {
             let Some(b) = input.take(16) else { break };
@@ -45,7 +46,9 @@ fuzz_target!(|data: &[u8]| {
         };
         let Some(len) = input.take(2) else { break };
         let len = usize::from(u16::from_be_bytes([len[0], len[1]]) % 4096);
-        let Some(payload) = input.take(len.min(input.0.len())) else { break };
+        let Some(payload) = input.take(len.min(input.0.len())) else {
+            break;
+        };
         match agg.try_add(&pk, ehk.as_deref(), payload.to_vec()) {
             Ok(flushed) => {
                 aggregates.extend(flushed);
@@ -76,7 +79,12 @@ fuzz_target!(|data: &[u8]| {
             SequenceNumber::from_u128(i as u128),
         );
         let outcome = d.deaggregate_into(outer, None, &mut out);
-        assert_eq!(outcome, Outcome::Aggregated { records: a.user_records });
+        assert_eq!(
+            outcome,
+            Outcome::Aggregated {
+                records: a.user_records
+            }
+        );
     }
     assert_eq!(out.len(), accepted.len());
     for (r, (pk, ehk, data)) in out.iter().zip(&accepted) {
