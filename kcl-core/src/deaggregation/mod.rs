@@ -1,0 +1,367 @@
+//! KPL aggregated-record format: de-aggregation (consumer side) and aggregation (producer side).
+//!
+//! The Kinesis Producer Library packs many *user records* into one Kinesis record:
+//! `[F3 89 9A C2][protobuf AggregatedRecord][MD5 of the protobuf bytes]` (see [`proto`] for the
+//! schema). [`Deaggregator::deaggregate_into`] expands such a record into its user records:
+//!
+//! - every user record's data is a zero-copy [`bytes::Bytes`] slice of the fetched record;
+//! - partition keys and explicit hash keys are one shared `Arc<str>` per table entry;
+//! - user records get sub-sequence numbers `0, 1, 2, ...` and inherit the outer record's
+//!   sequence number and approximate arrival time; tags are exposed;
+//! - a record without the magic is [`Outcome::NotAggregated`] and handed on unchanged;
+//! - a record with the magic that is too short, fails the MD5 check, does not decode, or
+//!   references a table index that does not exist is handed on unchanged as one record
+//!   ([`Outcome::PassedThrough`], logged at `warn`). Never a panic, never an error: the bytes
+//!   always reach the processor.
+//!
+//! ## Hash-range filtering after resharding (a deliberate difference from Java)
+//!
+//! After a shard splits or merges, a KPL aggregate written before the reshard can be read from a
+//! child shard whose hash-key range no longer covers all of its user records. The Java KCL then
+//! drops the **whole** aggregate as soon as **one** user record's effective hash key (the explicit
+//! hash key, else the MD5 of the partition key) falls outside the shard's range: silent data loss
+//! (see `potential_data_loss.md` in awslabs/kinesis-aggregation).
+//!
+//! Here the default ([`DeaggregationConfig::filter_by_shard_hash_range`] `= false`) delivers every
+//! user record of the aggregate that was actually stored in the shard. Setting it to `true`
+//! reproduces Java exactly: when any user record falls outside the range passed to
+//! [`Deaggregator::deaggregate_into`], the whole aggregate is dropped, the call returns
+//! [`Outcome::Dropped`] and a `warn` line is logged.
+//!
+//! ## Restart semantics
+//!
+//! A checkpoint at `(sequence, k)` means user records `0..=k` of that aggregate were processed.
+//! After re-reading `AT_SEQUENCE_NUMBER`, [`skip_through`] removes every record at or before the
+//! checkpoint so processing resumes at `k + 1`.
+//!
+//! ## Aggregation
+//!
+//! [`Aggregator`] produces the same format within the KPL `AggregationMaxSize` (51200 bytes by
+//! default). For the same user records per aggregate its output is byte-identical to the official
+//! Python library `aws-kinesis-agg` (checked in `tests/deagg_interop.rs`).
+//!
+//! Submodules: [`proto`] (wire format constants and `prost` messages), `wire` (the zero-copy
+//! reader used by the de-aggregator), [`aggregator`] (the producer side), `resume` (checkpoint
+//! filtering).
+
+pub mod aggregator;
+pub mod proto;
+mod resume;
+mod wire;
+
+use std::sync::Arc;
+
+use md5::{Digest, Md5};
+
+use crate::record::{HashKeyRange, Record, parse_hash_key, partition_key_hash};
+
+pub use aggregator::{
+    AggregatedRecord, AggregationError, Aggregator, DEFAULT_AGGREGATION_MAX_SIZE,
+};
+pub use proto::{DIGEST_LEN, MAGIC};
+pub use resume::skip_through;
+pub use wire::DecodeError;
+
+/// De-aggregation settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeaggregationConfig {
+    /// Reproduce the Java KCL: drop a whole aggregate when any of its user records hashes outside
+    /// the shard's hash-key range. Default `false`: deliver every user record (see the module
+    /// documentation).
+    pub filter_by_shard_hash_range: bool,
+}
+
+/// Why a record that starts with the KPL magic was handed on unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum PassThroughReason {
+    /// The record has the magic but no room for a digest (at most 16 bytes follow the magic).
+    #[error("too short for an aggregated record")]
+    TooShort,
+    /// The trailing MD5 does not match the protobuf bytes.
+    #[error("MD5 digest mismatch")]
+    DigestMismatch,
+    /// The protobuf message could not be decoded.
+    #[error("undecodable protobuf: {0}")]
+    Undecodable(#[from] DecodeError),
+    /// A user record references a partition-key or explicit-hash-key table entry that does not
+    /// exist.
+    #[error("table index out of range")]
+    IndexOutOfRange,
+}
+
+/// What [`Deaggregator::deaggregate_into`] did with one fetched record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// No KPL magic: the record was appended unchanged.
+    NotAggregated,
+    /// A valid aggregate: `records` user records were appended (0 for an aggregate that holds
+    /// none).
+    Aggregated {
+        /// User records appended.
+        records: usize,
+    },
+    /// The record had the KPL magic but was not a valid aggregate: appended unchanged.
+    PassedThrough(PassThroughReason),
+    /// A valid aggregate dropped because a user record fell outside the shard's hash-key range
+    /// (only with [`DeaggregationConfig::filter_by_shard_hash_range`]).
+    Dropped {
+        /// User records dropped.
+        records: usize,
+    },
+}
+
+impl Outcome {
+    /// How many records this outcome appended to the output.
+    pub fn appended(&self) -> usize {
+        match self {
+            Self::NotAggregated | Self::PassedThrough(_) => 1,
+            Self::Aggregated { records } => *records,
+            Self::Dropped { .. } => 0,
+        }
+    }
+}
+
+/// Counters over many [`Outcome`]s (for metrics and logs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeaggregationStats {
+    /// Fetched records that were not aggregated.
+    pub not_aggregated: u64,
+    /// Fetched records that were valid aggregates (dropped ones excluded).
+    pub aggregates: u64,
+    /// User records delivered out of aggregates.
+    pub user_records: u64,
+    /// Fetched records with the magic that were passed through unchanged.
+    pub passed_through: u64,
+    /// Aggregates dropped by hash-range filtering.
+    pub dropped_aggregates: u64,
+    /// User records inside dropped aggregates.
+    pub dropped_user_records: u64,
+}
+
+impl DeaggregationStats {
+    /// Adds one outcome to the counters.
+    pub fn add(&mut self, outcome: &Outcome) {
+        match *outcome {
+            Outcome::NotAggregated => self.not_aggregated += 1,
+            Outcome::Aggregated { records } => {
+                self.aggregates += 1;
+                self.user_records += records as u64;
+            }
+            Outcome::PassedThrough(_) => self.passed_through += 1,
+            Outcome::Dropped { records } => {
+                self.dropped_aggregates += 1;
+                self.dropped_user_records += records as u64;
+            }
+        }
+    }
+
+    /// Adds another set of counters.
+    pub fn merge(&mut self, other: &DeaggregationStats) {
+        self.not_aggregated += other.not_aggregated;
+        self.aggregates += other.aggregates;
+        self.user_records += other.user_records;
+        self.passed_through += other.passed_through;
+        self.dropped_aggregates += other.dropped_aggregates;
+        self.dropped_user_records += other.dropped_user_records;
+    }
+}
+
+/// Expands KPL aggregated records into user records. Cheap to create, `Send + Sync`, stateless
+/// apart from its configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Deaggregator {
+    config: DeaggregationConfig,
+}
+
+impl Deaggregator {
+    /// A de-aggregator with the given settings.
+    pub fn new(config: DeaggregationConfig) -> Self {
+        Self { config }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DeaggregationConfig {
+        &self.config
+    }
+
+    /// Expands one raw record into user records appended to `out`.
+    ///
+    /// `shard_range` is the hash-key range of the shard the record was read from; it is only
+    /// used when [`DeaggregationConfig::filter_by_shard_hash_range`] is set. On any failure the
+    /// record is appended unchanged and `out` holds nothing else from this call.
+    pub fn deaggregate_into(
+        &self,
+        record: Record,
+        shard_range: Option<&HashKeyRange>,
+        out: &mut Vec<Record>,
+    ) -> Outcome {
+        let data = record.data.as_ref();
+        if data.len() < MAGIC.len() || data[..MAGIC.len()] != MAGIC {
+            out.push(record);
+            return Outcome::NotAggregated;
+        }
+        let reason = if data.len() <= proto::FRAMING_LEN {
+            PassThroughReason::TooShort
+        } else {
+            let body_end = data.len() - DIGEST_LEN;
+            let body = &data[MAGIC.len()..body_end];
+            if Md5::digest(body).as_slice() != &data[body_end..] {
+                PassThroughReason::DigestMismatch
+            } else {
+                let filter = shard_range.filter(|_| self.config.filter_by_shard_hash_range);
+                match expand(&record, body, filter, out) {
+                    Ok(Expanded::Delivered(records)) => return Outcome::Aggregated { records },
+                    Ok(Expanded::OutOfRange {
+                        records,
+                        sub_sequence,
+                        hash_key,
+                    }) => {
+                        tracing::warn!(
+                            sequence_number = %record.sequence_number,
+                            records,
+                            sub_sequence,
+                            hash_key = %hash_key,
+                            "dropping KPL aggregate: a user record hashes outside the shard's \
+                             range (filter_by_shard_hash_range is set, as in the Java KCL)"
+                        );
+                        return Outcome::Dropped { records };
+                    }
+                    Err(reason) => reason,
+                }
+            }
+        };
+        tracing::warn!(
+            sequence_number = %record.sequence_number,
+            len = data.len(),
+            %reason,
+            "record has the KPL magic but is not a valid aggregate; delivering it unchanged"
+        );
+        out.push(record);
+        Outcome::PassedThrough(reason)
+    }
+
+    /// Expands a batch of raw records; returns the user records and the counters.
+    pub fn deaggregate(
+        &self,
+        records: impl IntoIterator<Item = Record>,
+        shard_range: Option<&HashKeyRange>,
+    ) -> (Vec<Record>, DeaggregationStats) {
+        let records = records.into_iter();
+        let mut out = Vec::with_capacity(records.size_hint().0);
+        let mut stats = DeaggregationStats::default();
+        for record in records {
+            stats.add(&self.deaggregate_into(record, shard_range, &mut out));
+        }
+        (out, stats)
+    }
+}
+
+enum Expanded {
+    Delivered(usize),
+    OutOfRange {
+        records: usize,
+        sub_sequence: u64,
+        hash_key: u128,
+    },
+}
+
+/// Decodes `body` (the verified protobuf bytes of `outer`) and appends its user records to `out`.
+/// On error or when filtered out, `out` is restored to its length on entry.
+fn expand(
+    outer: &Record,
+    body: &[u8],
+    filter: Option<&HashKeyRange>,
+    out: &mut Vec<Record>,
+) -> Result<Expanded, PassThroughReason> {
+    let tables = wire::scan(body)?;
+    let start = out.len();
+    out.reserve(tables.records);
+    let result = push_records(outer, body, &tables, filter, out);
+    if !matches!(result, Ok(Expanded::Delivered(_))) {
+        out.truncate(start);
+    }
+    result
+}
+
+fn push_records(
+    outer: &Record,
+    body: &[u8],
+    tables: &wire::Tables,
+    filter: Option<&HashKeyRange>,
+    out: &mut Vec<Record>,
+) -> Result<Expanded, PassThroughReason> {
+    // Effective hash keys per table entry, computed once (only when filtering).
+    let hashes = filter.map(|_| {
+        let pk: Vec<u128> = tables
+            .partition_keys
+            .iter()
+            .map(|k| partition_key_hash(k))
+            .collect();
+        let ehk: Vec<Option<u128>> = tables
+            .explicit_hash_keys
+            .iter()
+            .map(|k| parse_hash_key(k).ok())
+            .collect();
+        (pk, ehk)
+    });
+    let mut out_of_range = None;
+    let mut count = 0usize;
+    for (sub_sequence, raw) in (0u64..).zip(wire::Records::new(body)) {
+        let raw = raw?;
+        let pk_index = usize::try_from(raw.partition_key_index)
+            .map_err(|_| PassThroughReason::IndexOutOfRange)?;
+        let partition_key: &Arc<str> = tables
+            .partition_keys
+            .get(pk_index)
+            .ok_or(PassThroughReason::IndexOutOfRange)?;
+        let ehk_index = match raw.explicit_hash_key_index {
+            None => None,
+            Some(i) => Some(usize::try_from(i).map_err(|_| PassThroughReason::IndexOutOfRange)?),
+        };
+        let explicit_hash_key = match ehk_index {
+            None => None,
+            Some(i) => Some(
+                tables
+                    .explicit_hash_keys
+                    .get(i)
+                    .ok_or(PassThroughReason::IndexOutOfRange)?
+                    .clone(),
+            ),
+        };
+        if let (Some(range), Some((pk_hashes, ehk_hashes)), None) =
+            (filter, hashes.as_ref(), out_of_range)
+        {
+            let key = ehk_index
+                .and_then(|i| ehk_hashes.get(i).copied().flatten())
+                .or_else(|| pk_hashes.get(pk_index).copied())
+                .unwrap_or_default();
+            if !range.contains(key) {
+                out_of_range = Some((sub_sequence, key));
+            }
+        }
+        let data_start = MAGIC.len() + raw.data.start;
+        let data_end = MAGIC.len() + raw.data.end;
+        out.push(Record {
+            partition_key: partition_key.clone(),
+            data: outer.data.slice(data_start..data_end),
+            sequence_number: outer.sequence_number.clone(),
+            sub_sequence_number: sub_sequence,
+            approximate_arrival: outer.approximate_arrival,
+            explicit_hash_key,
+            aggregated: true,
+            tags: raw.tags,
+        });
+        count += 1;
+    }
+    Ok(match out_of_range {
+        None => Expanded::Delivered(count),
+        Some((sub_sequence, hash_key)) => Expanded::OutOfRange {
+            records: count,
+            sub_sequence,
+            hash_key,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;
