@@ -545,3 +545,139 @@ async fn invalid_configuration_names_the_field() {
         .unwrap_err();
     assert_eq!(err, ConfigError::Missing("backend"));
 }
+
+/// Checkpoints once, at the fourth user record of the first batch, then only records.
+struct CheckpointAtFourth {
+    inner: RecordingProcessor,
+    done: bool,
+}
+
+impl kcl_core::processor::RecordProcessor for CheckpointAtFourth {
+    type Error = BoxError;
+
+    async fn process_records(
+        &mut self,
+        input: kcl_core::processor::ProcessRecordsInput<'_>,
+        checkpointer: &mut kcl_core::checkpoint::Checkpointer,
+    ) -> Result<(), BoxError> {
+        if !self.done {
+            checkpointer.checkpoint_record(&input.records[3]).await?;
+            self.done = true;
+        }
+        self.inner.process_records(input, checkpointer).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_resumes_inside_a_kpl_aggregate() {
+    use kcl_core::deaggregation::Aggregator;
+    let model = model(1);
+    let table = table();
+    let recorder = Recorder::new();
+    // Two aggregates of 10 user records each.
+    let mut aggregator = Aggregator::default();
+    let mut aggregates = Vec::new();
+    for i in 0..20 {
+        if let Some(full) = aggregator
+            .try_add(&format!("k{i}"), None, Bytes::from(format!("r{i}")))
+            .unwrap()
+        {
+            aggregates.push(full);
+        }
+        if i == 9 {
+            aggregates.extend(aggregator.flush());
+        }
+    }
+    aggregates.extend(aggregator.flush());
+    assert_eq!(aggregates.len(), 2);
+    for a in &aggregates {
+        model
+            .put_record(
+                STREAM,
+                &a.partition_key,
+                a.data.clone(),
+                a.explicit_hash_key.as_deref(),
+            )
+            .unwrap();
+    }
+    let run = |name: &'static str, recorder: Arc<Recorder>| {
+        let factory = move |shard: &kcl_core::processor::ShardInfo| CheckpointAtFourth {
+            inner: RecordingProcessor::factory(name, recorder.clone(), Faults::default())
+                .create(shard),
+            done: false,
+        };
+        let worker = Worker::builder(factory)
+            .application_name("app")
+            .stream(STREAM)
+            .worker_id(name)
+            .backend(model.clone())
+            .lease_table(table.clone())
+            .initial_position(InitialPosition::TrimHorizon)
+            .checkpoint_cadence(CheckpointCadence::manual())
+            .build()
+            .unwrap();
+        let handle = worker.handle();
+        (
+            handle,
+            tokio::spawn(async move { worker.run().await.unwrap() }),
+        )
+    };
+    let (h1, t1) = run("w1", recorder.clone());
+    recorder.wait_until(LONG, |r| r.distinct() >= 20).await;
+    h1.shutdown_now();
+    within(LONG, "stop", t1).await.unwrap();
+    let first = recorder.seen()[0].position.clone();
+    let ExtendedSequenceNumber::Sequence { sequence, .. } = &first else {
+        panic!("not a real position")
+    };
+    // w2 starts at the checkpoint (sub-sequence 3): the next record is sub-sequence 4.
+    let (h2, t2) = run("w2", recorder.clone());
+    recorder
+        .wait_until(LONG, |r| r.seen().iter().any(|s| s.worker == "w2"))
+        .await;
+    let again: Vec<_> = recorder
+        .seen()
+        .into_iter()
+        .filter(|s| s.worker == "w2")
+        .collect();
+    assert_eq!(
+        again[0].position,
+        ExtendedSequenceNumber::Sequence {
+            sequence: sequence.clone(),
+            sub_sequence: 4
+        },
+        "resumes right after the checkpoint inside the aggregate"
+    );
+    assert!(again.iter().all(|s| s.position
+        > ExtendedSequenceNumber::Sequence {
+            sequence: sequence.clone(),
+            sub_sequence: 3
+        }));
+    h2.shutdown_now();
+    within(LONG, "stop", t2).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_worker_stops_renewing_so_its_leases_expire() {
+    let model = model(1);
+    let table = table();
+    let recorder = Recorder::new();
+    produce(&model, STREAM, 2, 10, 0);
+    let w = start("w1", &model, &table, &recorder, Faults::default(), |b| b);
+    recorder.wait_until(LONG, |r| r.distinct() >= 10).await;
+    // Crash: the run future is dropped without any shutdown.
+    w.task.abort();
+    let _ = w.task.await;
+    let before = table.get("shardId-000000000000").await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after = table.get("shardId-000000000000").await.unwrap().unwrap();
+    assert_eq!(
+        before.counter, after.counter,
+        "nobody renews the lease of a dropped worker"
+    );
+    // So another worker takes over after the failover time.
+    produce(&model, STREAM, 2, 10, 10);
+    let w2 = start("w2", &model, &table, &recorder, Faults::default(), |b| b);
+    recorder.wait_until(LONG, |r| r.distinct() >= 20).await;
+    w2.stop().await;
+}

@@ -264,9 +264,10 @@ impl<F: ProcessorFactory> Worker<F> {
     async fn run_inner(self) -> Result<(), WorkerError> {
         info!("worker starting");
         let mut shutdown_rx = self.shutdown.subscribe();
-        let renewer = tokio::spawn(
+        // Aborted if `run` is dropped, so a cancelled worker stops renewing and its leases expire.
+        let mut renewer = AbortOnDrop(tokio::spawn(
             renew_loop(self.coordinator.clone(), self.shutdown.subscribe()).in_current_span(),
-        );
+        ));
         let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(String, ConsumerExit)>();
         let mut consumers: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
@@ -372,7 +373,7 @@ impl<F: ProcessorFactory> Worker<F> {
             }
         }
         self.shutdown.send_replace(Shutdown::Immediate);
-        if let Err(error) = renewer.await {
+        if let Err(error) = (&mut renewer.0).await {
             return Err(WorkerError::Task(error.to_string()));
         }
         info!("worker stopped");
@@ -405,6 +406,15 @@ impl<F: ProcessorFactory> Worker<F> {
             }
             .instrument(span),
         )
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
