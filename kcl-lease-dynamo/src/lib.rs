@@ -186,6 +186,7 @@ pub struct DynamoLeaseTableBuilder {
     max_retries: usize,
     request_timeout: Duration,
     table_active_timeout: Duration,
+    verify_table: bool,
 }
 
 impl DynamoLeaseTableBuilder {
@@ -236,6 +237,14 @@ impl DynamoLeaseTableBuilder {
         self
     }
 
+    /// Whether [`build`](Self::build) describes the table, creates it if missing and checks its
+    /// key schema (default `true`). Turn it off only for a worker whose IAM policy lacks
+    /// `dynamodb:DescribeTable`: the first lease request then reports a missing table.
+    pub fn verify_table(mut self, verify: bool) -> Self {
+        self.verify_table = verify;
+        self
+    }
+
     /// Connects with `config` (region, credentials, endpoint), creates the table if it is missing
     /// and allowed, waits until it is active and checks its key schema.
     ///
@@ -271,8 +280,10 @@ impl DynamoLeaseTableBuilder {
                 counters: Counters::default(),
             }),
         };
-        let span = tracing::info_span!("lease_table_open", table = %self.table_name);
-        table.prepare(&self).instrument(span).await?;
+        if self.verify_table {
+            let span = tracing::info_span!("lease_table_open", table = %self.table_name);
+            table.prepare(&self).instrument(span).await?;
+        }
         Ok(table)
     }
 }
@@ -326,6 +337,7 @@ impl DynamoLeaseTable {
             max_retries: DEFAULT_MAX_RETRIES,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             table_active_timeout: DEFAULT_TABLE_ACTIVE_TIMEOUT,
+            verify_table: true,
         }
     }
 
@@ -738,6 +750,10 @@ impl LeaseTable for DynamoLeaseTable {
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.inner.table_name, lease = %key))]
     async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
+        if key.is_empty() {
+            // DynamoDB refuses an empty key value; no lease can have one (creation refuses it).
+            return Ok(None);
+        }
         match self.get_item(key).await? {
             Some(item) => item_to_lease(&item).map(Some),
             None => Ok(None),
@@ -751,6 +767,9 @@ impl LeaseTable for DynamoLeaseTable {
         expect: &Expectation,
         update: &LeaseUpdate,
     ) -> Result<Lease, LeaseError> {
+        if key.is_empty() {
+            return Err(LeaseError::NotFound(String::new()));
+        }
         let mut expression = Expression::default();
         let Some(update_expression) = expression.update(key, expect, update)? else {
             // Nothing to write: a consistent read checked against the expectation.
@@ -810,6 +829,9 @@ impl LeaseTable for DynamoLeaseTable {
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.inner.table_name, lease = %key))]
     async fn delete(&self, key: &str, expect: &Expectation) -> Result<(), LeaseError> {
+        if key.is_empty() {
+            return Err(LeaseError::NotFound(String::new()));
+        }
         let mut expression = Expression::default();
         let condition = expression.condition(expect);
         let request = self

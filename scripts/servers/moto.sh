@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A DynamoDB API server for tests on machines without Docker: moto_server (pinned), loopback only.
+# A DynamoDB API server for tests on machines without Docker: moto (pinned), loopback only, run by
+# moto_serial.py so that conditional writes are atomic as in DynamoDB.
 #
 #   scripts/servers/moto.sh install DIR        create DIR/venv and install the pinned packages
 #   scripts/servers/moto.sh start DIR [PORT]   start moto_server on 127.0.0.1:PORT (default 4570),
@@ -19,7 +20,7 @@ FLASK_VERSION=3.1.3
 FLASK_CORS_VERSION=6.0.5
 
 usage() {
-  sed -n '2,14p' "$0" >&2
+  sed -n '2,15p' "$0" >&2
   exit 2
 }
 
@@ -66,25 +67,27 @@ case $cmd in
       echo "something already listens on 127.0.0.1:$port" >&2
       exit 1
     fi
-    "$dir/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+    # moto_serial.py: moto_server's application with requests applied one at a time (see there).
+    MOTO_PORT=$port "$dir/venv/bin/python" "$(dirname "$0")/moto_serial.py" 127.0.0.1 "$port" \
+      >"$dir/moto.log" 2>&1 &
     pid=$!
     echo "$pid" >"$pidfile"
     # Wait (bounded) until it answers.
     for _ in $(seq 1 200); do
       if answers "$url"; then
-        echo "moto_server PID $pid listening on $url" >&2
+        echo "moto PID $pid listening on $url" >&2
         echo "$url"
         exit 0
       fi
       if ! kill -0 "$pid" 2>/dev/null; then
-        echo "moto_server exited; log:" >&2
+        echo "moto exited; log:" >&2
         cat "$dir/moto.log" >&2
         rm -f "$pidfile"
         exit 1
       fi
       sleep 0.1
     done
-    echo "moto_server did not answer on $url within 20 s; stopping it" >&2
+    echo "moto did not answer on $url within 20 s; stopping it" >&2
     kill "$pid" 2>/dev/null || true
     rm -f "$pidfile"
     exit 1
@@ -104,7 +107,7 @@ case $cmd in
       if kill -0 "$pid" 2>/dev/null; then
         kill -9 "$pid" 2>/dev/null || true
       fi
-      echo "stopped moto_server PID $pid" >&2
+      echo "stopped moto PID $pid" >&2
     fi
     rm -f "$pidfile"
     ;;
