@@ -551,11 +551,10 @@ async fn a_missing_table_is_misconfigured_when_creation_is_off() {
     expect_misconfigured(result, &[&name, "does not exist"]);
 }
 
-async fn create_raw_table(
-    client: &Client,
-    name: &str,
-    keys: &[(&str, ScalarAttributeType, KeyType)],
-) {
+/// A key attribute of a raw table: name, type, role.
+type KeyColumn = (&'static str, ScalarAttributeType, KeyType);
+
+async fn create_raw_table(client: &Client, name: &str, keys: &[KeyColumn]) {
     let mut request = client
         .create_table()
         .table_name(name)
@@ -585,7 +584,7 @@ async fn create_raw_table(
 async fn a_table_with_another_key_schema_is_refused() {
     let server = server().await;
     let client = Client::new(&server.config);
-    let cases: Vec<(Vec<(&str, ScalarAttributeType, KeyType)>, &str)> = vec![
+    let cases: Vec<(Vec<KeyColumn>, &str)> = vec![
         (
             vec![("id", ScalarAttributeType::S, KeyType::Hash)],
             "its hash key is \"id\"",
