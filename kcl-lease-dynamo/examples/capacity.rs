@@ -136,7 +136,12 @@ fn value_size(value: &AttributeValue) -> usize {
         AttributeValue::B(b) => b.as_ref().len(),
         AttributeValue::Ss(set) => set.iter().map(String::len).sum(),
         AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
-        AttributeValue::M(map) => 3 + map.iter().map(|(k, v)| k.len() + value_size(v) + 1).sum::<usize>(),
+        AttributeValue::M(map) => {
+            3 + map
+                .iter()
+                .map(|(k, v)| k.len() + value_size(v) + 1)
+                .sum::<usize>()
+        }
         AttributeValue::L(list) => 3 + list.iter().map(|v| value_size(v) + 1).sum::<usize>(),
         _ => 0,
     }
@@ -159,7 +164,10 @@ async fn start(
     failover: Duration,
     calls: &Arc<Mutex<BTreeMap<&'static str, u64>>>,
 ) -> (Running, DynamoLeaseTable) {
-    let dynamo = DynamoLeaseTable::builder(table).build(config).await.unwrap();
+    let dynamo = DynamoLeaseTable::builder(table)
+        .build(config)
+        .await
+        .unwrap();
     let counting: Arc<dyn LeaseTable> = Arc::new(Counting {
         inner: dynamo.clone(),
         calls: Arc::clone(calls),
@@ -213,7 +221,8 @@ async fn main() {
         loader = loader.region("us-east-1");
     }
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-        loader = loader.credentials_provider(Credentials::new("test", "test", None, None, "example"));
+        loader =
+            loader.credentials_provider(Credentials::new("test", "test", None, None, "example"));
     }
     let config = loader.load().await;
 
@@ -250,7 +259,10 @@ async fn main() {
     }
 
     // Warm-up: until every lease is held (bounded).
-    let observer = DynamoLeaseTable::builder(&table).build(&config).await.unwrap();
+    let observer = DynamoLeaseTable::builder(&table)
+        .build(&config)
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let list = observer.list().await.unwrap();
@@ -314,7 +326,10 @@ async fn main() {
         if running.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "leases not taken over after 120 s");
+        assert!(
+            Instant::now() < deadline,
+            "leases not taken over after 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let takeover_calls = calls.lock().unwrap().clone();

@@ -6,11 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod fault_proxy;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
@@ -21,13 +19,13 @@ use aws_sdk_dynamodb::types::{
 };
 use bytes::Bytes;
 use common::{fresh_table, server, unique_table};
+use fault_proxy::{Fault, FaultProxy, endpoint_addr};
 use kcl_core::lease::{
     Expectation, Lease, LeaseError, LeaseTable, LeaseTableExt, LeaseUpdate, PendingCheckpoint,
 };
 use kcl_core::record::{ExtendedSequenceNumber, HashKeyRange, SequenceNumber};
 use kcl_lease_dynamo::{Billing, DynamoLeaseTable, attributes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 // ------------------------------------------------------------------------------------------------
 // The contract suite, one ignored test per case.
@@ -726,86 +724,27 @@ async fn a_malformed_item_is_named_and_does_not_hide_the_others() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Lost replies
+// Injected faults: lost replies, throttling, server errors, denied permissions
 
-fn endpoint_addr(endpoint: &str) -> String {
-    let rest = endpoint
-        .split_once("://")
-        .map(|(_, rest)| rest)
-        .unwrap_or(endpoint);
-    rest.trim_end_matches('/').to_owned()
+/// A table on `name` reached through `proxy` (the table already exists: no DescribeTable, so the
+/// proxy's script applies to the lease requests alone).
+async fn through(proxy: &FaultProxy, name: &str, max_retries: usize) -> DynamoLeaseTable {
+    let config = common::sdk_config(&proxy.endpoint()).await;
+    DynamoLeaseTable::builder(name)
+        .verify_table(false)
+        .max_retries(max_retries)
+        .build(&config)
+        .await
+        .unwrap()
 }
 
-/// A TCP proxy in front of the server. The first `lose` connections carry their request to the
-/// server, wait for the first bytes of its answer (so the request has been executed), then close
-/// the client's connection without passing the answer on: a reply lost after the write landed.
-/// Later connections are passed through.
-struct LossyProxy {
-    addr: SocketAddr,
-    lost: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl LossyProxy {
-    async fn start(upstream: String, lose: usize) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let lost = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&lost);
-        let task = tokio::spawn(async move {
-            let mut accepted = 0usize;
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut server = TcpStream::connect(&upstream).await.unwrap();
-                accepted += 1;
-                if accepted <= lose {
-                    let counter = Arc::clone(&counter);
-                    tokio::spawn(async move {
-                        let (mut client_read, _client_write) = client.split();
-                        let (mut server_read, mut server_write) = server.split();
-                        let mut request = [0u8; 16 * 1024];
-                        let mut answer = [0u8; 1];
-                        tokio::select! {
-                            // Forward the request...
-                            _ = async {
-                                loop {
-                                    match client_read.read(&mut request).await {
-                                        Ok(0) | Err(_) => break,
-                                        Ok(n) => {
-                                            if server_write.write_all(&request[..n]).await.is_err() {
-                                                break;
-                                            }
-                                        }
-                                    }
-                                }
-                                std::future::pending::<()>().await;
-                            } => {}
-                            // ...until the server starts answering; then drop both connections.
-                            _ = server_read.read(&mut answer) => {}
-                        }
-                        counter.fetch_add(1, Ordering::SeqCst);
-                    });
-                } else {
-                    tokio::spawn(async move {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    });
-                }
-            }
-        });
-        Self { addr, lost, task }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for LossyProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+async fn owned_lease(server: &common::Server, prefix: &str) -> (String, DynamoLeaseTable, Lease) {
+    let name = unique_table(prefix);
+    let direct = table_on(server, &name).await;
+    let mut lease = Lease::new("shardId-000000000000", ExtendedSequenceNumber::TrimHorizon);
+    lease.owner = Some("worker-1".into());
+    assert!(direct.create_if_absent(&lease).await.unwrap());
+    (name, direct, lease)
 }
 
 /// A write whose reply is lost is `Unknown`; `write_reconciled` (used by every transition) reads
@@ -814,26 +753,20 @@ impl Drop for LossyProxy {
 #[ignore = "needs a DynamoDB endpoint: run scripts/test.sh"]
 async fn a_lost_write_reply_is_unknown_and_reconciled() {
     let server = server().await;
-    let name = unique_table("lost-reply");
-    let direct = table_on(&server, &name).await;
-    let mut lease = Lease::new("shardId-000000000000", ExtendedSequenceNumber::TrimHorizon);
-    lease.owner = Some("worker-1".into());
-    assert!(direct.create_if_absent(&lease).await.unwrap());
-
-    let proxy = LossyProxy::start(endpoint_addr(&server.endpoint), 2).await;
-    let config = common::sdk_config(&proxy.endpoint()).await;
-    let lossy = DynamoLeaseTable::builder(&name)
-        .verify_table(false)
-        .build(&config)
-        .await
-        .unwrap();
+    let (name, direct, lease) = owned_lease(&server, "lost-reply").await;
+    let proxy = FaultProxy::start(
+        endpoint_addr(&server.endpoint),
+        vec![Fault::LoseReply, Fault::LoseReply],
+    )
+    .await;
+    let lossy = through(&proxy, &name, 3).await;
 
     // 1. A bare update: the outcome is unknown, though it landed.
     let result = lossy
         .update(&lease.key, &lease.expectation(), &LeaseUpdate::default())
         .await;
     assert!(matches!(result, Err(LeaseError::Unknown(_))), "{result:?}");
-    assert_eq!(proxy.lost.load(Ordering::SeqCst), 1);
+    assert_eq!(proxy.applied(), 1);
     let landed = direct.get(&lease.key).await.unwrap().unwrap();
     assert_eq!(landed.counter, 1, "the write was applied");
 
@@ -842,7 +775,7 @@ async fn a_lost_write_reply_is_unknown_and_reconciled() {
         .checkpoint(&landed, position(SEQ, 1))
         .await
         .expect("reconciled after the lost reply");
-    assert_eq!(proxy.lost.load(Ordering::SeqCst), 2);
+    assert_eq!(proxy.applied(), 2);
     assert_eq!(checkpointed.counter, 2);
     assert_eq!(checkpointed.checkpoint, position(SEQ, 1));
     assert_eq!(direct.get(&lease.key).await.unwrap().unwrap(), checkpointed);
@@ -850,6 +783,136 @@ async fn a_lost_write_reply_is_unknown_and_reconciled() {
     // 3. Later requests pass: normal operation resumes.
     let renewed = lossy.renew(&checkpointed).await.unwrap();
     assert_eq!(renewed.counter, 3);
+}
+
+/// Throttled requests (both throttling codes) are retried with backoff and then succeed; the
+/// throttled attempts are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a DynamoDB endpoint: run scripts/test.sh"]
+async fn throttled_requests_are_retried() {
+    let server = server().await;
+    let (name, direct, lease) = owned_lease(&server, "throttled").await;
+    let proxy = FaultProxy::start(
+        endpoint_addr(&server.endpoint),
+        vec![Fault::throttle(), Fault::throttling_exception()],
+    )
+    .await;
+    let table = through(&proxy, &name, 3).await;
+    let renewed = table.renew(&lease).await.unwrap();
+    assert_eq!(renewed.counter, 1);
+    assert_eq!(direct.get(&lease.key).await.unwrap().unwrap(), renewed);
+    let used = table.capacity();
+    assert_eq!(used.throttled_attempts, 2);
+    assert_eq!(used.retries, 2);
+    assert_eq!(used.update_requests, 1);
+
+    // Reads too.
+    proxy.push([Fault::throttle(), Fault::server_error()]);
+    assert_eq!(table.get(&lease.key).await.unwrap().unwrap(), renewed);
+    assert_eq!(table.list().await.unwrap(), vec![renewed]);
+    assert_eq!(proxy.applied(), 4);
+}
+
+/// Past the retry budget, throttling surfaces as `Throttled` and nothing was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a DynamoDB endpoint: run scripts/test.sh"]
+async fn throttling_past_the_retry_budget_is_throttled() {
+    let server = server().await;
+    let (name, direct, lease) = owned_lease(&server, "throttled-out").await;
+    let proxy = FaultProxy::start(
+        endpoint_addr(&server.endpoint),
+        vec![Fault::throttle(), Fault::throttle(), Fault::throttle()],
+    )
+    .await;
+    let table = through(&proxy, &name, 2).await;
+    let result = table.renew(&lease).await;
+    assert!(
+        matches!(result, Err(LeaseError::Throttled(_))),
+        "{result:?}"
+    );
+    assert!(result.unwrap_err().is_retryable());
+    assert_eq!(proxy.applied(), 3, "one attempt and two retries");
+    assert_eq!(direct.get(&lease.key).await.unwrap().unwrap(), lease);
+}
+
+/// A 5xx answer to a write that was in fact applied: the retry fails its condition (the counter
+/// moved), which is reported as `Unknown`, and `write_reconciled` recognises the first attempt.
+/// The write is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a DynamoDB endpoint: run scripts/test.sh"]
+async fn a_server_error_after_the_write_landed_is_reconciled() {
+    let server = server().await;
+    let (name, direct, lease) = owned_lease(&server, "applied-500").await;
+    let proxy = FaultProxy::start(
+        endpoint_addr(&server.endpoint),
+        vec![Fault::ApplyThenFail {
+            status: 500,
+            error_type: "InternalServerError".into(),
+        }],
+    )
+    .await;
+    let table = through(&proxy, &name, 3).await;
+
+    let result = table
+        .update(&lease.key, &lease.expectation(), &LeaseUpdate::default())
+        .await;
+    assert!(matches!(result, Err(LeaseError::Unknown(_))), "{result:?}");
+    let stored = direct.get(&lease.key).await.unwrap().unwrap();
+    assert_eq!(stored.counter, 1, "applied once");
+
+    proxy.push([Fault::ApplyThenFail {
+        status: 500,
+        error_type: "InternalServerError".into(),
+    }]);
+    let taken = table.take(&stored, "worker-2").await.unwrap();
+    assert_eq!(taken.counter, 2);
+    assert_eq!(taken.owner.as_deref(), Some("worker-2"));
+    assert_eq!(direct.get(&lease.key).await.unwrap().unwrap(), taken);
+
+    // A 5xx that was not applied is simply retried.
+    proxy.push([Fault::server_error()]);
+    let renewed = table.renew(&taken).await.unwrap();
+    assert_eq!(renewed.counter, 3);
+    assert_eq!(proxy.applied(), 3);
+}
+
+/// A refused permission names the DynamoDB action and the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a DynamoDB endpoint: run scripts/test.sh"]
+async fn a_denied_permission_is_misconfigured_naming_the_action() {
+    let server = server().await;
+    let (name, _direct, lease) = owned_lease(&server, "denied").await;
+    let proxy = FaultProxy::start(
+        endpoint_addr(&server.endpoint),
+        vec![
+            Fault::denied(),
+            Fault::denied(),
+            Fault::denied(),
+            Fault::denied(),
+            Fault::denied(),
+        ],
+    )
+    .await;
+    let table = through(&proxy, &name, 3).await;
+    expect_misconfigured(table.renew(&lease).await, &["dynamodb:UpdateItem", &name]);
+    expect_misconfigured(table.get(&lease.key).await, &["dynamodb:GetItem", &name]);
+    expect_misconfigured(table.list().await, &["dynamodb:Scan", &name]);
+    expect_misconfigured(
+        table.create_if_absent(&lease).await,
+        &["dynamodb:PutItem", &name],
+    );
+    expect_misconfigured(
+        table.delete(&lease.key, &lease.expectation()).await,
+        &["dynamodb:DeleteItem", &name],
+    );
+    assert_eq!(proxy.applied(), 5, "not retried");
+    // At build time: DescribeTable.
+    proxy.push([Fault::denied()]);
+    let config = common::sdk_config(&proxy.endpoint()).await;
+    expect_misconfigured(
+        DynamoLeaseTable::builder(&name).build(&config).await,
+        &["dynamodb:DescribeTable", &name],
+    );
 }
 
 /// A server that accepts connections and never answers: reads time out and surface as
