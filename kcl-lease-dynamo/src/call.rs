@@ -3,8 +3,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_dynamodb::config::http::HttpResponse;
-use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use backon::BackoffBuilder;
 use kcl_core::lease::LeaseError;
 
@@ -26,6 +27,8 @@ pub(crate) enum Failure {
     Denied(String),
     /// The table does not exist.
     TableMissing(String),
+    /// No usable credentials: the request was not sent.
+    Credentials(String),
     /// Anything else: not retried.
     Other(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -97,13 +100,39 @@ where
             }
         }
         SdkError::TimeoutError(_) => Failure::Lost("the request timed out".to_owned()),
-        SdkError::DispatchFailure(failure) => Failure::Lost(format!(
-            "the request could not be completed: {:?}",
-            failure.as_connector_error()
-        )),
+        SdkError::DispatchFailure(failure) => {
+            let credentials = failure
+                .as_connector_error()
+                .and_then(|e| find_source::<CredentialsError>(e));
+            match credentials {
+                // Nothing was sent: the SDK found no usable credentials.
+                Some(error) => Failure::Credentials(DisplayErrorContext(error).to_string()),
+                None => Failure::Lost(match failure.as_connector_error() {
+                    Some(error) => format!(
+                        "the request could not be completed: {}",
+                        DisplayErrorContext(error)
+                    ),
+                    None => "the request could not be completed".to_owned(),
+                }),
+            }
+        }
         SdkError::ResponseError(_) => Failure::Lost("the reply could not be read".to_owned()),
         other => Failure::Other(Box::new(other)),
     }
+}
+
+/// The first error of type `T` in the source chain of `error` (itself included).
+fn find_source<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// Whether a request writes (its outcome matters when the reply is lost) or only reads.
@@ -229,6 +258,12 @@ where
                     "{action} on table {table} was refused: {reason}. The worker's IAM policy \
                      must allow {action} on the lease table (see the kcl-lease-dynamo docs for \
                      the minimal policy)"
+                )));
+            }
+            Failure::Credentials(reason) => {
+                return Err(LeaseError::Misconfigured(format!(
+                    "{action} on table {table} was not sent: no usable AWS credentials ({reason}); \
+                     configure credentials (environment, profile, or an instance/task role)"
                 )));
             }
             Failure::TableMissing(reason) => {

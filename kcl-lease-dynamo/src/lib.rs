@@ -82,8 +82,9 @@
 //!   [`LeaseTableExt::write_reconciled`](kcl_core::lease::LeaseTableExt::write_reconciled) reads
 //!   the lease back and recognises its own write; a condition failure after a 5xx attempt is
 //!   reported the same way;
-//! * missing permissions or refused credentials are [`LeaseError::Misconfigured`] naming the
-//!   DynamoDB action (e.g. `dynamodb:UpdateItem`) and the table; a missing table likewise;
+//! * missing permissions, refused credentials or no credentials at all are
+//!   [`LeaseError::Misconfigured`] naming the DynamoDB action (e.g. `dynamodb:UpdateItem`) and the
+//!   table; a missing table likewise;
 //! * an item that cannot be decoded is [`LeaseError::Malformed`] naming its lease key and
 //!   attribute, from `get`, `update` and `delete` of that lease; [`LeaseTable::list`] skips it
 //!   and logs it at `warn` level, so the other leases keep working.
@@ -122,6 +123,7 @@
 #![deny(missing_docs)]
 
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -187,6 +189,7 @@ pub struct DynamoLeaseTableBuilder {
     request_timeout: Duration,
     table_active_timeout: Duration,
     verify_table: bool,
+    scan_page_size: Option<NonZeroU32>,
 }
 
 impl DynamoLeaseTableBuilder {
@@ -245,6 +248,13 @@ impl DynamoLeaseTableBuilder {
         self
     }
 
+    /// At most this many items per `Scan` page in [`LeaseTable::list`] (default: DynamoDB's 1 MB
+    /// pages). Smaller pages spread a large table's scan over more, smaller requests.
+    pub fn scan_page_size(mut self, items: NonZeroU32) -> Self {
+        self.scan_page_size = Some(items);
+        self
+    }
+
     /// Connects with `config` (region, credentials, endpoint), creates the table if it is missing
     /// and allowed, waits until it is active and checks its key schema.
     ///
@@ -278,6 +288,7 @@ impl DynamoLeaseTableBuilder {
                     max_delay: Duration::from_secs(2),
                 },
                 counters: Counters::default(),
+                scan_page_size: self.scan_page_size,
             }),
         };
         if self.verify_table {
@@ -315,6 +326,7 @@ struct Inner {
     table_name: String,
     policy: RetryPolicy,
     counters: Counters,
+    scan_page_size: Option<NonZeroU32>,
 }
 
 impl fmt::Debug for DynamoLeaseTable {
@@ -338,6 +350,7 @@ impl DynamoLeaseTable {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             table_active_timeout: DEFAULT_TABLE_ACTIVE_TIMEOUT,
             verify_table: true,
+            scan_page_size: None,
         }
     }
 
@@ -711,6 +724,11 @@ impl LeaseTable for DynamoLeaseTable {
                 .scan()
                 .table_name(self.table())
                 .consistent_read(true)
+                .set_limit(
+                    self.inner
+                        .scan_page_size
+                        .map(|n| i32::try_from(n.get()).unwrap_or(i32::MAX)),
+                )
                 .set_exclusive_start_key(start.take())
                 .return_consumed_capacity(ReturnConsumedCapacity::Total);
             let outcome = self

@@ -628,6 +628,54 @@ async fn an_invalid_table_name_or_missing_region_is_misconfigured() {
     );
 }
 
+/// Credentials that never load (no environment, profile or role).
+#[derive(Debug)]
+struct NoCredentials;
+
+impl aws_credential_types::provider::ProvideCredentials for NoCredentials {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+            aws_credential_types::provider::error::CredentialsError::not_loaded(
+                "no providers in chain provided credentials",
+            ),
+        ))
+    }
+}
+
+/// Without credentials nothing is sent: the error says so instead of looking like an outage.
+#[tokio::test]
+async fn missing_credentials_are_misconfigured() {
+    // Nothing listens here; the request never gets that far.
+    let config = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url("http://127.0.0.1:9")
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(NoCredentials),
+        )
+        .build();
+    expect_misconfigured(
+        DynamoLeaseTable::builder("my-application")
+            .build(&config)
+            .await,
+        &["dynamodb:DescribeTable", "my-application", "credentials"],
+    );
+    let table = DynamoLeaseTable::builder("my-application")
+        .verify_table(false)
+        .build(&config)
+        .await
+        .unwrap();
+    expect_misconfigured(
+        table.get("shardId-000000000000").await,
+        &["dynamodb:GetItem", "credentials"],
+    );
+}
+
 // ------------------------------------------------------------------------------------------------
 // Malformed items
 
@@ -969,6 +1017,40 @@ async fn a_silent_server_gives_unavailable_reads_and_unknown_writes() {
         "{built:?}"
     );
     silent.abort();
+}
+
+/// `list` follows Scan pages to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a DynamoDB endpoint: run scripts/test.sh"]
+async fn list_reads_every_scan_page() {
+    let server = server().await;
+    let name = unique_table("pages");
+    let table = DynamoLeaseTable::builder(&name)
+        .scan_page_size(std::num::NonZeroU32::new(4).unwrap())
+        .build(&server.config)
+        .await
+        .unwrap();
+    let mut expected: Vec<Lease> = (0..25)
+        .map(|i| {
+            Lease::new(
+                format!("shardId-{i:012}"),
+                ExtendedSequenceNumber::TrimHorizon,
+            )
+        })
+        .collect();
+    for lease in &expected {
+        assert!(table.create_if_absent(lease).await.unwrap());
+    }
+    table.reset_capacity();
+    let mut listed = table.list().await.unwrap();
+    listed.sort_by(|a, b| a.key.cmp(&b.key));
+    expected.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(listed, expected);
+    assert!(
+        table.capacity().scan_requests >= 7,
+        "{:?}",
+        table.capacity()
+    );
 }
 
 // ------------------------------------------------------------------------------------------------
