@@ -41,8 +41,9 @@ const THROTTLING_CODES: [&str; 3] = [
 ];
 
 /// Error codes meaning the credentials are refused or lack a permission.
-const DENIED_CODES: [&str; 7] = [
+const DENIED_CODES: [&str; 8] = [
     "AccessDeniedException",
+    "AccessDenied",
     "UnrecognizedClientException",
     "InvalidSignatureException",
     "MissingAuthenticationTokenException",
@@ -83,6 +84,16 @@ where
                 Failure::Throttled(text)
             } else if DENIED_CODES.contains(&code) {
                 Failure::Denied(text)
+            } else if context.raw().status().as_u16() == 403 {
+                // Refusals from IAM-style front ends (moto's IAM emulation, proxies, endpoint
+                // policies) may come as HTTP 403 with a body the SDK cannot parse.
+                let body = context
+                    .raw()
+                    .body()
+                    .bytes()
+                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(400)]).into_owned())
+                    .unwrap_or_default();
+                Failure::Denied(format!("HTTP 403 ({text}): {body}"))
             } else if code == "ResourceNotFoundException" {
                 Failure::TableMissing(text)
             } else if code == "InternalServerError"

@@ -954,6 +954,21 @@ async fn a_denied_permission_is_misconfigured_naming_the_action() {
         &["dynamodb:DeleteItem", &name],
     );
     assert_eq!(proxy.applied(), 5, "not retried");
+    // moto's IAM emulation (INITIAL_NO_AUTH_ACTION_COUNT) refuses with an HTTP 403 and an XML
+    // body, which the SDK cannot parse for a JSON protocol: still a denial naming the action.
+    proxy.push([Fault::Raw {
+        status: 403,
+        content_type: "text/html; charset=utf-8".into(),
+        body: "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<ErrorResponse><Errors><Error>\
+               <Code>AccessDenied</Code><Message>User: arn:aws:iam::123456789012:user/w is not \
+               authorized to perform: dynamodb:PutItem</Message><Type>Sender</Type></Error>\
+               </Errors></ErrorResponse>"
+            .into(),
+    }]);
+    expect_misconfigured(
+        table.create_if_absent(&lease).await,
+        &["dynamodb:PutItem", &name, "not authorized"],
+    );
     // At build time: DescribeTable.
     proxy.push([Fault::denied()]);
     let config = common::sdk_config(&proxy.endpoint()).await;

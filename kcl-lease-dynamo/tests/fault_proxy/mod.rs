@@ -24,6 +24,12 @@ pub enum Fault {
     /// Forward the request, wait for the server's answer (so it is applied), then answer with
     /// this error instead.
     ApplyThenFail { status: u16, error_type: String },
+    /// Answer with this raw HTTP status, content type and body, without forwarding the request.
+    Raw {
+        status: u16,
+        content_type: String,
+        body: String,
+    },
     /// Forward the request, wait for the server's answer, then close the connection without
     /// answering: the reply is lost after the write landed.
     LoseReply,
@@ -112,13 +118,17 @@ async fn respond(client: &mut TcpStream, status: u16, error_type: &str) {
     let body = format!(
         "{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{error_type}\",\"message\":\"injected by the test proxy: {error_type}\"}}"
     );
-    let reason = if status >= 500 {
-        "Internal Server Error"
-    } else {
-        "Bad Request"
+    respond_raw(client, status, "application/x-amz-json-1.0", &body).await;
+}
+
+async fn respond_raw(client: &mut TcpStream, status: u16, content_type: &str, body: &str) {
+    let reason = match status {
+        500.. => "Internal Server Error",
+        403 => "Forbidden",
+        _ => "Bad Request",
     };
     let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/x-amz-json-1.0\r\n\
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
          x-amzn-RequestId: injected\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -158,6 +168,14 @@ impl FaultProxy {
                         Fault::Refuse { status, error_type } => {
                             log.lock().unwrap().push(fault);
                             respond(&mut client, status, &error_type).await;
+                        }
+                        Fault::Raw {
+                            status,
+                            content_type,
+                            body,
+                        } => {
+                            log.lock().unwrap().push(fault);
+                            respond_raw(&mut client, status, &content_type, &body).await;
                         }
                         Fault::ApplyThenFail { status, error_type } => {
                             apply(&upstream, &request).await;
