@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! scripts/servers/moto.sh install target/moto
-//! export AWS_ENDPOINT_URL_DYNAMODB=$(scripts/servers/moto.sh start target/moto 4570 | tail -n 1)
+//! export AWS_ENDPOINT_URL_DYNAMODB=$(scripts/servers/moto.sh start target/moto | tail -n 1)
 //! cargo run -p kcl-lease-dynamo --example capacity -- [LEASES] [WORKERS] [FAILOVER_SECS] [WINDOW_SECS]
 //! scripts/servers/moto.sh stop target/moto
 //! ```

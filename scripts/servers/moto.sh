@@ -3,14 +3,14 @@
 # moto_serial.py so that conditional writes are atomic as in DynamoDB.
 #
 #   scripts/servers/moto.sh install DIR        create DIR/venv and install the pinned packages
-#   scripts/servers/moto.sh start DIR [PORT]   start moto_server on 127.0.0.1:PORT (default 4570),
+#   scripts/servers/moto.sh start DIR [PORT]   start moto on 127.0.0.1:PORT (default: a free port),
 #                                              wait until it answers, write DIR/moto.pid, print the
 #                                              endpoint URL (last line of stdout)
 #   scripts/servers/moto.sh stop DIR           stop the server whose PID is in DIR/moto.pid
 #
 # Use it in tests:
 #   scripts/servers/moto.sh install "$DIR"
-#   export AWS_ENDPOINT_URL_DYNAMODB=$(scripts/servers/moto.sh start "$DIR" 4570 | tail -n 1)
+#   export AWS_ENDPOINT_URL_DYNAMODB=$(scripts/servers/moto.sh start "$DIR" | tail -n 1)
 #   ...; scripts/servers/moto.sh stop "$DIR"
 # The server log is DIR/moto.log.
 set -euo pipefail
@@ -56,7 +56,11 @@ case $cmd in
     echo "moto $MOTO_VERSION installed in $dir/venv" >&2
     ;;
   start)
-    port=${3:-4570}
+    port=${3:-auto}
+    if [ "$port" = auto ]; then
+      # A free loopback port (several checkouts may run their tests at once on one machine).
+      port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+    fi
     [ -x "$dir/venv/bin/moto_server" ] || { echo "moto is not installed in $dir: run '$0 install $dir'" >&2; exit 1; }
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       echo "a moto server started from $dir is already running (PID $(cat "$pidfile"))" >&2

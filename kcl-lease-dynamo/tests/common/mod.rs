@@ -1,7 +1,7 @@
 //! Finding the DynamoDB server the tests run against.
 //!
 //! * `AWS_ENDPOINT_URL_DYNAMODB` (or `AWS_ENDPOINT_URL`): any DynamoDB API endpoint, e.g. the
-//!   `moto_server` that `scripts/servers/moto.sh start` starts (what `scripts/test.sh` does).
+//!   moto server that `scripts/servers/moto.sh start` starts (what `scripts/test.sh` does).
 //! * Otherwise, with `KCL_TEST_DYNAMODB=docker` and a Docker engine: DynamoDB Local
 //!   (`amazon/dynamodb-local`) in a container started by testcontainers, one per test process.
 //! * Otherwise the test fails and says so: server tests are `#[ignore]`d, so they only run when
@@ -73,7 +73,7 @@ pub async fn server() -> Server {
             }
             None => panic!(
                 "no DynamoDB endpoint for this test: set AWS_ENDPOINT_URL_DYNAMODB (start one with \
-             `scripts/servers/moto.sh install DIR && scripts/servers/moto.sh start DIR 4570`, or \
+             `scripts/servers/moto.sh install DIR && scripts/servers/moto.sh start DIR`, or \
              run scripts/test.sh which does it), or set KCL_TEST_DYNAMODB=docker where a Docker \
              engine runs"
             ),
