@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# A DynamoDB API server for tests on machines without Docker: moto (pinned), loopback only, run by
+# moto_serial.py so that conditional writes are atomic as in DynamoDB.
+#
+#   scripts/servers/moto.sh install DIR        create DIR/venv and install the pinned packages
+#   scripts/servers/moto.sh start DIR [PORT]   start moto on 127.0.0.1:PORT (default: a free port),
+#                                              wait until it answers, write DIR/moto.pid, print the
+#                                              endpoint URL (last line of stdout)
+#   scripts/servers/moto.sh stop DIR           stop the server whose PID is in DIR/moto.pid
+#
+# Use it in tests:
+#   scripts/servers/moto.sh install "$DIR"
+#   export AWS_ENDPOINT_URL_DYNAMODB=$(scripts/servers/moto.sh start "$DIR" | tail -n 1)
+#   ...; scripts/servers/moto.sh stop "$DIR"
+# The server log is DIR/moto.log.
+set -euo pipefail
+
+MOTO_VERSION=5.2.5
+FLASK_VERSION=3.1.3
+FLASK_CORS_VERSION=6.0.5
+
+usage() {
+  sed -n '2,15p' "$0" >&2
+  exit 2
+}
+
+[ $# -ge 2 ] || usage
+cmd=$1
+dir=$2
+pidfile=$dir/moto.pid
+
+answers() {
+  # Any HTTP answer means the server is up (moto answers GET / with 200 or 404).
+  python3 - "$1" <<'PY'
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=1)
+except urllib.error.HTTPError:
+    pass
+except Exception:
+    sys.exit(1)
+PY
+}
+
+case $cmd in
+  install)
+    mkdir -p "$dir"
+    if [ -x "$dir/venv/bin/moto_server" ] \
+      && "$dir/venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+      echo "moto $MOTO_VERSION already installed in $dir/venv" >&2
+      exit 0
+    fi
+    python3 -m venv "$dir/venv"
+    "$dir/venv/bin/pip" install -q --disable-pip-version-check \
+      "moto[dynamodb]==$MOTO_VERSION" "flask==$FLASK_VERSION" "flask-cors==$FLASK_CORS_VERSION"
+    echo "moto $MOTO_VERSION installed in $dir/venv" >&2
+    ;;
+  start)
+    port=${3:-auto}
+    if [ "$port" = auto ]; then
+      # A free loopback port (several checkouts may run their tests at once on one machine).
+      port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+    fi
+    [ -x "$dir/venv/bin/moto_server" ] || { echo "moto is not installed in $dir: run '$0 install $dir'" >&2; exit 1; }
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      echo "a moto server started from $dir is already running (PID $(cat "$pidfile"))" >&2
+      exit 1
+    fi
+    url=http://127.0.0.1:$port
+    if answers "$url"; then
+      echo "something already listens on 127.0.0.1:$port" >&2
+      exit 1
+    fi
+    # moto_serial.py: moto_server's application with requests applied one at a time (see there).
+    MOTO_PORT=$port "$dir/venv/bin/python" "$(dirname "$0")/moto_serial.py" 127.0.0.1 "$port" \
+      >"$dir/moto.log" 2>&1 &
+    pid=$!
+    echo "$pid" >"$pidfile"
+    # Wait (bounded) until it answers.
+    for _ in $(seq 1 200); do
+      if answers "$url"; then
+        echo "moto PID $pid listening on $url" >&2
+        echo "$url"
+        exit 0
+      fi
+      if ! kill -0 "$pid" 2>/dev/null; then
+        echo "moto exited; log:" >&2
+        cat "$dir/moto.log" >&2
+        rm -f "$pidfile"
+        exit 1
+      fi
+      sleep 0.1
+    done
+    echo "moto did not answer on $url within 20 s; stopping it" >&2
+    kill "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+    exit 1
+    ;;
+  stop)
+    if [ ! -f "$pidfile" ]; then
+      echo "no $pidfile: nothing to stop" >&2
+      exit 0
+    fi
+    pid=$(cat "$pidfile")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid"
+      for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      if kill -0 "$pid" 2>/dev/null; then
+        kill -9 "$pid" 2>/dev/null || true
+      fi
+      echo "stopped moto PID $pid" >&2
+    fi
+    rm -f "$pidfile"
+    ;;
+  *)
+    usage
+    ;;
+esac
