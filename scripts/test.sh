@@ -22,6 +22,9 @@ if [ -x scripts/kpl/setup.sh ]; then
   export KCL_KPL_PYTHON
 fi
 
+log "installing moto (DynamoDB API, pinned) for the kcl-lease-dynamo tests"
+scripts/servers/moto.sh install "$ENV_DIR/moto"
+
 # ---- build first, so servers started later do not compete with the compiler -----------------
 log "building tests"
 if cargo nextest --version >/dev/null 2>&1; then
@@ -30,6 +33,14 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   RUNNER=cargo
   cargo test --workspace --no-run
+fi
+
+# ---- servers (loopback only), stopped on exit ------------------------------------------------
+if [ -z "${AWS_ENDPOINT_URL_DYNAMODB:-}" ] && [ "${KCL_TEST_DYNAMODB:-}" != docker ]; then
+  log "starting the DynamoDB test server (moto on 127.0.0.1)"
+  AWS_ENDPOINT_URL_DYNAMODB=$(scripts/servers/moto.sh start "$ENV_DIR/moto" | tail -n 1)
+  export AWS_ENDPOINT_URL_DYNAMODB
+  trap 'scripts/servers/moto.sh stop "$ENV_DIR/moto"' EXIT
 fi
 
 # ---- run ------------------------------------------------------------------------------------

@@ -272,7 +272,7 @@ impl<F: ProcessorFactory> Worker<F> {
         let mut consumers: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
         let mut stopped: HashSet<String> = HashSet::new();
-        let deaggregator = Arc::new(Deaggregator::new(self.config.deaggregation.clone()));
+        let deaggregator = Arc::new(Deaggregator::new(self.config.deaggregation));
 
         let mut take_tick = tokio::time::interval(self.config.lease.take_interval);
         take_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
