@@ -131,7 +131,7 @@ async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,kcl_core=info".into()),
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_target(false)
         .init();
