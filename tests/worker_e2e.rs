@@ -53,8 +53,20 @@ fn start(
     faults: Faults,
     configure: impl FnOnce(WorkerBuilder<RecordingFactory>) -> WorkerBuilder<RecordingFactory>,
 ) -> Running {
+    let factory = RecordingProcessor::factory(name, recorder.clone(), faults);
+    start_with(name, model, table, factory, configure)
+}
+
+/// Starts a worker of `factory` on the model, reading from TRIM_HORIZON.
+fn start_with<F: ProcessorFactory>(
+    name: &str,
+    model: &Arc<KinesisModel>,
+    table: &Arc<dyn LeaseTable>,
+    factory: F,
+    configure: impl FnOnce(WorkerBuilder<F>) -> WorkerBuilder<F>,
+) -> Running {
     kcl_tests::init_tracing();
-    let builder = Worker::builder(RecordingProcessor::factory(name, recorder.clone(), faults))
+    let builder = Worker::builder(factory)
         .application_name("app")
         .stream(STREAM)
         .worker_id(name)
@@ -409,23 +421,13 @@ async fn a_slow_processor_outlives_its_iterator_without_losing_records() {
         }
     };
     let counting = CountingBackend::new(model.clone());
-    let worker = Worker::builder(factory)
-        .application_name("app")
-        .stream(STREAM)
-        .worker_id("w1")
-        .backend(counting.clone())
-        .lease_table(table.clone())
-        .initial_position(InitialPosition::TrimHorizon)
-        .polling(polling)
-        .build()
-        .unwrap();
-    let handle = worker.handle();
-    let task = tokio::spawn(async move { worker.run().await.unwrap() });
+    let w = start_with("w1", &model, &table, factory, |b| {
+        b.backend(counting.clone()).polling(polling)
+    });
     recorder
         .wait_until(Duration::from_secs(7200), |r| r.distinct() >= 60)
         .await;
-    handle.shutdown();
-    within(LONG, "shutdown", task).await.unwrap();
+    w.stop().await;
     assert_eq!(recorder.seen().len(), 60);
     assert_order_per_key(&recorder, &produced);
     assert!(
@@ -606,32 +608,19 @@ async fn restart_resumes_inside_a_kpl_aggregate() {
                 .create(shard),
             done: false,
         };
-        let worker = Worker::builder(factory)
-            .application_name("app")
-            .stream(STREAM)
-            .worker_id(name)
-            .backend(model.clone())
-            .lease_table(table.clone())
-            .initial_position(InitialPosition::TrimHorizon)
-            .checkpoint_cadence(CheckpointCadence::manual())
-            .build()
-            .unwrap();
-        let handle = worker.handle();
-        (
-            handle,
-            tokio::spawn(async move { worker.run().await.unwrap() }),
-        )
+        start_with(name, &model, &table, factory, |b| {
+            b.checkpoint_cadence(CheckpointCadence::manual())
+        })
     };
-    let (h1, t1) = run("w1", recorder.clone());
+    let w1 = run("w1", recorder.clone());
     recorder.wait_until(LONG, |r| r.distinct() >= 20).await;
-    h1.shutdown_now();
-    within(LONG, "stop", t1).await.unwrap();
+    w1.kill().await;
     let first = recorder.seen()[0].position.clone();
     let ExtendedSequenceNumber::Sequence { sequence, .. } = &first else {
         panic!("not a real position")
     };
     // w2 starts at the checkpoint (sub-sequence 3): the next record is sub-sequence 4.
-    let (h2, t2) = run("w2", recorder.clone());
+    let w2 = run("w2", recorder.clone());
     recorder
         .wait_until(LONG, |r| r.seen().iter().any(|s| s.worker == "w2"))
         .await;
@@ -653,8 +642,7 @@ async fn restart_resumes_inside_a_kpl_aggregate() {
             sequence: sequence.clone(),
             sub_sequence: 3
         }));
-    h2.shutdown_now();
-    within(LONG, "stop", t2).await.unwrap();
+    w2.kill().await;
 }
 
 #[tokio::test(start_paused = true)]
