@@ -137,6 +137,41 @@ impl<'a> View<'a> {
     }
 }
 
+/// Workers whose heartbeat row disappeared while leases remain in their name.
+///
+/// A row that was seen and is gone means its worker left (a graceful shutdown deletes it last)
+/// or stopped long ago (rows are removed after twice the failover time): either way its leases
+/// need no waiting. A row is never missing from a consistent full scan while it exists, so a
+/// live worker cannot land here; owners never seen with a row (Java KCL workers, per-lease
+/// renewal) are judged by their lease counters instead.
+#[derive(Debug, Default)]
+struct Departed {
+    /// Workers with a heartbeat row in the last scan.
+    seen: BTreeSet<String>,
+    /// Workers whose row disappeared and that still own a lease.
+    gone: BTreeSet<String>,
+}
+
+impl Departed {
+    fn update(&mut self, view: &View<'_>) {
+        let now: BTreeSet<String> = view.heartbeats.keys().map(|w| (*w).to_owned()).collect();
+        let owners: BTreeSet<&str> = view
+            .leases
+            .values()
+            .filter_map(|l| l.owner.as_deref())
+            .collect();
+        let vanished: Vec<String> = self.seen.difference(&now).cloned().collect();
+        self.gone.extend(vanished);
+        self.gone
+            .retain(|w| !now.contains(w) && owners.contains(w.as_str()));
+        self.seen = now;
+    }
+
+    fn contains(&self, worker: &str) -> bool {
+        self.gone.contains(worker)
+    }
+}
+
 /// Renews and takes leases for one worker. See the [module docs](self).
 pub(crate) struct LeaseCoordinator {
     worker_id: String,
@@ -151,6 +186,9 @@ pub(crate) struct LeaseCoordinator {
     /// Live workers that are not leaving, with their loads, as of the last scan: where a
     /// graceful shutdown sends its leases.
     successors: Mutex<BTreeMap<String, usize>>,
+    /// Workers whose heartbeat row was seen and has since disappeared (they left, or their row
+    /// was removed as stale), with leases still in their name: those leases are free.
+    departed: Mutex<Departed>,
     stats: StatCounters,
 }
 
@@ -180,6 +218,7 @@ impl LeaseCoordinator {
             pending: Mutex::new(BTreeMap::new()),
             observer: Mutex::new(Observer::default()),
             successors: Mutex::new(BTreeMap::new()),
+            departed: Mutex::new(Departed::default()),
             stats: StatCounters::default(),
         }
     }
@@ -295,6 +334,7 @@ impl LeaseCoordinator {
         let now = Instant::now();
         lock(&self.observer).observe(&rows, now);
         let view = View::new(&rows);
+        lock(&self.departed).update(&view);
 
         self.reconcile_held(&view);
         let mut started = Vec::new();
@@ -396,6 +436,12 @@ impl LeaseCoordinator {
         {
             warn!(%error, "could not announce the shutdown; continuing");
         }
+        // A fresh view of who is live and staying, taken after the announcement: two workers
+        // leaving together each see the other leaving in at least one direction, and a worker
+        // that left a moment ago is not chosen as a successor.
+        if let Err(error) = self.scan().await {
+            debug!(%error, "scan at the start of the shutdown failed");
+        }
     }
 
     /// Ends the worker's participation: lets go of whatever is still held or in its name and
@@ -443,8 +489,12 @@ impl LeaseCoordinator {
         }
     }
 
-    /// How long the owner of `lease` (its heartbeat, else the lease itself) looks unattended.
+    /// How long the owner of `lease` (its heartbeat, else the lease itself) looks unattended;
+    /// forever for an owner that departed.
     fn owner_idle(&self, owner: &str, lease: &Lease, view: &View<'_>, now: Instant) -> Duration {
+        if lock(&self.departed).contains(owner) {
+            return Duration::MAX;
+        }
         let observer = lock(&self.observer);
         match view.heartbeats.get(owner) {
             Some(hb) => observer.unchanged_for(&hb.key, now),

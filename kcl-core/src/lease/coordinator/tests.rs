@@ -385,3 +385,39 @@ async fn heartbeat_rows_of_long_stopped_workers_are_removed() {
     assert!(table.get("kcl-rs/worker/gone").await.unwrap().is_none());
     assert!(table.get("kcl-rs/worker/w").await.unwrap().is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn leases_of_a_worker_whose_heartbeat_row_vanished_are_free_at_once() {
+    let table = table_with(&["a", "b"]).await;
+    let gone = worker("gone", &table, config()).await;
+    gone.scan().await.unwrap();
+    let w = worker("w", &table, config()).await;
+    w.scan().await.unwrap();
+    assert_eq!(w.stats().handoffs_requested, 1, "asked for its share");
+    // The worker left without letting its leases go (say its releases failed): its row is gone.
+    let row = table.get("kcl-rs/worker/gone").await.unwrap().unwrap();
+    table.delete(&row.key, &row.expectation()).await.unwrap();
+    tokio::time::advance(Duration::from_millis(500)).await;
+    w.renew().await;
+    w.scan().await.unwrap();
+    assert_eq!(
+        keys(&w.held()),
+        ["a", "b"],
+        "no failover wait for a departed worker"
+    );
+    // A worker never seen with a row (a Java KCL worker) is judged by its lease counter instead.
+    let table = table_with(&["j"]).await;
+    let j = table.get("j").await.unwrap().unwrap();
+    table.take(&j, "java-worker").await.unwrap();
+    let w = worker("w", &table, config()).await;
+    w.scan().await.unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    w.renew().await;
+    w.scan().await.unwrap();
+    assert!(
+        w.held().is_empty(),
+        "a Java lease is not taken before its counter is stale"
+    );
+    run_for(FAILOVER + Duration::from_secs(1), &[&w], &[&w]).await;
+    assert_eq!(keys(&w.held()), ["j"]);
+}
