@@ -21,6 +21,7 @@ use kcl_core::record::ExtendedSequenceNumber;
 use tokio::sync::Notify;
 
 pub mod scenarios;
+pub mod sim;
 
 /// Sends the crate's tracing output to the test's captured output when `RUST_LOG` is set.
 pub fn init_tracing() {

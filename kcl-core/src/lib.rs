@@ -40,6 +40,7 @@ pub mod retry;
 pub mod shard_sync;
 pub mod worker;
 
+pub(crate) mod sync;
 pub(crate) mod time;
 
 pub use bytes::Bytes;

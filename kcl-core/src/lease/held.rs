@@ -19,11 +19,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::liveness::Liveness;
 use super::{Lease, LeaseError, LeaseTable, LeaseTableExt, LeaseUpdate};
+use crate::sync::{Signal, Watch};
 
 /// Where a held lease stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub(crate) struct HeldLease {
     /// When the last successful write to this lease was sent.
     written_at: Mutex<Instant>,
     liveness: Arc<Liveness>,
-    status: watch::Sender<HeldStatus>,
+    status: Arc<Signal<HeldStatus>>,
 }
 
 impl std::fmt::Debug for HeldLease {
@@ -83,7 +83,7 @@ impl HeldLease {
         liveness: Arc<Liveness>,
         written_at: Instant,
     ) -> Arc<Self> {
-        let (status, _) = watch::channel(HeldStatus::Held);
+        let status = Signal::new(HeldStatus::Held);
         Arc::new(Self {
             key: lease.key.clone(),
             worker_id: liveness.worker_id().to_owned(),
@@ -100,7 +100,7 @@ impl HeldLease {
     }
 
     pub(crate) fn status(&self) -> HeldStatus {
-        *self.status.borrow()
+        self.status.get()
     }
 
     pub(crate) fn is_lost(&self) -> bool {
@@ -113,12 +113,12 @@ impl HeldLease {
     }
 
     pub(crate) fn mark_lost(&self) {
-        self.status.send_replace(HeldStatus::Lost);
+        self.status.set(HeldStatus::Lost);
     }
 
     /// Records that another worker asked for this lease (seen by a scan).
     pub(crate) fn note_handoff_requested(&self) {
-        self.status.send_if_modified(|s| {
+        self.status.update(|s| {
             if *s == HeldStatus::Held {
                 *s = HeldStatus::HandoffRequested;
                 true
@@ -129,8 +129,8 @@ impl HeldLease {
     }
 
     /// Follows the status.
-    pub(crate) fn watch(&self) -> watch::Receiver<HeldStatus> {
-        self.status.subscribe()
+    pub(crate) fn watch(&self) -> Watch<HeldStatus> {
+        self.status.watch()
     }
 
     pub(crate) fn written_at(&self) -> Instant {

@@ -106,7 +106,11 @@ impl Heartbeat {
         for _ in 0..3 {
             let sent = Instant::now();
             let Some(current) = row.as_ref() else {
-                let fresh = Lease::worker_heartbeat(me);
+                // A random first counter: a row deleted as stale and created again by a worker
+                // with the same id must never look unchanged to a worker that saw the old one
+                // (the ABA problem), or that worker would think the new one dead.
+                let mut fresh = Lease::worker_heartbeat(me);
+                fresh.counter = fastrand::u64(..1 << 62);
                 if table.create_if_absent(&fresh).await? {
                     debug!("heartbeat row created");
                     liveness.record_heartbeat(sent);
@@ -199,10 +203,8 @@ mod tests {
         // The next beat increments the counter and restores liveness.
         heartbeat.beat(&table, &liveness, false).await.unwrap();
         assert!(liveness.is_alive());
-        assert_eq!(
-            table.get("kcl-rs/worker/w").await.unwrap().unwrap().counter,
-            1
-        );
+        let renewed = table.get("kcl-rs/worker/w").await.unwrap().unwrap();
+        assert_eq!(renewed.counter, row.counter + 1);
     }
 
     #[tokio::test(start_paused = true)]

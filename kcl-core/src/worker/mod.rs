@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -34,6 +34,7 @@ use crate::lease::held::{HeldLease, HeldStatus};
 use crate::processor::ProcessorFactory;
 use crate::record::ExtendedSequenceNumber;
 use crate::shard_sync::sync_shards;
+use crate::sync::{Signal, Watch};
 
 mod config;
 mod consumer;
@@ -128,7 +129,7 @@ impl StatusBoard {
 #[derive(Clone, Debug)]
 pub struct WorkerHandle {
     worker_id: String,
-    shutdown: Arc<watch::Sender<Shutdown>>,
+    shutdown: Arc<Signal<Shutdown>>,
     status: Arc<StatusBoard>,
     coordinator: Arc<LeaseCoordinator>,
 }
@@ -138,7 +139,7 @@ impl WorkerHandle {
     /// `shutdown_requested`, a final checkpoint is written and leases are released.
     /// [`Worker::run`] returns when it is done.
     pub fn shutdown(&self) {
-        self.shutdown.send_if_modified(|s| {
+        self.shutdown.update(|s| {
             if *s == Shutdown::Running {
                 *s = Shutdown::Graceful;
                 true
@@ -150,7 +151,7 @@ impl WorkerHandle {
 
     /// Stops at once: processing is cancelled and leases are released without a checkpoint.
     pub fn shutdown_now(&self) {
-        self.shutdown.send_replace(Shutdown::Immediate);
+        self.shutdown.set(Shutdown::Immediate);
     }
 
     /// The worker id.
@@ -190,7 +191,7 @@ pub struct Worker<F: ProcessorFactory> {
     backend: Arc<dyn StreamBackend>,
     table: Arc<dyn LeaseTable>,
     coordinator: Arc<LeaseCoordinator>,
-    shutdown: Arc<watch::Sender<Shutdown>>,
+    shutdown: Arc<Signal<Shutdown>>,
     status: Arc<StatusBoard>,
 }
 
@@ -231,14 +232,14 @@ impl<F: ProcessorFactory> Worker<F> {
             table.clone(),
             config.lease.clone(),
         ));
-        let (shutdown, _) = watch::channel(Shutdown::Running);
+        let shutdown = Signal::new(Shutdown::Running);
         Self {
             config: Arc::new(config),
             factory: Arc::new(factory),
             backend,
             table,
             coordinator,
-            shutdown: Arc::new(shutdown),
+            shutdown,
             status: Arc::new(StatusBoard::default()),
         }
     }
@@ -270,12 +271,12 @@ impl<F: ProcessorFactory> Worker<F> {
 
     async fn run_inner(self) -> Result<(), WorkerError> {
         info!("worker starting");
-        let mut shutdown_rx = self.shutdown.subscribe();
+        let mut shutdown_rx = self.shutdown.watch();
         // A first proof of life before taking anything.
         self.coordinator.renew().await;
         // Aborted if `run` is dropped, so a cancelled worker stops renewing and its leases expire.
         let mut renewer = AbortOnDrop(tokio::spawn(
-            renew_loop(self.coordinator.clone(), self.shutdown.subscribe()).in_current_span(),
+            renew_loop(self.coordinator.clone(), self.shutdown.watch()).in_current_span(),
         ));
         let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(Arc<HeldLease>, ConsumerExit)>();
         let mut consumers = Consumers::default();
@@ -289,7 +290,7 @@ impl<F: ProcessorFactory> Worker<F> {
         let mut next_sync = Instant::now();
 
         loop {
-            if *shutdown_rx.borrow() != Shutdown::Running {
+            if shutdown_rx.get_and_update() != Shutdown::Running {
                 break;
             }
             if Instant::now() >= next_sync {
@@ -299,10 +300,7 @@ impl<F: ProcessorFactory> Worker<F> {
             let polling = self.coordinator.has_pending();
             tokio::select! {
                 biased;
-                changed = shutdown_rx.changed() => {
-                    if changed.is_err() { break; }
-                    continue;
-                }
+                _ = shutdown_rx.changed() => continue,
                 Some((held, exit)) = exit_rx.recv() => {
                     if consumers.exited(&self.coordinator, &held, exit) {
                         // Children may be leasable now: sync and take at once.
@@ -338,7 +336,7 @@ impl<F: ProcessorFactory> Worker<F> {
                 .await;
         }
 
-        let mode = *shutdown_rx.borrow();
+        let mode = shutdown_rx.get_and_update();
         info!(?mode, "worker shutting down");
         if mode == Shutdown::Graceful {
             self.coordinator.begin_leaving().await;
@@ -346,8 +344,8 @@ impl<F: ProcessorFactory> Worker<F> {
             while !consumers.set.is_empty() {
                 tokio::select! {
                     biased;
-                    changed = shutdown_rx.changed() => {
-                        if changed.is_err() || *shutdown_rx.borrow() == Shutdown::Immediate {
+                    _ = shutdown_rx.changed() => {
+                        if shutdown_rx.get() == Shutdown::Immediate {
                             break;
                         }
                     }
@@ -373,7 +371,7 @@ impl<F: ProcessorFactory> Worker<F> {
         // Whatever is still held (stopped shards, consumers cut short) is let go here, and the
         // heartbeat row removed.
         self.coordinator.finish().await;
-        self.shutdown.send_replace(Shutdown::Immediate);
+        self.shutdown.set(Shutdown::Immediate);
         if let Err(error) = (&mut renewer.0).await
             && !error.is_cancelled()
         {
@@ -450,7 +448,7 @@ impl<F: ProcessorFactory> Worker<F> {
             table: self.table.clone(),
             status: self.status.clone(),
             deaggregator: deaggregator.clone(),
-            shutdown: self.shutdown.subscribe(),
+            shutdown: self.shutdown.watch(),
             coordinator: self.coordinator.clone(),
         };
         let factory = self.factory.clone();
@@ -512,14 +510,14 @@ impl Consumers {
 
 /// Renews the worker's claim every renewal interval (sooner after a failure) until the worker
 /// stops.
-async fn renew_loop(coordinator: Arc<LeaseCoordinator>, mut shutdown: watch::Receiver<Shutdown>) {
+async fn renew_loop(coordinator: Arc<LeaseCoordinator>, mut shutdown: Watch<Shutdown>) {
     let interval = coordinator.config().renew_interval;
     let mut next = Instant::now() + interval;
     loop {
         tokio::select! {
             biased;
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() == Shutdown::Immediate {
+            _ = shutdown.changed() => {
+                if shutdown.get() == Shutdown::Immediate {
                     return;
                 }
             }
