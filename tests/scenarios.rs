@@ -89,7 +89,7 @@ impl Cluster {
             .lease_config(self.lease.clone())
             .checkpoint_cadence(self.cadence)
             .shard_sync_interval(self.lease.failover_time)
-            .parent_poll_interval(self.lease.take_interval)
+            .parent_poll_interval(self.lease.scan_interval)
             .build()
             .expect("valid worker configuration");
         let handle = worker.handle();
@@ -126,7 +126,7 @@ impl Cluster {
 
     /// Waits until `done` holds, checking every scan interval.
     pub async fn wait_for(&self, what: &str, mut done: impl FnMut(&Self) -> bool) {
-        let step = self.lease.take_interval;
+        let step = self.lease.scan_interval;
         crate::within(self.bound, what, async {
             while !done(self) {
                 tokio::time::sleep(step).await;
@@ -144,7 +144,7 @@ impl Cluster {
         per_step: usize,
     ) -> tokio::task::JoinHandle<Vec<(String, Bytes)>> {
         let model = self.model.clone();
-        let step = self.lease.take_interval;
+        let step = self.lease.scan_interval;
         tokio::spawn(async move {
             let mut produced = Vec::with_capacity(count);
             while produced.len() < count {

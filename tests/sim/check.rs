@@ -4,7 +4,7 @@
 //! 2. **Order**: per partition key, first deliveries come in production order, across splits and
 //!    merges.
 //! 3. **One processor per shard**: once a session starts on a shard, no earlier session delivers
-//!    on it, except the batch a paused worker had begun before its pause (a zombie's in-flight
+//!    on it, except the one batch a paused worker had in flight when it resumed (a zombie's
 //!    batch, which cannot be checkpointed).
 //! 4. **Fencing** (checked by the store as the run goes, [`super::faults::SimTable`]): a
 //!    checkpoint is accepted only from the incarnation holding the lease, or the previous holder
@@ -79,13 +79,16 @@ fn order(entries: &Entries, violations: &mut Vec<String>) {
     }
 }
 
-/// Whether `d` belongs to a batch its worker began before a pause and finished after it.
+/// Whether `d` belongs to a batch that was in flight when its paused worker resumed: handed to
+/// the processor while the worker's claim was still valid, stuck until the resume. (A pause here
+/// freezes the worker's I/O and its processor, so a batch can be handed over early in the pause;
+/// a frozen process would have begun it before. Either way it is the one zombie batch.)
 fn zombie_batch(entries: &Entries, session: &Session, d: &Delivery) -> bool {
     entries.incidents.iter().any(|i| {
         i.incarnation == session.incarnation
             && i.kind == IncidentKind::Paused
-            && d.entered.seq < i.start.seq
-            && i.start.seq < d.delivered.seq
+            && d.entered.seq < i.end.seq
+            && i.end.seq <= d.delivered.seq
     })
 }
 
@@ -114,15 +117,16 @@ fn exclusive(entries: &Entries, violations: &mut Vec<String>) {
         {
             let other = &entries.sessions[*next];
             violations.push(format!(
-                "two processors on {} at once: {} (incarnation {}) delivered at {:?} after {} \
-                 (incarnation {}) started at {:?}",
+                "two processors on {} at once: {} (incarnation {}) delivered a batch (entered \
+                 {:?}, delivered {:?}) after {} (incarnation {}) started at {:?}",
                 session.shard,
                 session.worker,
                 session.incarnation,
-                d.delivered.at,
+                d.entered,
+                d.delivered,
                 other.worker,
                 other.incarnation,
-                next_start.at
+                next_start
             ));
         }
     }

@@ -322,6 +322,7 @@ pub struct WorkerTable {
 impl WorkerTable {
     /// Waits out a pause and decides this call's fault.
     async fn enter(&self, op: &str, write: bool) -> Result<Option<Fault>, LeaseError> {
+        self.log.count_call(2_000_000);
         self.gate.pass().await;
         let fault = self.faults.draw(write);
         if let Some(fault) = fault {

@@ -139,6 +139,9 @@ pub struct Log {
     pub verbose: bool,
     start: Instant,
     seq: Mutex<u64>,
+    /// Lease-store calls so far (a livelock watchdog: virtual time stands still while a task
+    /// keeps finding work at the same instant, so a time bound cannot catch it).
+    calls: std::sync::atomic::AtomicU64,
     entries: Mutex<Entries>,
 }
 
@@ -155,6 +158,7 @@ impl Log {
             verbose: std::env::var_os("KCL_SIM_VERBOSE").is_some(),
             start: Instant::now(),
             seq: Mutex::new(0),
+            calls: std::sync::atomic::AtomicU64::new(0),
             entries: Mutex::new(Entries::default()),
         }
     }
@@ -184,6 +188,25 @@ impl Log {
         let at = self.elapsed();
         let line = line.into();
         self.with(|e| e.trace.push(format!("{:>9.3}s {line}", at.as_secs_f64())));
+    }
+
+    /// Counts a lease-store call; panics (killing the calling worker task) past `limit`, after
+    /// recording the livelock as a violation.
+    pub fn count_call(&self, limit: u64) {
+        let n = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n == limit {
+            let at = self.elapsed();
+            self.with(|e| {
+                e.violations.push(format!(
+                    "livelock: {limit} lease-store calls by {at:?} of virtual time"
+                ))
+            });
+        }
+        if n >= limit {
+            panic!("simulation livelock: {n} lease-store calls");
+        }
     }
 
     /// Adds a line to the trace in verbose mode.

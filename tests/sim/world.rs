@@ -358,7 +358,9 @@ impl World {
                     end,
                 })
             });
-            log.trace(format!("resume incarnation {id}"));
+            log.trace(format!(
+                "resume incarnation {id} (pause {start:?} to {end:?})"
+            ));
             gate.resume();
         });
     }

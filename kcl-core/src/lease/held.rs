@@ -63,6 +63,8 @@ pub(crate) struct HeldLease {
     /// When the last successful write to this lease was sent.
     written_at: Mutex<Instant>,
     liveness: Arc<Liveness>,
+    /// The worker's liveness epoch when the lease was acquired: a lapse since voids it.
+    epoch: u64,
     status: Arc<Signal<HeldStatus>>,
 }
 
@@ -90,6 +92,7 @@ impl HeldLease {
             table,
             state: tokio::sync::Mutex::new(lease),
             written_at: Mutex::new(written_at),
+            epoch: liveness.epoch(),
             liveness,
             status,
         })
@@ -109,7 +112,7 @@ impl HeldLease {
 
     /// Whether the worker may still act on this lease: not lost, and the claim is fresh.
     pub(crate) fn is_valid(&self) -> bool {
-        !self.is_lost() && self.liveness.is_valid(self.written_at())
+        !self.is_lost() && self.liveness.is_valid(self.epoch, self.written_at())
     }
 
     pub(crate) fn mark_lost(&self) {

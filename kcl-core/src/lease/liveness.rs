@@ -11,6 +11,11 @@
 //! it leases, but do not consider its leases expired.
 //!
 //! With [`Renewal::PerLease`] there is no row; each lease's own last write is its proof of life.
+//!
+//! **Epochs.** A heartbeat that lands more than the validity after the previous one (the worker
+//! was paused or cut off in between) starts a new epoch. A lease is only valid in the epoch it
+//! was acquired in, so a lapse invalidates every lease held before it at once, even when the
+//! heartbeat that ends the lapse is written before anyone got round to dropping them.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,8 +32,8 @@ pub(crate) struct Liveness {
     worker_id: String,
     renewal: Renewal,
     validity: Duration,
-    /// Send instant of the last successful heartbeat (heartbeat mode).
-    heartbeat_sent: Mutex<Option<Instant>>,
+    /// Send instant of the last successful heartbeat (heartbeat mode) and the current epoch.
+    heartbeat: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Liveness {
@@ -37,7 +42,7 @@ impl Liveness {
             worker_id: worker_id.to_owned(),
             renewal: config.renewal,
             validity: config.validity(),
-            heartbeat_sent: Mutex::new(None),
+            heartbeat: Mutex::new((None, 0)),
         }
     }
 
@@ -45,30 +50,44 @@ impl Liveness {
         &self.worker_id
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, u64)> {
+        self.heartbeat.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn last_heartbeat(&self) -> Option<Instant> {
-        *self
-            .heartbeat_sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.state().0
+    }
+
+    /// The current epoch (see the module docs).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.state().1
     }
 
     fn record_heartbeat(&self, sent: Instant) {
-        let mut last = self
-            .heartbeat_sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if last.is_none_or(|l| l < sent) {
-            *last = Some(sent);
+        let mut state = self.state();
+        match state.0 {
+            Some(last) if last >= sent => {}
+            Some(last) => {
+                if sent.saturating_duration_since(last) >= self.validity {
+                    state.1 += 1;
+                }
+                state.0 = Some(sent);
+            }
+            None => state.0 = Some(sent),
         }
     }
 
-    /// Whether a lease last written at `lease_written_at` may still be acted on.
-    pub(crate) fn is_valid(&self, lease_written_at: Instant) -> bool {
+    /// Whether a lease acquired in `epoch` and last written at `lease_written_at` may still be
+    /// acted on.
+    pub(crate) fn is_valid(&self, epoch: u64, lease_written_at: Instant) -> bool {
         let renewed = match self.renewal {
-            Renewal::Heartbeat => match self.last_heartbeat() {
-                Some(at) => at,
-                None => return false,
-            },
+            Renewal::Heartbeat => {
+                let (last, current) = *self.state();
+                match last {
+                    Some(at) if current == epoch => at,
+                    _ => return false,
+                }
+            }
             Renewal::PerLease => lease_written_at,
         };
         Instant::now() < renewed + self.validity
@@ -208,6 +227,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_after_a_lapse_starts_a_new_epoch() {
+        let table = InMemoryLeaseTable::new();
+        let liveness = Liveness::new("w", &config());
+        let heartbeat = Heartbeat::default();
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        let acquired = (liveness.epoch(), Instant::now());
+        tokio::time::advance(config().renew_interval).await;
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        assert!(liveness.is_valid(acquired.0, acquired.1), "renewed in time");
+        // Paused past the validity; the next heartbeat succeeds at once (say it re-created a row
+        // removed meanwhile): leases from before the lapse stay invalid.
+        tokio::time::advance(config().failover_time * 3).await;
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        assert!(liveness.is_alive());
+        assert!(!liveness.is_valid(acquired.0, acquired.1));
+        assert!(liveness.is_valid(liveness.epoch(), Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn leaving_clears_the_owner_and_remove_deletes_the_row() {
         let table = InMemoryLeaseTable::new();
         let liveness = Liveness::new("w", &config());
@@ -248,8 +286,8 @@ mod tests {
         let liveness = Liveness::new("w", &c);
         assert!(liveness.is_alive());
         let written = Instant::now();
-        assert!(liveness.is_valid(written));
+        assert!(liveness.is_valid(0, written));
         tokio::time::advance(c.validity()).await;
-        assert!(!liveness.is_valid(written));
+        assert!(!liveness.is_valid(0, written));
     }
 }

@@ -65,7 +65,7 @@ async fn interruption(status: &mut Watch<HeldStatus>, shutdown: &mut Watch<Shutd
             HeldStatus::HandoffRequested => return Interrupt::Handoff,
             HeldStatus::Held => {}
         }
-        if shutdown.get_and_update() != Shutdown::Running {
+        if shutdown.get_and_update().stops_consumers() {
             return Interrupt::Shutdown;
         }
         tokio::select! {

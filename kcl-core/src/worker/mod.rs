@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backend::StreamBackend;
@@ -45,8 +45,20 @@ pub use config::{CheckpointCadence, ConfigError, WorkerBuilder, WorkerConfig};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Shutdown {
     Running,
+    /// A graceful shutdown was asked for: the worker announces it is leaving while its
+    /// consumers keep processing, so the workers taking over are scanning fast when it hands
+    /// over.
+    Requested,
+    /// Consumers finish their batch, checkpoint and hand over.
     Graceful,
     Immediate,
+}
+
+impl Shutdown {
+    /// Whether consumers should stop.
+    pub(crate) fn stops_consumers(self) -> bool {
+        matches!(self, Self::Graceful | Self::Immediate)
+    }
 }
 
 /// What a shard consumer is doing.
@@ -141,7 +153,7 @@ impl WorkerHandle {
     pub fn shutdown(&self) {
         self.shutdown.update(|s| {
             if *s == Shutdown::Running {
-                *s = Shutdown::Graceful;
+                *s = Shutdown::Requested;
                 true
             } else {
                 false
@@ -282,11 +294,9 @@ impl<F: ProcessorFactory> Worker<F> {
         let mut consumers = Consumers::default();
         let deaggregator = Arc::new(Deaggregator::new(self.config.deaggregation));
 
-        let lease_config = self.config.lease.clone();
-        let mut take_tick = tokio::time::interval(lease_config.take_interval);
-        take_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // Handoffs this worker asked for are polled faster than the table is scanned.
-        let pending_poll = (lease_config.take_interval / 5).max(Duration::from_millis(10));
+        let pending_poll = (self.config.lease.scan_interval / 5).max(Duration::from_millis(10));
+        let mut next_scan = Instant::now();
         let mut next_sync = Instant::now();
 
         loop {
@@ -305,7 +315,7 @@ impl<F: ProcessorFactory> Worker<F> {
                     if consumers.exited(&self.coordinator, &held, exit) {
                         // Children may be leasable now: sync and take at once.
                         next_sync = Instant::now();
-                        take_tick.reset_immediately();
+                        next_scan = Instant::now();
                     }
                     continue;
                 }
@@ -317,7 +327,7 @@ impl<F: ProcessorFactory> Worker<F> {
                     }
                     continue;
                 }
-                _ = take_tick.tick() => {
+                _ = tokio::time::sleep_until(next_scan) => {
                     match self.coordinator.scan().await {
                         Ok(started) if !started.is_empty() => {
                             info!(leases = ?started.iter().map(|h| h.key()).collect::<Vec<_>>(), "now holding");
@@ -325,6 +335,7 @@ impl<F: ProcessorFactory> Worker<F> {
                         Ok(_) => {}
                         Err(error) => warn!(%error, "lease scan failed; will retry"),
                     }
+                    next_scan = self.coordinator.next_scan_at();
                 }
                 _ = tokio::time::sleep(pending_poll), if polling => {
                     if let Err(error) = self.coordinator.poll_pending().await {
@@ -336,34 +347,31 @@ impl<F: ProcessorFactory> Worker<F> {
                 .await;
         }
 
-        let mode = shutdown_rx.get_and_update();
-        info!(?mode, "worker shutting down");
-        if mode == Shutdown::Graceful {
+        info!(mode = ?shutdown_rx.get(), "worker shutting down");
+        if shutdown_rx.get() == Shutdown::Requested {
+            // Announce, keep processing while the others notice (they then scan fast), and only
+            // then let the consumers hand over: the shards pause for about one fast scan.
             self.coordinator.begin_leaving().await;
-            let deadline = Instant::now() + self.config.graceful_shutdown_timeout;
-            while !consumers.set.is_empty() {
-                tokio::select! {
-                    biased;
-                    _ = shutdown_rx.changed() => {
-                        if shutdown_rx.get() == Shutdown::Immediate {
-                            break;
-                        }
-                    }
-                    Some((held, exit)) = exit_rx.recv() => {
-                        consumers.exited(&self.coordinator, &held, exit);
-                    }
-                    joined = consumers.set.join_next() => if joined.is_none() { break },
-                    _ = tokio::time::sleep_until(deadline) => {
-                        warn!("graceful shutdown timed out; stopping immediately");
-                        break;
-                    }
-                    // Keep noticing lost leases and passing on leases handed to us meanwhile.
-                    _ = take_tick.tick() => {
-                        if let Err(error) = self.coordinator.scan().await {
-                            debug!(%error, "lease scan failed during shutdown");
-                        }
-                    }
+            if self.coordinator.has_successors() {
+                let until = Instant::now() + self.config.lease.idle_scan_interval;
+                self.drive(&mut consumers, &mut exit_rx, &mut shutdown_rx, until)
+                    .await;
+            }
+            self.shutdown.update(|s| {
+                let graceful = *s == Shutdown::Requested;
+                if graceful {
+                    *s = Shutdown::Graceful;
                 }
+                graceful
+            });
+        }
+        if shutdown_rx.get_and_update() == Shutdown::Graceful {
+            let deadline = Instant::now() + self.config.graceful_shutdown_timeout;
+            let done = self
+                .drive(&mut consumers, &mut exit_rx, &mut shutdown_rx, deadline)
+                .await;
+            if !done && shutdown_rx.get() != Shutdown::Immediate {
+                warn!("graceful shutdown timed out; stopping immediately");
             }
         }
         consumers.set.abort_all();
@@ -379,6 +387,43 @@ impl<F: ProcessorFactory> Worker<F> {
         }
         info!("worker stopped");
         Ok(())
+    }
+
+    /// While leaving: records consumer exits and keeps scanning (to notice lost leases and pass
+    /// on leases handed over meanwhile) until every consumer is done (`true`), `until`, or an
+    /// immediate shutdown.
+    async fn drive(
+        &self,
+        consumers: &mut Consumers,
+        exit_rx: &mut mpsc::UnboundedReceiver<(Arc<HeldLease>, ConsumerExit)>,
+        shutdown_rx: &mut Watch<Shutdown>,
+        until: Instant,
+    ) -> bool {
+        let mut next_scan = self.coordinator.next_scan_at();
+        loop {
+            if shutdown_rx.get_and_update() == Shutdown::Immediate {
+                return false;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown_rx.changed() => {}
+                Some((held, exit)) = exit_rx.recv() => {
+                    consumers.exited(&self.coordinator, &held, exit);
+                }
+                joined = consumers.set.join_next() => {
+                    if joined.is_none() {
+                        return true;
+                    }
+                }
+                _ = tokio::time::sleep_until(until) => return false,
+                _ = tokio::time::sleep_until(next_scan) => {
+                    if let Err(error) = self.coordinator.scan().await {
+                        debug!(%error, "lease scan failed during shutdown");
+                    }
+                    next_scan = self.coordinator.next_scan_at();
+                }
+            }
+        }
     }
 
     /// Syncs shards into leases and removes finished leases no longer needed.

@@ -62,8 +62,16 @@ async fn takes_free_leases_up_to_the_fair_share() {
     let w1 = worker("w1", &table, config()).await;
     // Alone, w1 takes everything.
     assert_eq!(w1.scan().await.unwrap().len(), 4);
-    // A second worker counts both heartbeats: fair share 2, nothing free, so it asks w1 for two.
+    // A second worker counts both heartbeats: fair share 2, nothing free, so it asks w1 for two
+    // (once w1 has had time to see it appear).
     let w2 = worker("w2", &table, config()).await;
+    assert!(w2.scan().await.unwrap().is_empty());
+    assert_eq!(
+        w2.stats().handoffs_requested,
+        0,
+        "not before it has been seen"
+    );
+    w2.backdate_visibility();
     assert!(w2.scan().await.unwrap().is_empty());
     assert_eq!(w2.stats().handoffs_requested, 2);
     // A third scan by w2 asks for nothing more: the two pending handoffs count as its own.
@@ -77,6 +85,7 @@ async fn a_steal_is_a_handoff_the_owner_completes_after_its_checkpoint() {
     let w1 = worker("w1", &table, config()).await;
     w1.scan().await.unwrap();
     let w2 = worker("w2", &table, config()).await;
+    w2.backdate_visibility();
     w2.scan().await.unwrap();
     // The owner notices at its next scan; the two leases asked for are "handoff requested".
     w1.scan().await.unwrap();
@@ -355,6 +364,7 @@ async fn a_handoff_from_a_dead_owner_completes_after_the_failover_time() {
     let w1 = worker("w1", &table, config()).await;
     w1.scan().await.unwrap();
     let w2 = worker("w2", &table, config()).await;
+    w2.backdate_visibility();
     w2.scan().await.unwrap();
     assert!(w2.has_pending());
     // w1 dies without handing over. w2 keeps waiting while w1 looks alive, then takes it.
@@ -392,6 +402,7 @@ async fn leases_of_a_worker_whose_heartbeat_row_vanished_are_free_at_once() {
     let gone = worker("gone", &table, config()).await;
     gone.scan().await.unwrap();
     let w = worker("w", &table, config()).await;
+    w.backdate_visibility();
     w.scan().await.unwrap();
     assert_eq!(w.stats().handoffs_requested, 1, "asked for its share");
     // The worker left without letting its leases go (say its releases failed): its row is gone.
@@ -420,4 +431,35 @@ async fn leases_of_a_worker_whose_heartbeat_row_vanished_are_free_at_once() {
     );
     run_for(FAILOVER + Duration::from_secs(1), &[&w], &[&w]).await;
     assert_eq!(keys(&w.held()), ["j"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn scans_are_fast_while_things_change_and_at_expiry_otherwise_idle() {
+    let c = config();
+    let table = table_with(&["a", "b"]).await;
+    let w1 = worker("w1", &table, c.clone()).await;
+    w1.scan().await.unwrap();
+    // The table just changed (w1 appeared and took both): fast scans.
+    assert_eq!(w1.next_scan_at() - Instant::now(), c.scan_interval);
+    run_for(c.settle_time() + Duration::from_secs(1), &[&w1], &[&w1]).await;
+    // Settled: idle scans.
+    assert_eq!(w1.next_scan_at() - Instant::now(), c.idle_scan_interval);
+    // Another worker appears: w1 scans fast again; the newcomer asks for a lease only once an
+    // idle interval has passed since it became visible.
+    let w2 = worker("w2", &table, c.clone()).await;
+    w1.scan().await.unwrap();
+    assert_eq!(w1.next_scan_at() - Instant::now(), c.scan_interval);
+    w2.scan().await.unwrap();
+    assert_eq!(w2.stats().handoffs_requested, 0);
+    tokio::time::advance(c.idle_scan_interval).await;
+    w2.renew().await;
+    w2.scan().await.unwrap();
+    assert_eq!(w2.stats().handoffs_requested, 1);
+    // w2 dies; once settled, w1's next scan is scheduled for the moment w2's heartbeat, as
+    // observed, is older than the failover time (not a whole idle interval later).
+    let w3 = worker("w3", &table, c.clone()).await;
+    drop((w2, w3));
+    run_for(c.failover_time - Duration::from_secs(1), &[&w1], &[&w1]).await;
+    let next = w1.next_scan_at() - Instant::now();
+    assert!(next < c.idle_scan_interval, "next scan in {next:?}");
 }
