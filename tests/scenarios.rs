@@ -47,9 +47,12 @@ pub struct Cluster {
     /// Everything the processors saw.
     pub recorder: Arc<Recorder>,
     tables: Tables,
-    lease: LeaseConfig,
+    /// Lease timings of the workers started from now on.
+    pub lease: LeaseConfig,
     /// Checkpoint cadence of the workers started from now on.
     pub cadence: CheckpointCadence,
+    /// Shard sync interval of the workers started from now on (default: the failover time).
+    pub shard_sync_interval: Duration,
     /// Bound for every wait (virtual or real time).
     pub bound: Duration,
     members: BTreeMap<String, Member>,
@@ -70,6 +73,7 @@ impl Cluster {
                 every_records: Some(20),
                 every_interval: Some(Duration::from_secs(1)),
             },
+            shard_sync_interval: failover,
             bound: failover * 60,
             members: BTreeMap::new(),
         }
@@ -88,7 +92,7 @@ impl Cluster {
             .initial_position(InitialPosition::TrimHorizon)
             .lease_config(self.lease.clone())
             .checkpoint_cadence(self.cadence)
-            .shard_sync_interval(self.lease.failover_time)
+            .shard_sync_interval(self.shard_sync_interval)
             .parent_poll_interval(self.lease.scan_interval)
             .build()
             .expect("valid worker configuration");

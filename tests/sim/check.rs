@@ -94,9 +94,15 @@ fn zombie_batch(entries: &Entries, session: &Session, d: &Delivery) -> bool {
 
 fn exclusive(entries: &Entries, violations: &mut Vec<String>) {
     // For every session, when the next session on the same shard started.
+    // A zombie session that delivered nothing and found its lease lost never processed: it
+    // does not take the shard from anyone.
+    let delivering: HashSet<usize> = entries.deliveries.iter().map(|d| d.session).collect();
     let mut by_shard: BTreeMap<&str, Vec<(usize, &Session)>> = BTreeMap::new();
     for (id, s) in entries.sessions.iter().enumerate() {
-        by_shard.entry(s.shard.as_str()).or_default().push((id, s));
+        let idle_zombie = !delivering.contains(&id) && matches!(s.ended, Some((_, End::LeaseLost)));
+        if !idle_zombie {
+            by_shard.entry(s.shard.as_str()).or_default().push((id, s));
+        }
     }
     let mut superseded: HashMap<usize, (Stamp, usize)> = HashMap::new();
     for sessions in by_shard.values_mut() {

@@ -71,12 +71,12 @@ impl Gate {
     }
 }
 
-/// Who holds each lease, by incarnation, as the store-side check tracks it.
-#[derive(Debug, Default, Clone, Copy)]
+/// Who holds each lease, by incarnation and worker id, as the store-side check tracks it.
+#[derive(Debug, Default, Clone)]
 struct Holders {
-    holder: Option<u32>,
+    holder: Option<(u32, String)>,
     /// The previous holder while a handoff marker names it.
-    handing_over: Option<u32>,
+    handing_over: Option<(u32, String)>,
 }
 
 /// The shared lease table with store-side invariant checks.
@@ -124,9 +124,11 @@ impl SimTable {
         let writes_progress =
             update.checkpoint.is_some() || matches!(update.pending_checkpoint, Some(Some(_)));
         if writes_progress && before.heartbeat_of().is_none() {
-            let as_owner = before.owner.as_deref() == Some(worker) && h.holder == Some(incarnation);
-            let as_previous = before.checkpoint_owner.as_deref() == Some(worker)
-                && h.handing_over == Some(incarnation);
+            let is =
+                |who: &Option<(u32, String)>| who.as_ref().is_some_and(|(i, _)| *i == incarnation);
+            let as_owner = before.owner.as_deref() == Some(worker) && is(&h.holder);
+            let as_previous =
+                before.checkpoint_owner.as_deref() == Some(worker) && is(&h.handing_over);
             if !(as_owner || as_previous) {
                 self.log.with(|e| {
                     e.violations.push(format!(
@@ -160,13 +162,20 @@ impl SimTable {
         // leaves the lease in its worker's name (a take, a handoff request, a forced handoff
         // completion, a renewal) makes it the holder: no other write came in between.
         let requested = matches!(&update.checkpoint_owner, Some(Some(_)));
+        let returned_to_previous = h
+            .handing_over
+            .as_ref()
+            .is_some_and(|(_, w)| written.owner.as_deref() == Some(w.as_str()));
         if written.owner.as_deref() == Some(worker) && !writes_progress {
             if requested {
-                h.handing_over = h.holder;
+                h.handing_over = h.holder.take();
             } else if update.checkpoint_owner.is_some() {
                 h.handing_over = None;
             }
-            h.holder = Some(incarnation);
+            h.holder = Some((incarnation, worker.to_owned()));
+        } else if update.owner.is_some() && returned_to_previous {
+            // A handoff request given back: the previous holder never stopped holding it.
+            h.holder = h.handing_over.take();
         } else if update.owner.is_some() {
             // Released, or given to a successor (who takes it with a write of its own).
             *h = Holders::default();

@@ -84,8 +84,10 @@ impl RecordProcessor for SimProcessor {
     type Error = BoxError;
 
     async fn initialize(&mut self, input: InitializationInput) -> Result<(), BoxError> {
-        self.gate.pass().await;
+        // Stamped on entry: a paused worker's initialize finishes only after the resume, but it
+        // began (with the checkpoint it was given) before.
         let started = self.log.stamp();
+        self.gate.pass().await;
         let id = self.log.with(|e| {
             e.sessions.push(Session {
                 incarnation: self.incarnation,

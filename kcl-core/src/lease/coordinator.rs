@@ -599,7 +599,11 @@ impl LeaseCoordinator {
             }
         }
         match self.table.list().await {
-            Ok(rows) => self.release_strays(&View::new(&rows)).await,
+            Ok(rows) => {
+                let view = View::new(&rows);
+                self.release_strays(&view).await;
+                self.return_pending(&view).await;
+            }
             Err(error) => debug!(%error, "final scan failed"),
         }
         lock(&self.pending).clear();
@@ -861,10 +865,14 @@ impl LeaseCoordinator {
     async fn release_strays(&self, view: &View<'_>) {
         let held: BTreeSet<String> = self.held().iter().map(|h| h.key().to_owned()).collect();
         for lease in view.leases.values() {
-            // Finished leases stay with their last owner, as Java KCL leaves them.
+            // Finished leases stay with their last owner, as Java KCL leaves them. A lease whose
+            // handoff to this worker is still under way is left until it completes (the previous
+            // owner is finishing a batch: passing the lease on now could start a third worker
+            // beside it); completed, it is held and passed on at the end.
             if !lease.is_owned_by(&self.worker_id)
                 || held.contains(&lease.key)
                 || lease.is_finished()
+                || lease.checkpoint_owner.is_some()
             {
                 continue;
             }
@@ -872,6 +880,28 @@ impl LeaseCoordinator {
             let update = LeaseUpdate::release(lease, successor.as_deref());
             if let Err(error) = self.table.write_reconciled(lease, &update).await {
                 debug!(lease = %lease.key, %error, "could not pass on a lease while leaving");
+            }
+        }
+    }
+
+    /// At the very end of a shutdown: handoffs asked for and still not completed go back to the
+    /// worker that was asked (it keeps processing; its next write notices the change).
+    async fn return_pending(&self, view: &View<'_>) {
+        for lease in view.leases.values() {
+            let Some(previous) = lease.checkpoint_owner.as_deref() else {
+                continue;
+            };
+            if !lease.is_owned_by(&self.worker_id) {
+                continue;
+            }
+            let update = LeaseUpdate::release(lease, Some(previous));
+            match self.table.write_reconciled(lease, &update).await {
+                Ok(_) => {
+                    debug!(lease = %lease.key, to = previous, "returned a handoff not completed")
+                }
+                Err(error) => {
+                    debug!(lease = %lease.key, %error, "could not return a pending handoff")
+                }
             }
         }
     }

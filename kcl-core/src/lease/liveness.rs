@@ -12,8 +12,8 @@
 //!
 //! With [`Renewal::PerLease`] there is no row; each lease's own last write is its proof of life.
 //!
-//! **Epochs.** A heartbeat that lands more than the validity after the previous one (the worker
-//! was paused or cut off in between) starts a new epoch. A lease is only valid in the epoch it
+//! **Epochs.** A heartbeat whose reply comes back more than the validity after the previous one
+//! was sent (the worker was paused or cut off in between) starts a new epoch. A lease is only valid in the epoch it
 //! was acquired in, so a lapse invalidates every lease held before it at once, even when the
 //! heartbeat that ends the lapse is written before anyone got round to dropping them.
 
@@ -63,12 +63,17 @@ impl Liveness {
         self.state().1
     }
 
+    /// Records a heartbeat sent at `sent` whose reply came back now. It extends the claim from
+    /// `sent` (it cannot have landed earlier), but only continues the epoch if the reply came
+    /// back before the previous heartbeat's validity ran out: a heartbeat held up in a paused
+    /// process may land after others saw the previous one go stale and took over.
     fn record_heartbeat(&self, sent: Instant) {
+        let received = Instant::now();
         let mut state = self.state();
         match state.0 {
             Some(last) if last >= sent => {}
             Some(last) => {
-                if sent.saturating_duration_since(last) >= self.validity {
+                if received >= last + self.validity {
                     state.1 += 1;
                 }
                 state.0 = Some(sent);
@@ -243,6 +248,57 @@ mod tests {
         assert!(liveness.is_alive());
         assert!(!liveness.is_valid(acquired.0, acquired.1));
         assert!(liveness.is_valid(liveness.epoch(), Instant::now()));
+    }
+
+    /// A table whose writes take `delay` before reaching the store (a paused client).
+    #[derive(Debug)]
+    struct Slow {
+        inner: InMemoryLeaseTable,
+        delay: Mutex<Duration>,
+    }
+
+    #[async_trait::async_trait]
+    impl LeaseTable for Slow {
+        async fn create_if_absent(&self, l: &Lease) -> Result<bool, LeaseError> {
+            self.inner.create_if_absent(l).await
+        }
+        async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
+            self.inner.list().await
+        }
+        async fn get(&self, k: &str) -> Result<Option<Lease>, LeaseError> {
+            self.inner.get(k).await
+        }
+        async fn update(
+            &self,
+            k: &str,
+            e: &Expectation,
+            u: &LeaseUpdate,
+        ) -> Result<Lease, LeaseError> {
+            let delay = *self.delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
+            self.inner.update(k, e, u).await
+        }
+        async fn delete(&self, k: &str, e: &Expectation) -> Result<(), LeaseError> {
+            self.inner.delete(k, e).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_held_up_past_the_validity_starts_a_new_epoch() {
+        let table = Slow {
+            inner: InMemoryLeaseTable::new(),
+            delay: Mutex::new(Duration::ZERO),
+        };
+        let liveness = Liveness::new("w", &config());
+        let heartbeat = Heartbeat::default();
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        let epoch = liveness.epoch();
+        tokio::time::advance(config().renew_interval).await;
+        // Sent in time, but it reaches the store (and replies) only after the previous one's
+        // validity ran out: others may have taken over meanwhile.
+        *table.delay.lock().unwrap() = config().failover_time;
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        assert_ne!(liveness.epoch(), epoch);
     }
 
     #[tokio::test(start_paused = true)]

@@ -108,6 +108,11 @@ pub(crate) async fn run<F: ProcessorFactory>(
     if lease.is_finished() {
         return ConsumerExit::ShardEnded;
     }
+    // Waiting may have taken long (a paused worker): no user code for a lease no longer ours.
+    if !held.is_valid() {
+        held.mark_lost();
+        return finish_without_processor(&ctx, &held, Interrupt::Lost).await;
+    }
 
     // 2. Processor.
     ctx.status
