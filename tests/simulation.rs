@@ -93,6 +93,7 @@ fn the_same_seed_replays_the_same_run() {
 #[test]
 #[ignore = "replays one seed: KCL_SIM_SEED=<seed>"]
 fn replay() {
+    kcl_tests::init_tracing();
     let seed = env_u64("KCL_SIM_SEED").expect("set KCL_SIM_SEED to the seed to replay");
     let outcome = sim::run(seed);
     eprintln!("{}", outcome.report().replace("FAILED", "report"));

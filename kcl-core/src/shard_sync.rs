@@ -12,9 +12,13 @@
 //! - **Never backwards**: a shard with a leased descendant gets no lease: its records were
 //!   processed (children start only after their parents finished) or deliberately skipped (the
 //!   initial position was later than the shard).
-//! - **Cleanup**: a finished lease is deleted once every child has a lease that made progress
-//!   (its checkpoint is past the starting sentinel): from then on nobody needs it, neither the
-//!   children waiting for their parents nor the sync deciding what to create.
+//! - **Cleanup** ([`remove_finished_leases`]): a finished lease is deleted once every child has a
+//!   lease that made progress (its checkpoint is past the starting sentinel), and only after it
+//!   has been still for a while: from then on nobody needs it, neither the children waiting for
+//!   their parents nor the sync deciding what to create. The wait matters because creating a
+//!   lease cannot be conditional on its never having existed: a creator that read the table
+//!   before the lease finished (a sync, a parent's consumer retrying) could otherwise re-create
+//!   it after its deletion.
 //!
 //! Creation is idempotent (`create_if_absent`) and deletion conditional on the lease as read, so
 //! several workers may sync concurrently.
@@ -84,8 +88,6 @@ pub enum ShardSyncError {
 pub struct SyncReport {
     /// Leases created by this call (another worker may have created others).
     pub created: Vec<String>,
-    /// Finished leases deleted by this call.
-    pub removed: Vec<String>,
     /// Shards seen.
     pub shards: usize,
 }
@@ -199,16 +201,22 @@ pub async fn sync_shards(
             }
         }
     }
-    report.removed = remove_finished_leases(table, &leases).await?;
     Ok(report)
 }
 
-/// Deletes finished leases whose children all have leases that made progress. Returns the keys
-/// deleted. A lease changed since it was read (or already deleted) is left for the next sync.
-async fn remove_finished_leases(
+/// Deletes finished leases whose children all have leases that made progress and for which
+/// `settled` holds (the worker passes "unchanged for twice the failover time"). Returns the keys
+/// deleted. A lease changed since it was read (or already deleted) is left for the next call.
+pub async fn remove_finished_leases(
     table: &dyn LeaseTable,
-    leases: &HashMap<&str, &Lease>,
+    settled: impl Fn(&Lease) -> bool,
 ) -> Result<Vec<String>, ShardSyncError> {
+    let rows = table.list().await?;
+    let leases: HashMap<&str, &Lease> = rows
+        .iter()
+        .filter(|l| l.heartbeat_of().is_none())
+        .map(|l| (l.key.as_str(), l))
+        .collect();
     let mut children: HashMap<&str, Vec<&Lease>> = HashMap::new();
     for lease in leases.values() {
         for parent in &lease.parent_shard_ids {
@@ -224,7 +232,7 @@ async fn remove_finished_leases(
     let mut finished: Vec<&Lease> = leases
         .values()
         .copied()
-        .filter(|l| l.is_finished())
+        .filter(|l| l.is_finished() && settled(l))
         .collect();
     finished.sort_by(|a, b| a.key.cmp(&b.key));
     let mut removed = Vec::new();

@@ -539,6 +539,11 @@ impl LeaseCoordinator {
         next.filter(|at| *at > Instant::now())
     }
 
+    /// How long, as this worker observed, the row `key` has not changed (zero if never seen).
+    pub(crate) fn quiet_for(&self, key: &str) -> Duration {
+        lock(&self.observer).unchanged_for(key, Instant::now())
+    }
+
     /// Tests: pretend the other workers have seen this one long enough for it to ask for leases.
     #[cfg(test)]
     pub(crate) fn backdate_visibility(&self) {

@@ -652,6 +652,12 @@ impl<P: RecordProcessor> Consumer<P> {
     /// "finished and cleaned up". Idempotent; a few attempts; shard sync repairs the rest.
     async fn create_child_leases(&mut self, child_shards: &[ChildShard]) {
         for child in child_shards {
+            // Only while the claim holds: a worker paused here must not create a child that was
+            // processed, finished and removed meanwhile.
+            if !self.held.is_valid() {
+                debug!("claim no longer valid; leaving the children to shard sync");
+                return;
+            }
             if !self.other_parents_finished(child).await {
                 debug!(child = %child.shard_id, "another parent has not finished; it creates the child");
                 continue;
@@ -669,11 +675,11 @@ impl<P: RecordProcessor> Consumer<P> {
                         break;
                     }
                     Err(error) => match delays.next() {
-                        Some(delay) => {
+                        Some(delay) if self.held.is_valid() => {
                             warn!(child = %child.shard_id, %error, "could not create child lease; retrying");
                             tokio::time::sleep(delay).await;
                         }
-                        None => {
+                        _ => {
                             warn!(child = %child.shard_id, %error, "could not create child lease; shard sync will");
                             break;
                         }

@@ -33,7 +33,7 @@ use crate::lease::coordinator::{LeaseCoordinator, LeaseStats};
 use crate::lease::held::{HeldLease, HeldStatus};
 use crate::processor::ProcessorFactory;
 use crate::record::ExtendedSequenceNumber;
-use crate::shard_sync::sync_shards;
+use crate::shard_sync::{remove_finished_leases, sync_shards};
 use crate::sync::{Signal, Watch};
 
 mod config;
@@ -426,7 +426,8 @@ impl<F: ProcessorFactory> Worker<F> {
         }
     }
 
-    /// Syncs shards into leases and removes finished leases no longer needed.
+    /// Syncs shards into leases and removes finished leases no longer needed (once they have been
+    /// still for twice the failover time, see [`remove_finished_leases`]).
     async fn sync_shards(&self) {
         match sync_shards(
             self.backend.as_ref(),
@@ -440,11 +441,17 @@ impl<F: ProcessorFactory> Worker<F> {
                 if !report.created.is_empty() {
                     debug!(created = ?report.created, "shard sync created leases");
                 }
-                if !report.removed.is_empty() {
-                    debug!(removed = ?report.removed, "shard sync removed finished leases");
-                }
             }
             Err(error) => warn!(%error, "shard sync failed; will retry"),
+        }
+        let grace = self.config.lease.failover_time * 2;
+        let settled = |lease: &crate::lease::Lease| self.coordinator.quiet_for(&lease.key) > grace;
+        match remove_finished_leases(self.table.as_ref(), settled).await {
+            Ok(removed) if !removed.is_empty() => {
+                debug!(?removed, "removed finished leases");
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "removing finished leases failed; will retry"),
         }
     }
 
