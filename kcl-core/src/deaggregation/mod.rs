@@ -45,6 +45,9 @@
 //! filtering).
 
 pub mod aggregator;
+// The crate's only `unsafe` code: SIMD kernels behind run-time CPU detection.
+#[allow(unsafe_code)]
+pub mod multi_md5;
 pub mod proto;
 mod resume;
 mod wire;
