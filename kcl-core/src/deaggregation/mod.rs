@@ -192,11 +192,85 @@ impl Deaggregator {
     /// `shard_range` is the hash-key range of the shard the record was read from; it is only
     /// used when [`DeaggregationConfig::filter_by_shard_hash_range`] is set. On any failure the
     /// record is appended unchanged and `out` holds nothing else from this call.
+    ///
+    /// For many records, [`Deaggregator::deaggregate_batch_into`] gives the same result faster.
     pub fn deaggregate_into(
         &self,
         record: Record,
         shard_range: Option<&HashKeyRange>,
         out: &mut Vec<Record>,
+    ) -> Outcome {
+        self.deaggregate_checked(record, shard_range, out, None)
+    }
+
+    /// Expands a batch of raw records, in order, into `out` and returns the counters: the same
+    /// records and outcomes as [`Deaggregator::deaggregate_into`] on each record in turn.
+    ///
+    /// Faster than that on CPUs with AVX2 or AVX-512: the MD5 digests of up to 16 aggregates of
+    /// similar size are computed together ([`multi_md5`]), in windows of a few dozen records.
+    pub fn deaggregate_batch_into(
+        &self,
+        records: impl IntoIterator<Item = Record>,
+        shard_range: Option<&HashKeyRange>,
+        out: &mut Vec<Record>,
+    ) -> DeaggregationStats {
+        let mut stats = DeaggregationStats::default();
+        let kernel = multi_md5::Kernel::detect();
+        let mut records = records.into_iter();
+        if kernel.lanes() == 1 {
+            for record in records {
+                stats.add(&self.deaggregate_into(record, shard_range, out));
+            }
+            return stats;
+        }
+        let window_len = 4 * kernel.lanes();
+        let mut window: Vec<Record> = Vec::with_capacity(window_len);
+        let mut order: Vec<(usize, usize)> = Vec::with_capacity(window_len);
+        let mut digests: Vec<multi_md5::Md5Digest> = Vec::with_capacity(window_len);
+        let mut digest_of: Vec<Option<multi_md5::Md5Digest>> = Vec::with_capacity(window_len);
+        loop {
+            window.extend(records.by_ref().take(window_len));
+            if window.is_empty() {
+                return stats;
+            }
+            // The aggregates of the window, shortest first, so that each group of lanes holds
+            // bodies of similar length.
+            order.clear();
+            order.extend(
+                window
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| aggregate_body(r.data()).map(|b| (b.len(), i))),
+            );
+            order.sort_unstable();
+            let bodies: Vec<&[u8]> = order
+                .iter()
+                .filter_map(|&(_, i)| window.get(i).and_then(|r| aggregate_body(r.data())))
+                .collect();
+            digests.clear();
+            kernel.digests(&bodies, &mut digests);
+            drop(bodies);
+            digest_of.clear();
+            digest_of.resize(window.len(), None);
+            for (&(_, i), digest) in order.iter().zip(&digests) {
+                if let Some(slot) = digest_of.get_mut(i) {
+                    *slot = Some(*digest);
+                }
+            }
+            for (record, digest) in window.drain(..).zip(&digest_of) {
+                stats.add(&self.deaggregate_checked(record, shard_range, out, digest.as_ref()));
+            }
+        }
+    }
+
+    /// [`Deaggregator::deaggregate_into`] with the body's MD5 possibly computed already
+    /// (`digest`; computed here when `None`).
+    fn deaggregate_checked(
+        &self,
+        record: Record,
+        shard_range: Option<&HashKeyRange>,
+        out: &mut Vec<Record>,
+        digest: Option<&multi_md5::Md5Digest>,
     ) -> Outcome {
         let data = record.data.as_ref();
         if data.len() < MAGIC.len() || data[..MAGIC.len()] != MAGIC {
@@ -208,7 +282,11 @@ impl Deaggregator {
         } else {
             let body_end = data.len() - DIGEST_LEN;
             let body = &data[MAGIC.len()..body_end];
-            if Md5::digest(body).as_slice() != &data[body_end..] {
+            let matches = match digest {
+                Some(digest) => digest[..] == data[body_end..],
+                None => Md5::digest(body).as_slice() == &data[body_end..],
+            };
+            if !matches {
                 PassThroughReason::DigestMismatch
             } else {
                 let filter = shard_range.filter(|_| self.config.filter_by_shard_hash_range);
@@ -243,7 +321,8 @@ impl Deaggregator {
         Outcome::PassedThrough(reason)
     }
 
-    /// Expands a batch of raw records; returns the user records and the counters.
+    /// Expands a batch of raw records; returns the user records and the counters (see
+    /// [`Deaggregator::deaggregate_batch_into`]).
     pub fn deaggregate(
         &self,
         records: impl IntoIterator<Item = Record>,
@@ -251,12 +330,18 @@ impl Deaggregator {
     ) -> (Vec<Record>, DeaggregationStats) {
         let records = records.into_iter();
         let mut out = Vec::with_capacity(records.size_hint().0);
-        let mut stats = DeaggregationStats::default();
-        for record in records {
-            stats.add(&self.deaggregate_into(record, shard_range, &mut out));
-        }
+        let stats = self.deaggregate_batch_into(records, shard_range, &mut out);
         (out, stats)
     }
+}
+
+/// The protobuf body of `data` when it is framed as an aggregate whose digest can be checked
+/// (magic, at least one body byte, room for the digest).
+fn aggregate_body(data: &[u8]) -> Option<&[u8]> {
+    if data.len() <= proto::FRAMING_LEN || data[..MAGIC.len()] != MAGIC {
+        return None;
+    }
+    data.get(MAGIC.len()..data.len() - DIGEST_LEN)
 }
 
 enum Expanded {
