@@ -121,6 +121,19 @@ pub fn digests(messages: &[&[u8]], out: &mut Vec<Md5Digest>) {
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const INIT: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
 
+/// MD5's additive constants, `floor(abs(sin(i + 1)) * 2^32)`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const K: [u32; 64] = [
+    0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613, 0xfd469501,
+    0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193, 0xa679438e, 0x49b40821,
+    0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d, 0x02441453, 0xd8a1e681, 0xe7d3fbc8,
+    0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed, 0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a,
+    0xfffa3942, 0x8771f681, 0x6d9d6122, 0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70,
+    0x289b7ec6, 0xeaa127fa, 0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665,
+    0xf4292244, 0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
+    0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb, 0xeb86d391,
+];
+
 /// An all-zero block fed to a lane whose message is finished (its result is discarded).
 const IDLE_BLOCK: [u8; 64] = [0; 64];
 
@@ -176,73 +189,73 @@ impl<'a> Lane<'a> {
 
 /// The 64 steps of one MD5 block, written once for every vector width: `$step!` receives the
 /// round function (`F`, `G`, `H`, `I`), the four state registers rotated as MD5 requires, the
-/// message word, the additive constant and the rotation.
+/// message word, the additive constant (from `$k`, a copy of [`K`]) and the rotation.
 macro_rules! md5_steps {
-    ($step:ident, $a:ident, $b:ident, $c:ident, $d:ident, $w:ident) => {
-        $step!(F, $a, $b, $c, $d, $w[0], 0xd76aa478, 7);
-        $step!(F, $d, $a, $b, $c, $w[1], 0xe8c7b756, 12);
-        $step!(F, $c, $d, $a, $b, $w[2], 0x242070db, 17);
-        $step!(F, $b, $c, $d, $a, $w[3], 0xc1bdceee, 22);
-        $step!(F, $a, $b, $c, $d, $w[4], 0xf57c0faf, 7);
-        $step!(F, $d, $a, $b, $c, $w[5], 0x4787c62a, 12);
-        $step!(F, $c, $d, $a, $b, $w[6], 0xa8304613, 17);
-        $step!(F, $b, $c, $d, $a, $w[7], 0xfd469501, 22);
-        $step!(F, $a, $b, $c, $d, $w[8], 0x698098d8, 7);
-        $step!(F, $d, $a, $b, $c, $w[9], 0x8b44f7af, 12);
-        $step!(F, $c, $d, $a, $b, $w[10], 0xffff5bb1, 17);
-        $step!(F, $b, $c, $d, $a, $w[11], 0x895cd7be, 22);
-        $step!(F, $a, $b, $c, $d, $w[12], 0x6b901122, 7);
-        $step!(F, $d, $a, $b, $c, $w[13], 0xfd987193, 12);
-        $step!(F, $c, $d, $a, $b, $w[14], 0xa679438e, 17);
-        $step!(F, $b, $c, $d, $a, $w[15], 0x49b40821, 22);
-        $step!(G, $a, $b, $c, $d, $w[1], 0xf61e2562, 5);
-        $step!(G, $d, $a, $b, $c, $w[6], 0xc040b340, 9);
-        $step!(G, $c, $d, $a, $b, $w[11], 0x265e5a51, 14);
-        $step!(G, $b, $c, $d, $a, $w[0], 0xe9b6c7aa, 20);
-        $step!(G, $a, $b, $c, $d, $w[5], 0xd62f105d, 5);
-        $step!(G, $d, $a, $b, $c, $w[10], 0x02441453, 9);
-        $step!(G, $c, $d, $a, $b, $w[15], 0xd8a1e681, 14);
-        $step!(G, $b, $c, $d, $a, $w[4], 0xe7d3fbc8, 20);
-        $step!(G, $a, $b, $c, $d, $w[9], 0x21e1cde6, 5);
-        $step!(G, $d, $a, $b, $c, $w[14], 0xc33707d6, 9);
-        $step!(G, $c, $d, $a, $b, $w[3], 0xf4d50d87, 14);
-        $step!(G, $b, $c, $d, $a, $w[8], 0x455a14ed, 20);
-        $step!(G, $a, $b, $c, $d, $w[13], 0xa9e3e905, 5);
-        $step!(G, $d, $a, $b, $c, $w[2], 0xfcefa3f8, 9);
-        $step!(G, $c, $d, $a, $b, $w[7], 0x676f02d9, 14);
-        $step!(G, $b, $c, $d, $a, $w[12], 0x8d2a4c8a, 20);
-        $step!(H, $a, $b, $c, $d, $w[5], 0xfffa3942, 4);
-        $step!(H, $d, $a, $b, $c, $w[8], 0x8771f681, 11);
-        $step!(H, $c, $d, $a, $b, $w[11], 0x6d9d6122, 16);
-        $step!(H, $b, $c, $d, $a, $w[14], 0xfde5380c, 23);
-        $step!(H, $a, $b, $c, $d, $w[1], 0xa4beea44, 4);
-        $step!(H, $d, $a, $b, $c, $w[4], 0x4bdecfa9, 11);
-        $step!(H, $c, $d, $a, $b, $w[7], 0xf6bb4b60, 16);
-        $step!(H, $b, $c, $d, $a, $w[10], 0xbebfbc70, 23);
-        $step!(H, $a, $b, $c, $d, $w[13], 0x289b7ec6, 4);
-        $step!(H, $d, $a, $b, $c, $w[0], 0xeaa127fa, 11);
-        $step!(H, $c, $d, $a, $b, $w[3], 0xd4ef3085, 16);
-        $step!(H, $b, $c, $d, $a, $w[6], 0x04881d05, 23);
-        $step!(H, $a, $b, $c, $d, $w[9], 0xd9d4d039, 4);
-        $step!(H, $d, $a, $b, $c, $w[12], 0xe6db99e5, 11);
-        $step!(H, $c, $d, $a, $b, $w[15], 0x1fa27cf8, 16);
-        $step!(H, $b, $c, $d, $a, $w[2], 0xc4ac5665, 23);
-        $step!(I, $a, $b, $c, $d, $w[0], 0xf4292244, 6);
-        $step!(I, $d, $a, $b, $c, $w[7], 0x432aff97, 10);
-        $step!(I, $c, $d, $a, $b, $w[14], 0xab9423a7, 15);
-        $step!(I, $b, $c, $d, $a, $w[5], 0xfc93a039, 21);
-        $step!(I, $a, $b, $c, $d, $w[12], 0x655b59c3, 6);
-        $step!(I, $d, $a, $b, $c, $w[3], 0x8f0ccc92, 10);
-        $step!(I, $c, $d, $a, $b, $w[10], 0xffeff47d, 15);
-        $step!(I, $b, $c, $d, $a, $w[1], 0x85845dd1, 21);
-        $step!(I, $a, $b, $c, $d, $w[8], 0x6fa87e4f, 6);
-        $step!(I, $d, $a, $b, $c, $w[15], 0xfe2ce6e0, 10);
-        $step!(I, $c, $d, $a, $b, $w[6], 0xa3014314, 15);
-        $step!(I, $b, $c, $d, $a, $w[13], 0x4e0811a1, 21);
-        $step!(I, $a, $b, $c, $d, $w[4], 0xf7537e82, 6);
-        $step!(I, $d, $a, $b, $c, $w[11], 0xbd3af235, 10);
-        $step!(I, $c, $d, $a, $b, $w[2], 0x2ad7d2bb, 15);
-        $step!(I, $b, $c, $d, $a, $w[9], 0xeb86d391, 21);
+    ($step:ident, $a:ident, $b:ident, $c:ident, $d:ident, $w:ident, $k:ident) => {
+        $step!(F, $a, $b, $c, $d, $w[0], $k[0], 7);
+        $step!(F, $d, $a, $b, $c, $w[1], $k[1], 12);
+        $step!(F, $c, $d, $a, $b, $w[2], $k[2], 17);
+        $step!(F, $b, $c, $d, $a, $w[3], $k[3], 22);
+        $step!(F, $a, $b, $c, $d, $w[4], $k[4], 7);
+        $step!(F, $d, $a, $b, $c, $w[5], $k[5], 12);
+        $step!(F, $c, $d, $a, $b, $w[6], $k[6], 17);
+        $step!(F, $b, $c, $d, $a, $w[7], $k[7], 22);
+        $step!(F, $a, $b, $c, $d, $w[8], $k[8], 7);
+        $step!(F, $d, $a, $b, $c, $w[9], $k[9], 12);
+        $step!(F, $c, $d, $a, $b, $w[10], $k[10], 17);
+        $step!(F, $b, $c, $d, $a, $w[11], $k[11], 22);
+        $step!(F, $a, $b, $c, $d, $w[12], $k[12], 7);
+        $step!(F, $d, $a, $b, $c, $w[13], $k[13], 12);
+        $step!(F, $c, $d, $a, $b, $w[14], $k[14], 17);
+        $step!(F, $b, $c, $d, $a, $w[15], $k[15], 22);
+        $step!(G, $a, $b, $c, $d, $w[1], $k[16], 5);
+        $step!(G, $d, $a, $b, $c, $w[6], $k[17], 9);
+        $step!(G, $c, $d, $a, $b, $w[11], $k[18], 14);
+        $step!(G, $b, $c, $d, $a, $w[0], $k[19], 20);
+        $step!(G, $a, $b, $c, $d, $w[5], $k[20], 5);
+        $step!(G, $d, $a, $b, $c, $w[10], $k[21], 9);
+        $step!(G, $c, $d, $a, $b, $w[15], $k[22], 14);
+        $step!(G, $b, $c, $d, $a, $w[4], $k[23], 20);
+        $step!(G, $a, $b, $c, $d, $w[9], $k[24], 5);
+        $step!(G, $d, $a, $b, $c, $w[14], $k[25], 9);
+        $step!(G, $c, $d, $a, $b, $w[3], $k[26], 14);
+        $step!(G, $b, $c, $d, $a, $w[8], $k[27], 20);
+        $step!(G, $a, $b, $c, $d, $w[13], $k[28], 5);
+        $step!(G, $d, $a, $b, $c, $w[2], $k[29], 9);
+        $step!(G, $c, $d, $a, $b, $w[7], $k[30], 14);
+        $step!(G, $b, $c, $d, $a, $w[12], $k[31], 20);
+        $step!(H, $a, $b, $c, $d, $w[5], $k[32], 4);
+        $step!(H, $d, $a, $b, $c, $w[8], $k[33], 11);
+        $step!(H, $c, $d, $a, $b, $w[11], $k[34], 16);
+        $step!(H, $b, $c, $d, $a, $w[14], $k[35], 23);
+        $step!(H, $a, $b, $c, $d, $w[1], $k[36], 4);
+        $step!(H, $d, $a, $b, $c, $w[4], $k[37], 11);
+        $step!(H, $c, $d, $a, $b, $w[7], $k[38], 16);
+        $step!(H, $b, $c, $d, $a, $w[10], $k[39], 23);
+        $step!(H, $a, $b, $c, $d, $w[13], $k[40], 4);
+        $step!(H, $d, $a, $b, $c, $w[0], $k[41], 11);
+        $step!(H, $c, $d, $a, $b, $w[3], $k[42], 16);
+        $step!(H, $b, $c, $d, $a, $w[6], $k[43], 23);
+        $step!(H, $a, $b, $c, $d, $w[9], $k[44], 4);
+        $step!(H, $d, $a, $b, $c, $w[12], $k[45], 11);
+        $step!(H, $c, $d, $a, $b, $w[15], $k[46], 16);
+        $step!(H, $b, $c, $d, $a, $w[2], $k[47], 23);
+        $step!(I, $a, $b, $c, $d, $w[0], $k[48], 6);
+        $step!(I, $d, $a, $b, $c, $w[7], $k[49], 10);
+        $step!(I, $c, $d, $a, $b, $w[14], $k[50], 15);
+        $step!(I, $b, $c, $d, $a, $w[5], $k[51], 21);
+        $step!(I, $a, $b, $c, $d, $w[12], $k[52], 6);
+        $step!(I, $d, $a, $b, $c, $w[3], $k[53], 10);
+        $step!(I, $c, $d, $a, $b, $w[10], $k[54], 15);
+        $step!(I, $b, $c, $d, $a, $w[1], $k[55], 21);
+        $step!(I, $a, $b, $c, $d, $w[8], $k[56], 6);
+        $step!(I, $d, $a, $b, $c, $w[15], $k[57], 10);
+        $step!(I, $c, $d, $a, $b, $w[6], $k[58], 15);
+        $step!(I, $b, $c, $d, $a, $w[13], $k[59], 21);
+        $step!(I, $a, $b, $c, $d, $w[4], $k[60], 6);
+        $step!(I, $d, $a, $b, $c, $w[11], $k[61], 10);
+        $step!(I, $c, $d, $a, $b, $w[2], $k[62], 15);
+        $step!(I, $b, $c, $d, $a, $w[9], $k[63], 21);
     };
 }
 
@@ -250,7 +263,7 @@ macro_rules! md5_steps {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{INIT, Lane};
+    use super::{INIT, K, Lane};
 
     /// One MD5 step in 16 lanes: `a = b + rotl(a + f(b, c, d) + k + w, s)`, with the round
     /// function as one `vpternlogd` (its truth table over `b, c, d`) and the rotation as one
@@ -260,12 +273,11 @@ mod x86 {
         (G, $($rest:tt)*) => { step16!(@ 0xE4, $($rest)*) };
         (H, $($rest:tt)*) => { step16!(@ 0x96, $($rest)*) };
         (I, $($rest:tt)*) => { step16!(@ 0x39, $($rest)*) };
-        (@ $table:literal, $a:ident, $b:ident, $c:ident, $d:ident, $w:expr, $k:literal, $s:literal) => {
+        (@ $table:literal, $a:ident, $b:ident, $c:ident, $d:ident, $w:expr, $k:expr, $s:literal) => {
+            // `a + w + k` does not depend on the previous step; only `f` and what follows do.
+            let awk = _mm512_add_epi32($a, _mm512_add_epi32($w, _mm512_set1_epi32($k as i32)));
             let f = _mm512_ternarylogic_epi32::<$table>($b, $c, $d);
-            let t = _mm512_add_epi32(
-                _mm512_add_epi32($a, f),
-                _mm512_add_epi32($w, _mm512_set1_epi32($k as u32 as i32)),
-            );
+            let t = _mm512_add_epi32(awk, f);
             $a = _mm512_add_epi32($b, _mm512_rol_epi32::<$s>(t));
         };
     }
@@ -294,11 +306,9 @@ mod x86 {
             );
             step8!(@ i, $a, $b, $($rest)*)
         };
-        (@ $f:ident, $a:ident, $b:ident, $w:expr, $k:literal, $s:literal) => {
-            let t = _mm256_add_epi32(
-                _mm256_add_epi32($a, $f),
-                _mm256_add_epi32($w, _mm256_set1_epi32($k as u32 as i32)),
-            );
+        (@ $f:ident, $a:ident, $b:ident, $w:expr, $k:expr, $s:literal) => {
+            let awk = _mm256_add_epi32($a, _mm256_add_epi32($w, _mm256_set1_epi32($k as i32)));
+            let t = _mm256_add_epi32(awk, $f);
             let rotated = _mm256_or_si256(
                 _mm256_slli_epi32::<$s>(t),
                 _mm256_srli_epi32::<{ 32 - $s }>(t),
@@ -366,11 +376,14 @@ mod x86 {
         let mut c = _mm512_set1_epi32(INIT[2] as i32);
         let mut d = _mm512_set1_epi32(INIT[3] as i32);
         let mut out = [[0u32; 4]; 16];
+        // Opaque to the optimizer: with literal constants LLVM reassociates `a + w + k + f` so
+        // that the constant is added after `f`, one more dependent add per step.
+        let k = std::hint::black_box(K);
         let blocks = lanes.iter().map(|l| l.blocks).max().unwrap_or(0);
         for j in 0..blocks {
             let w = load16(lanes, j);
             let (a0, b0, c0, d0) = (a, b, c, d);
-            md5_steps!(step16, a, b, c, d, w);
+            md5_steps!(step16, a, b, c, d, w, k);
             a = _mm512_add_epi32(a, a0);
             b = _mm512_add_epi32(b, b0);
             c = _mm512_add_epi32(c, c0);
@@ -441,11 +454,14 @@ mod x86 {
         let mut c = _mm256_set1_epi32(INIT[2] as i32);
         let mut d = _mm256_set1_epi32(INIT[3] as i32);
         let mut out = [[0u32; 4]; 8];
+        // Opaque to the optimizer: with literal constants LLVM reassociates `a + w + k + f` so
+        // that the constant is added after `f`, one more dependent add per step.
+        let k = std::hint::black_box(K);
         let blocks = lanes.iter().map(|l| l.blocks).max().unwrap_or(0);
         for j in 0..blocks {
             let w = load8(lanes, j);
             let (a0, b0, c0, d0) = (a, b, c, d);
-            md5_steps!(step8, a, b, c, d, w);
+            md5_steps!(step8, a, b, c, d, w, k);
             a = _mm256_add_epi32(a, a0);
             b = _mm256_add_epi32(b, b0);
             c = _mm256_add_epi32(c, c0);
