@@ -5,7 +5,8 @@
 //! schema). [`Deaggregator::deaggregate_into`] expands such a record into its user records:
 //!
 //! - every user record's data is a zero-copy [`bytes::Bytes`] slice of the fetched record;
-//! - partition keys and explicit hash keys are one shared `Arc<str>` per table entry;
+//! - partition keys and explicit hash keys are one shared `Arc<str>` per table entry, made when
+//!   the first user record takes it;
 //! - user records get sub-sequence numbers `0, 1, 2, ...` and inherit the outer record's
 //!   sequence number and approximate arrival time; tags are exposed;
 //! - a record without the magic is [`Outcome::NotAggregated`] and handed on unchanged;
@@ -374,7 +375,7 @@ fn expand(
 fn push_records(
     outer: &Record,
     body: &[u8],
-    tables: &wire::Tables,
+    tables: &wire::Tables<'_>,
     filter: Option<&HashKeyRange>,
     out: &mut Vec<Record>,
 ) -> Result<Expanded, PassThroughReason> {
@@ -392,29 +393,53 @@ fn push_records(
             .collect();
         (pk, ehk)
     });
+    // For each table entry, the index in `out` of the first user record that took it: its
+    // `Arc<str>` is made then (entries no record uses cost nothing) and later records share it.
+    const UNUSED: usize = usize::MAX;
+    let mut pk_first = vec![UNUSED; tables.partition_keys.len()];
+    let mut ehk_first = vec![UNUSED; tables.explicit_hash_keys.len()];
     let mut out_of_range = None;
     let mut count = 0usize;
     for (sub_sequence, raw) in (0u64..).zip(wire::Records::new(body)) {
         let raw = raw?;
         let pk_index = usize::try_from(raw.partition_key_index)
             .map_err(|_| PassThroughReason::IndexOutOfRange)?;
-        let partition_key: &Arc<str> = tables
-            .partition_keys
-            .get(pk_index)
-            .ok_or(PassThroughReason::IndexOutOfRange)?;
+        let (Some(pk_text), Some(pk_first)) = (
+            tables.partition_keys.get(pk_index),
+            pk_first.get_mut(pk_index),
+        ) else {
+            return Err(PassThroughReason::IndexOutOfRange);
+        };
+        let partition_key: Arc<str> = match out.get(*pk_first) {
+            Some(first) => first.partition_key.clone(),
+            None => {
+                *pk_first = out.len();
+                Arc::from(&**pk_text)
+            }
+        };
         let ehk_index = match raw.explicit_hash_key_index {
             None => None,
             Some(i) => Some(usize::try_from(i).map_err(|_| PassThroughReason::IndexOutOfRange)?),
         };
         let explicit_hash_key = match ehk_index {
             None => None,
-            Some(i) => Some(
-                tables
-                    .explicit_hash_keys
-                    .get(i)
-                    .ok_or(PassThroughReason::IndexOutOfRange)?
-                    .clone(),
-            ),
+            Some(i) => {
+                let (Some(ehk_text), Some(ehk_first)) =
+                    (tables.explicit_hash_keys.get(i), ehk_first.get_mut(i))
+                else {
+                    return Err(PassThroughReason::IndexOutOfRange);
+                };
+                match out
+                    .get(*ehk_first)
+                    .and_then(|r| r.explicit_hash_key.clone())
+                {
+                    Some(shared) => Some(shared),
+                    None => {
+                        *ehk_first = out.len();
+                        Some(Arc::from(&**ehk_text))
+                    }
+                }
+            }
         };
         if let (Some(range), Some((pk_hashes, ehk_hashes)), None) =
             (filter, hashes.as_ref(), out_of_range)
@@ -430,14 +455,14 @@ fn push_records(
         let data_start = MAGIC.len() + raw.data.start;
         let data_end = MAGIC.len() + raw.data.end;
         out.push(Record {
-            partition_key: partition_key.clone(),
+            partition_key,
             data: outer.data.slice(data_start..data_end),
             sequence_number: outer.sequence_number.clone(),
             sub_sequence_number: sub_sequence,
             approximate_arrival: outer.approximate_arrival,
             explicit_hash_key,
             aggregated: true,
-            tags: raw.tags,
+            tags: raw.tags.into_boxed_slice(),
         });
         count += 1;
     }

@@ -1,13 +1,13 @@
 //! A small, allocation-light protobuf reader for the `AggregatedRecord` message.
 //!
 //! Why hand-written instead of `prost` decoding: the de-aggregator wants (a) user-record data
-//! as zero-copy slices of the fetched record (offsets, not owned buffers), (b) one shared
-//! `Arc<str>` per partition-key table entry rather than one `String` per table entry that is
-//! then copied again, and (c) no intermediate `Vec<RecordMessage>` between the wire bytes and the
-//! output `Vec<Record>`. The reader walks the body twice: [`scan`] reads the two key tables and
-//! counts the records (their order in the message is free in protobuf), then [`Records`] yields
-//! each record's indices and the byte range of its data. `prost` is still used for encoding and
-//! for cross-checks in tests.
+//! as zero-copy slices of the fetched record (offsets, not owned buffers), (b) key tables that
+//! borrow the message (the de-aggregator makes one shared `Arc<str>` per entry when a user record
+//! first takes it) rather than one `String` per table entry that is then copied again, and (c) no
+//! intermediate `Vec<RecordMessage>` between the wire bytes and the output `Vec<Record>`. The
+//! reader walks the body twice: [`scan`] reads the two key tables and counts the records (their
+//! order in the message is free in protobuf), then [`Records`] yields each record's indices and
+//! the byte range of its data. `prost` is still used for encoding and for cross-checks in tests.
 //!
 //! Strictness follows proto2: `required` fields must be present (`partition_key_index`, `data`,
 //! `Tag.key`), the last value wins for repeated occurrences of a singular field, unknown fields
@@ -16,6 +16,7 @@
 //! and a varint longer than 10 bytes or overflowing 64 bits is an error. Strings that are not
 //! valid UTF-8 are decoded lossily (U+FFFD), as protobuf-java does for proto2 strings.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -171,26 +172,44 @@ fn expect(message: &'static str, field: u64, wire_type: u8, want: u8) -> Result<
 
 /// Decodes a proto2 string: borrowed when valid UTF-8, lossily converted otherwise.
 #[inline]
-fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+fn text(bytes: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(bytes) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Ok(s) => Cow::Borrowed(s),
         Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// One entry of a key table: borrowed from the message when it is valid UTF-8 (no allocation
+/// until a user record takes it), owned when it had to be decoded lossily.
+#[derive(Debug)]
+pub(crate) struct TableKey<'a>(Cow<'a, str>);
+
+impl std::ops::Deref for TableKey<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<Arc<str>> for TableKey<'_> {
+    fn eq(&self, other: &Arc<str>) -> bool {
+        *self.0 == **other
     }
 }
 
 /// The key tables of an aggregated record and the number of records it holds.
 #[derive(Debug, Default)]
-pub(crate) struct Tables {
-    /// `partition_key_table`, one shared string per entry.
-    pub(crate) partition_keys: Vec<Arc<str>>,
-    /// `explicit_hash_key_table`, one shared string per entry.
-    pub(crate) explicit_hash_keys: Vec<Arc<str>>,
+pub(crate) struct Tables<'a> {
+    /// `partition_key_table`.
+    pub(crate) partition_keys: Vec<TableKey<'a>>,
+    /// `explicit_hash_key_table`.
+    pub(crate) explicit_hash_keys: Vec<TableKey<'a>>,
     /// How many `records` entries the message holds.
     pub(crate) records: usize,
 }
 
 /// First pass: reads the key tables, counts the records, validates the top-level framing.
-pub(crate) fn scan(body: &[u8]) -> Result<Tables, DecodeError> {
+pub(crate) fn scan(body: &[u8]) -> Result<Tables<'_>, DecodeError> {
     let mut tables = Tables::default();
     let mut r = Reader::new(body);
     while let Some((field, wire_type)) = r.key()? {
@@ -198,7 +217,7 @@ pub(crate) fn scan(body: &[u8]) -> Result<Tables, DecodeError> {
             1 | 2 => {
                 expect("AggregatedRecord", field, wire_type, LEN)?;
                 let range = r.len_delimited()?;
-                let s: Arc<str> = Arc::from(text(&body[range]));
+                let s = TableKey(text(&body[range]));
                 if field == 1 {
                     tables.partition_keys.push(s);
                 } else {
