@@ -201,7 +201,7 @@ impl Deaggregator {
         shard_range: Option<&HashKeyRange>,
         out: &mut Vec<Record>,
     ) -> Outcome {
-        self.deaggregate_checked(record, shard_range, out, None)
+        self.deaggregate_checked(record, shard_range, out, None, &mut Scratch::default())
     }
 
     /// Expands a batch of raw records, in order, into `out` and returns the counters: the same
@@ -229,6 +229,7 @@ impl Deaggregator {
         let mut order: Vec<(usize, usize)> = Vec::with_capacity(window_len);
         let mut digests: Vec<multi_md5::Md5Digest> = Vec::with_capacity(window_len);
         let mut digest_of: Vec<Option<multi_md5::Md5Digest>> = Vec::with_capacity(window_len);
+        let mut scratch = Scratch::default();
         loop {
             window.extend(records.by_ref().take(window_len));
             if window.is_empty() {
@@ -259,19 +260,26 @@ impl Deaggregator {
                 }
             }
             for (record, digest) in window.drain(..).zip(&digest_of) {
-                stats.add(&self.deaggregate_checked(record, shard_range, out, digest.as_ref()));
+                stats.add(&self.deaggregate_checked(
+                    record,
+                    shard_range,
+                    out,
+                    digest.as_ref(),
+                    &mut scratch,
+                ));
             }
         }
     }
 
     /// [`Deaggregator::deaggregate_into`] with the body's MD5 possibly computed already
-    /// (`digest`; computed here when `None`).
+    /// (`digest`; computed here when `None`) and buffers reused across calls.
     fn deaggregate_checked(
         &self,
         record: Record,
         shard_range: Option<&HashKeyRange>,
         out: &mut Vec<Record>,
         digest: Option<&multi_md5::Md5Digest>,
+        scratch: &mut Scratch,
     ) -> Outcome {
         let data = record.data.as_ref();
         if data.len() < MAGIC.len() || data[..MAGIC.len()] != MAGIC {
@@ -291,7 +299,7 @@ impl Deaggregator {
                 PassThroughReason::DigestMismatch
             } else {
                 let filter = shard_range.filter(|_| self.config.filter_by_shard_hash_range);
-                match expand(&record, body, filter, out) {
+                match expand(&record, body, filter, out, scratch) {
                     Ok(Expanded::Delivered(records)) => return Outcome::Aggregated { records },
                     Ok(Expanded::OutOfRange {
                         records,
@@ -354,31 +362,60 @@ enum Expanded {
     },
 }
 
-/// Decodes `body` (the verified protobuf bytes of `outer`) and appends its user records to `out`.
-/// On error or when filtered out, `out` is restored to its length on entry.
+/// One user record read and checked by the first phase of [`expand`]: table indices in range
+/// (`usize::MAX`: no explicit hash key), data as a byte range of the fetched record.
+#[derive(Clone, Copy)]
+struct Checked {
+    partition_key: usize,
+    explicit_hash_key: usize,
+    start: usize,
+    end: usize,
+}
+
+/// Buffers [`expand`] reuses from one aggregate to the next.
+#[derive(Default)]
+struct Scratch {
+    records: Vec<Checked>,
+    /// Tags of the user records that have any: (index in `records`, tags), in order.
+    tags: Vec<(usize, Vec<crate::record::Tag>)>,
+    /// Per table entry: how many user records take it (saturating).
+    pk_uses: Vec<u32>,
+    ehk_uses: Vec<u32>,
+    /// Per table entry taken by several user records: their shared string. Emptied after use.
+    pk_shared: Vec<Option<Arc<str>>>,
+    ehk_shared: Vec<Option<Arc<str>>>,
+}
+
+/// Decodes `body` (the verified protobuf bytes of `outer`) and appends its user records to `out`,
+/// which is only touched when every user record decoded and none was filtered out.
+///
+/// Two phases: the first reads and checks every user record (indices, hash range), the second
+/// builds them all with one `extend`, which writes each `Record` straight into `out` (pushing
+/// one at a time built each on the stack first and copied it).
 fn expand(
     outer: &Record,
     body: &[u8],
     filter: Option<&HashKeyRange>,
     out: &mut Vec<Record>,
+    scratch: &mut Scratch,
 ) -> Result<Expanded, PassThroughReason> {
     let tables = wire::scan(body)?;
-    let start = out.len();
-    out.reserve(tables.records);
-    let result = push_records(outer, body, &tables, filter, out);
-    if !matches!(result, Ok(Expanded::Delivered(_))) {
-        out.truncate(start);
-    }
-    result
-}
+    let Scratch {
+        records,
+        tags,
+        pk_uses,
+        ehk_uses,
+        pk_shared,
+        ehk_shared,
+    } = scratch;
+    records.clear();
+    tags.clear();
+    pk_uses.clear();
+    pk_uses.resize(tables.partition_keys.len(), 0);
+    ehk_uses.clear();
+    ehk_uses.resize(tables.explicit_hash_keys.len(), 0);
+    records.reserve(tables.records);
 
-fn push_records(
-    outer: &Record,
-    body: &[u8],
-    tables: &wire::Tables<'_>,
-    filter: Option<&HashKeyRange>,
-    out: &mut Vec<Record>,
-) -> Result<Expanded, PassThroughReason> {
     // Effective hash keys per table entry, computed once (only when filtering).
     let hashes = filter.map(|_| {
         let pk: Vec<u128> = tables
@@ -393,54 +430,44 @@ fn push_records(
             .collect();
         (pk, ehk)
     });
-    // For each table entry, the index in `out` of the first user record that took it: its
-    // `Arc<str>` is made then (entries no record uses cost nothing) and later records share it.
-    const UNUSED: usize = usize::MAX;
-    let mut pk_first = vec![UNUSED; tables.partition_keys.len()];
-    let mut ehk_first = vec![UNUSED; tables.explicit_hash_keys.len()];
     let mut out_of_range = None;
-    let mut count = 0usize;
-    for (sub_sequence, raw) in (0u64..).zip(wire::Records::new(body)) {
-        let raw = raw?;
-        let pk_index = usize::try_from(raw.partition_key_index)
-            .map_err(|_| PassThroughReason::IndexOutOfRange)?;
-        let (Some(pk_text), Some(pk_first)) = (
-            tables.partition_keys.get(pk_index),
-            pk_first.get_mut(pk_index),
-        ) else {
-            return Err(PassThroughReason::IndexOutOfRange);
-        };
-        let partition_key: Arc<str> = match out.get(*pk_first) {
-            Some(first) => first.partition_key.clone(),
-            None => {
-                *pk_first = out.len();
-                Arc::from(&**pk_text)
-            }
-        };
-        let ehk_index = match raw.explicit_hash_key_index {
-            None => None,
-            Some(i) => Some(usize::try_from(i).map_err(|_| PassThroughReason::IndexOutOfRange)?),
-        };
-        let explicit_hash_key = match ehk_index {
-            None => None,
-            Some(i) => {
-                let (Some(ehk_text), Some(ehk_first)) =
-                    (tables.explicit_hash_keys.get(i), ehk_first.get_mut(i))
-                else {
-                    return Err(PassThroughReason::IndexOutOfRange);
-                };
-                match out
-                    .get(*ehk_first)
-                    .and_then(|r| r.explicit_hash_key.clone())
-                {
-                    Some(shared) => Some(shared),
-                    None => {
-                        *ehk_first = out.len();
-                        Some(Arc::from(&**ehk_text))
+    let mut reader = wire::Records::new(body);
+    let mut sub_sequence = 0u64;
+    loop {
+        // Indices as read (bounds checked below), data range within the body.
+        let (pk_index, ehk_index, data) = match reader.next_canonical() {
+            Some(c) => (
+                c.partition_key_index,
+                (c.explicit_hash_key_index != usize::MAX).then_some(c.explicit_hash_key_index),
+                c.start..c.end,
+            ),
+            None => match reader.next() {
+                None => break,
+                Some(raw) => {
+                    let raw = raw?;
+                    if !raw.tags.is_empty() {
+                        tags.push((records.len(), raw.tags));
                     }
+                    let index =
+                        |i: u64| usize::try_from(i).map_err(|_| PassThroughReason::IndexOutOfRange);
+                    let ehk = match raw.explicit_hash_key_index {
+                        None => None,
+                        Some(i) => Some(index(i)?),
+                    };
+                    (index(raw.partition_key_index)?, ehk, raw.data)
                 }
-            }
+            },
         };
+        let pk_count = pk_uses
+            .get_mut(pk_index)
+            .ok_or(PassThroughReason::IndexOutOfRange)?;
+        *pk_count = pk_count.saturating_add(1);
+        if let Some(i) = ehk_index {
+            let count = ehk_uses
+                .get_mut(i)
+                .ok_or(PassThroughReason::IndexOutOfRange)?;
+            *count = count.saturating_add(1);
+        }
         if let (Some(range), Some((pk_hashes, ehk_hashes)), None) =
             (filter, hashes.as_ref(), out_of_range)
         {
@@ -452,28 +479,75 @@ fn push_records(
                 out_of_range = Some((sub_sequence, key));
             }
         }
-        let data_start = MAGIC.len() + raw.data.start;
-        let data_end = MAGIC.len() + raw.data.end;
-        out.push(Record {
-            partition_key,
-            data: outer.data.slice(data_start..data_end),
-            sequence_number: outer.sequence_number.clone(),
-            sub_sequence_number: sub_sequence,
-            approximate_arrival: outer.approximate_arrival,
-            explicit_hash_key,
-            aggregated: true,
-            tags: raw.tags.into_boxed_slice(),
+        records.push(Checked {
+            partition_key: pk_index,
+            explicit_hash_key: ehk_index.unwrap_or(usize::MAX),
+            start: MAGIC.len() + data.start,
+            end: MAGIC.len() + data.end,
         });
-        count += 1;
+        sub_sequence += 1;
     }
-    Ok(match out_of_range {
-        None => Expanded::Delivered(count),
-        Some((sub_sequence, hash_key)) => Expanded::OutOfRange {
+    let count = records.len();
+    if let Some((sub_sequence, hash_key)) = out_of_range {
+        return Ok(Expanded::OutOfRange {
             records: count,
             sub_sequence,
             hash_key,
-        },
-    })
+        });
+    }
+
+    pk_shared.clear();
+    pk_shared.resize(tables.partition_keys.len(), None);
+    ehk_shared.clear();
+    ehk_shared.resize(tables.explicit_hash_keys.len(), None);
+    out.reserve(count);
+    let first = out.len();
+    out.extend(records.iter().zip(0u64..).map(|(c, sub_sequence)| Record {
+        partition_key: table_string(&tables.partition_keys, pk_uses, pk_shared, c.partition_key),
+        data: outer.data.slice(c.start..c.end),
+        sequence_number: outer.sequence_number.clone(),
+        sub_sequence_number: sub_sequence,
+        approximate_arrival: outer.approximate_arrival,
+        explicit_hash_key: (c.explicit_hash_key != usize::MAX).then(|| {
+            table_string(
+                &tables.explicit_hash_keys,
+                ehk_uses,
+                ehk_shared,
+                c.explicit_hash_key,
+            )
+        }),
+        aggregated: true,
+        tags: Box::default(),
+    }));
+    // Tags are rare: set after the fact, keeping the loop above lean.
+    for (i, record_tags) in tags.drain(..) {
+        if let Some(record) = out.get_mut(first + i) {
+            record.tags = record_tags.into_boxed_slice();
+        }
+    }
+    pk_shared.clear();
+    ehk_shared.clear();
+    Ok(Expanded::Delivered(count))
+}
+
+/// The string of table entry `i` (an index the first phase of [`expand`] checked) for one user
+/// record: a fresh `Arc<str>` when it is the entry's only user record, else the entry's shared
+/// one (made on first use), so each entry costs one allocation and no extra reference counting
+/// when it is not shared.
+#[inline(always)]
+fn table_string(
+    texts: &[wire::TableKey<'_>],
+    uses: &[u32],
+    shared: &mut [Option<Arc<str>>],
+    i: usize,
+) -> Arc<str> {
+    let text: &str = texts.get(i).map_or("", |t| t);
+    match shared.get_mut(i) {
+        Some(slot) if uses.get(i).copied().unwrap_or(0) > 1 => {
+            slot.get_or_insert_with(|| Arc::from(text)).clone()
+        }
+        _ => Arc::from(text),
+    }
 }
 
 #[cfg(test)]

@@ -71,6 +71,14 @@ impl<'a> Reader<'a> {
         Self { buf, pos: 0 }
     }
 
+    /// The next byte, consumed.
+    #[inline]
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
     #[inline]
     fn at_end(&self) -> bool {
         self.pos >= self.buf.len()
@@ -86,6 +94,23 @@ impl<'a> Reader<'a> {
             return Ok(u64::from(b));
         }
         self.varint_slow()
+    }
+
+    /// A varint of at most two bytes (lengths below 16 KiB, indices below 16384), consumed;
+    /// `None` for anything else, with nothing consumed.
+    #[inline(always)]
+    fn short_varint(&mut self) -> Option<usize> {
+        let b0 = *self.buf.get(self.pos)?;
+        if b0 < 0x80 {
+            self.pos += 1;
+            return Some(usize::from(b0));
+        }
+        let b1 = *self.buf.get(self.pos + 1)?;
+        if b1 < 0x80 {
+            self.pos += 2;
+            return Some(usize::from(b0 & 0x7f) | usize::from(b1) << 7);
+        }
+        None
     }
 
     #[cold]
@@ -212,7 +237,20 @@ pub(crate) struct Tables<'a> {
 pub(crate) fn scan(body: &[u8]) -> Result<Tables<'_>, DecodeError> {
     let mut tables = Tables::default();
     let mut r = Reader::new(body);
-    while let Some((field, wire_type)) = r.key()? {
+    loop {
+        // Fast path: a record (field 3, length-delimited) with a short length prefix.
+        let mut peek = r;
+        if peek.byte() == Some(0x1A)
+            && let Some(len) = peek.short_varint()
+            && len <= peek.buf.len() - peek.pos
+        {
+            r.pos = peek.pos + len;
+            tables.records += 1;
+            continue;
+        }
+        let Some((field, wire_type)) = r.key()? else {
+            break;
+        };
         match field {
             1 | 2 => {
                 expect("AggregatedRecord", field, wire_type, LEN)?;
@@ -251,6 +289,19 @@ pub(crate) struct Records<'a> {
     failed: bool,
 }
 
+/// A user record in the encoding every known aggregator writes, read by
+/// [`Records::next_canonical`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Canonical {
+    pub(crate) partition_key_index: usize,
+    /// `usize::MAX` when absent.
+    pub(crate) explicit_hash_key_index: usize,
+    /// Start of the data within the body.
+    pub(crate) start: usize,
+    /// End of the data within the body.
+    pub(crate) end: usize,
+}
+
 impl<'a> Records<'a> {
     /// Iterates over the records of `body` (which [`scan`] accepted).
     pub(crate) fn new(body: &'a [u8]) -> Self {
@@ -260,6 +311,52 @@ impl<'a> Records<'a> {
         }
     }
 
+    /// The fast path for the encoding every known aggregator writes: when the next top-level
+    /// field is a record holding exactly `partition_key_index`, optionally
+    /// `explicit_hash_key_index`, then `data`, in that order, with varints of at most two bytes,
+    /// it is consumed and returned. Otherwise `None` and nothing is consumed: the iterator's
+    /// `next` then reads whatever comes (a table entry to skip, another encoding of a record, the
+    /// end, an error), to the result it would have had anyway.
+    #[inline(always)]
+    pub(crate) fn next_canonical(&mut self) -> Option<Canonical> {
+        if self.failed {
+            return None;
+        }
+        let mut r = self.reader;
+        if r.byte()? != 0x1A {
+            return None;
+        }
+        let len = r.short_varint()?;
+        let end = r.pos.checked_add(len).filter(|&end| end <= r.buf.len())?;
+        // The record message is `r.buf[r.pos..end]`; read it in place.
+        if r.byte()? != 0x08 {
+            return None;
+        }
+        let partition_key_index = r.short_varint()?;
+        let mut key = r.byte()?;
+        let mut explicit_hash_key_index = usize::MAX;
+        if key == 0x10 {
+            explicit_hash_key_index = r.short_varint()?;
+            key = r.byte()?;
+        }
+        if key != 0x1A {
+            return None;
+        }
+        let data_len = r.short_varint()?;
+        let start = r.pos;
+        if start > end || end - start != data_len {
+            return None;
+        }
+        self.reader.pos = end;
+        Some(Canonical {
+            partition_key_index,
+            explicit_hash_key_index,
+            start,
+            end,
+        })
+    }
+
+    #[inline]
     fn next_record(&mut self) -> Result<Option<RawRecord>, DecodeError> {
         let body = self.reader.buf;
         loop {
@@ -278,6 +375,7 @@ impl<'a> Records<'a> {
 impl Iterator for Records<'_> {
     type Item = Result<RawRecord, DecodeError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
@@ -293,8 +391,8 @@ impl Iterator for Records<'_> {
     }
 }
 
-/// Parses one `Record` message occupying `range` of `body`; the data range returned is relative
-/// to `body`.
+/// Parses one `Record` message occupying `range` of `body`, field by field (any order,
+/// repeated fields, unknown fields, tags); the data range returned is relative to `body`.
 fn parse_record(body: &[u8], range: Range<usize>) -> Result<RawRecord, DecodeError> {
     let offset = range.start;
     let msg = &body[range];
