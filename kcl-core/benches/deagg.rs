@@ -12,8 +12,8 @@
 //! `KCL_DEAGG_BENCH_DUMP=FILE` also writes the input (distinct keys) for the Python and Node
 //! scripts as `[u32 big-endian length][bytes]` records; `KCL_DEAGG_BENCH_TSV=FILE` appends the
 //! results as tab-separated lines for `scripts/kpl/bench.sh`; `KCL_DEAGG_BENCH_ONLY=CASE` runs one
-//! case (`md5`, `md5_multi`, `floor_multi`, `deagg_into`, `deagg_batch`) for 5 s per input, for a
-//! profiler.
+//! case (`md5`, `md5_multi`, `floor_multi`, `deagg_into`, `deagg_batch`, `md5_avx2`) for 5 s per
+//! input, for a profiler.
 //!
 //! No criterion: the cases are timed in alternation, 40 rounds of 50 ms each (so all see the same
 //! machine load), and the best round of each is reported beside the median round.
@@ -216,6 +216,14 @@ fn main() {
                 black_box(d.deaggregate_into(r.clone(), None, &mut out));
             }
         };
+        // The 8-lane kernel, for machines without AVX-512 (shown when this one has both).
+        let show_avx2 = kernel == Kernel::Avx512 && Kernel::Avx2.is_available();
+        let mut avx2_digests = Vec::with_capacity(bodies.len());
+        let mut md5_avx2 = || {
+            avx2_digests.clear();
+            Kernel::Avx2.digests(black_box(&bodies), &mut avx2_digests);
+            black_box(&avx2_digests);
+        };
         let mut out_batch = Vec::with_capacity(1024);
         let mut deagg_batch = || {
             // The worker's path: one GetRecords batch at a time (here: all the aggregates),
@@ -229,13 +237,15 @@ fn main() {
             "floor_multi",
             "deagg_into",
             "deagg_batch",
+            "md5_avx2",
         ];
-        let mut cases: [&mut dyn FnMut(); 5] = [
+        let mut cases: [&mut dyn FnMut(); 6] = [
             &mut md5_single,
             &mut md5_multi,
             &mut floor_multi,
             &mut deagg_single,
             &mut deagg_batch,
+            &mut md5_avx2,
         ];
         if let Some(only) = &only {
             // Profiling aid: run one case for a while, print nothing.
@@ -246,7 +256,8 @@ fn main() {
             }
             continue;
         }
-        let times = measure_all(&mut cases);
+        let measured = if show_avx2 { 6 } else { 5 };
+        let times = measure_all(&mut cases[..measured]);
         let (md5, multi) = (times[0].0, times[1].0);
         let label = if distinct {
             "distinct key per user record"
@@ -265,6 +276,7 @@ fn main() {
             "floor: multi-buffer MD5 + refcounts".to_string(),
             "deaggregate_into (md-5)".to_string(),
             "deaggregate_batch_into (multi-buffer)".to_string(),
+            "MD5 only, multi-buffer (Avx2)".to_string(),
         ];
         let mbs = |t: Duration| bytes as f64 / t.as_secs_f64() / 1e6;
         for ((name, key), &(best, median)) in names.iter().zip(keys).zip(&times) {
