@@ -15,6 +15,10 @@
 //!   ([`Outcome::PassedThrough`], logged at `warn`). Never a panic, never an error: the bytes
 //!   always reach the processor.
 //!
+//! [`Deaggregator::deaggregate_batch_into`] (what the worker calls for each `GetRecords` batch)
+//! gives the same results and verifies the digests of up to 32 aggregates at once with the
+//! multi-buffer MD5 of [`multi_md5`] (AVX-512 or AVX2, detected at run time; `md-5` otherwise).
+//!
 //! ## Hash-range filtering after resharding (a deliberate difference from Java)
 //!
 //! After a shard splits or merges, a KPL aggregate written before the reshard can be read from a
@@ -42,8 +46,8 @@
 //! Python library `aws-kinesis-agg` (checked in `tests/deagg_interop.rs`).
 //!
 //! Submodules: [`proto`] (wire format constants and `prost` messages), `wire` (the zero-copy
-//! reader used by the de-aggregator), [`aggregator`] (the producer side), `resume` (checkpoint
-//! filtering).
+//! reader used by the de-aggregator), [`multi_md5`] (MD5 of several messages at once, the crate's
+//! only `unsafe` code), [`aggregator`] (the producer side), `resume` (checkpoint filtering).
 
 pub mod aggregator;
 // The crate's only `unsafe` code: SIMD kernels behind run-time CPU detection.
@@ -207,7 +211,7 @@ impl Deaggregator {
     /// Expands a batch of raw records, in order, into `out` and returns the counters: the same
     /// records and outcomes as [`Deaggregator::deaggregate_into`] on each record in turn.
     ///
-    /// Faster than that on CPUs with AVX2 or AVX-512: the MD5 digests of up to 16 aggregates of
+    /// Faster than that on CPUs with AVX2 or AVX-512: the MD5 digests of up to 32 aggregates of
     /// similar size are computed together ([`multi_md5`]), in windows of a few dozen records.
     pub fn deaggregate_batch_into(
         &self,

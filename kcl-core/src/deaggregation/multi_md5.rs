@@ -1,6 +1,6 @@
 //! Multi-buffer MD5: the digests of several independent messages computed together, one message
-//! per SIMD lane (16 lanes with AVX-512, 8 with AVX2), chosen at run time, with the `md-5` crate
-//! as the scalar fallback.
+//! per SIMD lane (32 with AVX-512 as two interleaved groups of 16, 8 with AVX2), chosen at run
+//! time, with the `md-5` crate as the scalar fallback.
 //!
 //! Why: the de-aggregator must verify the MD5 trailer of every KPL aggregate, and MD5 of one
 //! message is a chain of 64 dependent steps per 64-byte block, so a single message cannot be
@@ -32,7 +32,8 @@ pub enum Kernel {
     Scalar,
     /// Eight messages at once in 32-bit lanes of 256-bit AVX2 registers (x86-64).
     Avx2,
-    /// Sixteen messages at once in 32-bit lanes of 512-bit AVX-512F registers (x86-64).
+    /// Thirty-two messages at once: two interleaved groups of sixteen 32-bit lanes of 512-bit
+    /// AVX-512F registers (x86-64); a group of at most 16 messages runs one group.
     Avx512,
 }
 
@@ -67,7 +68,7 @@ impl Kernel {
         match self {
             Kernel::Scalar => 1,
             Kernel::Avx2 => 8,
-            Kernel::Avx512 => 16,
+            Kernel::Avx512 => 32,
         }
     }
 
@@ -90,11 +91,18 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             {
                 match kernel {
+                    Kernel::Avx512 if group.len() > 16 => {
+                        let lanes: [Lane<'_>; 32] =
+                            std::array::from_fn(|i| Lane::new(group.get(i).copied()));
+                        // SAFETY: `kernel` is only `Avx512` here when `is_available` found
+                        // AVX-512F on this CPU, which is all `x86::run32` is compiled for.
+                        let states = unsafe { x86::run32(&lanes) };
+                        out.extend(states.iter().take(group.len()).map(state_to_digest));
+                    }
                     Kernel::Avx512 => {
                         let lanes: [Lane<'_>; 16] =
                             std::array::from_fn(|i| Lane::new(group.get(i).copied()));
-                        // SAFETY: `kernel` is only `Avx512` here when `is_available` found
-                        // AVX-512F on this CPU, which is all `x86::run16` is compiled for.
+                        // SAFETY: as above, for `x86::run16`.
                         let states = unsafe { x86::run16(&lanes) };
                         out.extend(states.iter().take(group.len()).map(state_to_digest));
                     }
@@ -189,73 +197,74 @@ impl<'a> Lane<'a> {
 
 /// The 64 steps of one MD5 block, written once for every vector width: `$step!` receives the
 /// round function (`F`, `G`, `H`, `I`), the four state registers rotated as MD5 requires, the
-/// message word, the additive constant (from `$k`, a copy of [`K`]) and the rotation.
+/// message words and the index of the one to add, the additive constant (from `$k`, a copy of
+/// [`K`]) and the rotation.
 macro_rules! md5_steps {
     ($step:ident, $a:ident, $b:ident, $c:ident, $d:ident, $w:ident, $k:ident) => {
-        $step!(F, $a, $b, $c, $d, $w[0], $k[0], 7);
-        $step!(F, $d, $a, $b, $c, $w[1], $k[1], 12);
-        $step!(F, $c, $d, $a, $b, $w[2], $k[2], 17);
-        $step!(F, $b, $c, $d, $a, $w[3], $k[3], 22);
-        $step!(F, $a, $b, $c, $d, $w[4], $k[4], 7);
-        $step!(F, $d, $a, $b, $c, $w[5], $k[5], 12);
-        $step!(F, $c, $d, $a, $b, $w[6], $k[6], 17);
-        $step!(F, $b, $c, $d, $a, $w[7], $k[7], 22);
-        $step!(F, $a, $b, $c, $d, $w[8], $k[8], 7);
-        $step!(F, $d, $a, $b, $c, $w[9], $k[9], 12);
-        $step!(F, $c, $d, $a, $b, $w[10], $k[10], 17);
-        $step!(F, $b, $c, $d, $a, $w[11], $k[11], 22);
-        $step!(F, $a, $b, $c, $d, $w[12], $k[12], 7);
-        $step!(F, $d, $a, $b, $c, $w[13], $k[13], 12);
-        $step!(F, $c, $d, $a, $b, $w[14], $k[14], 17);
-        $step!(F, $b, $c, $d, $a, $w[15], $k[15], 22);
-        $step!(G, $a, $b, $c, $d, $w[1], $k[16], 5);
-        $step!(G, $d, $a, $b, $c, $w[6], $k[17], 9);
-        $step!(G, $c, $d, $a, $b, $w[11], $k[18], 14);
-        $step!(G, $b, $c, $d, $a, $w[0], $k[19], 20);
-        $step!(G, $a, $b, $c, $d, $w[5], $k[20], 5);
-        $step!(G, $d, $a, $b, $c, $w[10], $k[21], 9);
-        $step!(G, $c, $d, $a, $b, $w[15], $k[22], 14);
-        $step!(G, $b, $c, $d, $a, $w[4], $k[23], 20);
-        $step!(G, $a, $b, $c, $d, $w[9], $k[24], 5);
-        $step!(G, $d, $a, $b, $c, $w[14], $k[25], 9);
-        $step!(G, $c, $d, $a, $b, $w[3], $k[26], 14);
-        $step!(G, $b, $c, $d, $a, $w[8], $k[27], 20);
-        $step!(G, $a, $b, $c, $d, $w[13], $k[28], 5);
-        $step!(G, $d, $a, $b, $c, $w[2], $k[29], 9);
-        $step!(G, $c, $d, $a, $b, $w[7], $k[30], 14);
-        $step!(G, $b, $c, $d, $a, $w[12], $k[31], 20);
-        $step!(H, $a, $b, $c, $d, $w[5], $k[32], 4);
-        $step!(H, $d, $a, $b, $c, $w[8], $k[33], 11);
-        $step!(H, $c, $d, $a, $b, $w[11], $k[34], 16);
-        $step!(H, $b, $c, $d, $a, $w[14], $k[35], 23);
-        $step!(H, $a, $b, $c, $d, $w[1], $k[36], 4);
-        $step!(H, $d, $a, $b, $c, $w[4], $k[37], 11);
-        $step!(H, $c, $d, $a, $b, $w[7], $k[38], 16);
-        $step!(H, $b, $c, $d, $a, $w[10], $k[39], 23);
-        $step!(H, $a, $b, $c, $d, $w[13], $k[40], 4);
-        $step!(H, $d, $a, $b, $c, $w[0], $k[41], 11);
-        $step!(H, $c, $d, $a, $b, $w[3], $k[42], 16);
-        $step!(H, $b, $c, $d, $a, $w[6], $k[43], 23);
-        $step!(H, $a, $b, $c, $d, $w[9], $k[44], 4);
-        $step!(H, $d, $a, $b, $c, $w[12], $k[45], 11);
-        $step!(H, $c, $d, $a, $b, $w[15], $k[46], 16);
-        $step!(H, $b, $c, $d, $a, $w[2], $k[47], 23);
-        $step!(I, $a, $b, $c, $d, $w[0], $k[48], 6);
-        $step!(I, $d, $a, $b, $c, $w[7], $k[49], 10);
-        $step!(I, $c, $d, $a, $b, $w[14], $k[50], 15);
-        $step!(I, $b, $c, $d, $a, $w[5], $k[51], 21);
-        $step!(I, $a, $b, $c, $d, $w[12], $k[52], 6);
-        $step!(I, $d, $a, $b, $c, $w[3], $k[53], 10);
-        $step!(I, $c, $d, $a, $b, $w[10], $k[54], 15);
-        $step!(I, $b, $c, $d, $a, $w[1], $k[55], 21);
-        $step!(I, $a, $b, $c, $d, $w[8], $k[56], 6);
-        $step!(I, $d, $a, $b, $c, $w[15], $k[57], 10);
-        $step!(I, $c, $d, $a, $b, $w[6], $k[58], 15);
-        $step!(I, $b, $c, $d, $a, $w[13], $k[59], 21);
-        $step!(I, $a, $b, $c, $d, $w[4], $k[60], 6);
-        $step!(I, $d, $a, $b, $c, $w[11], $k[61], 10);
-        $step!(I, $c, $d, $a, $b, $w[2], $k[62], 15);
-        $step!(I, $b, $c, $d, $a, $w[9], $k[63], 21);
+        $step!(F, $a, $b, $c, $d, $w, 0, $k[0], 7);
+        $step!(F, $d, $a, $b, $c, $w, 1, $k[1], 12);
+        $step!(F, $c, $d, $a, $b, $w, 2, $k[2], 17);
+        $step!(F, $b, $c, $d, $a, $w, 3, $k[3], 22);
+        $step!(F, $a, $b, $c, $d, $w, 4, $k[4], 7);
+        $step!(F, $d, $a, $b, $c, $w, 5, $k[5], 12);
+        $step!(F, $c, $d, $a, $b, $w, 6, $k[6], 17);
+        $step!(F, $b, $c, $d, $a, $w, 7, $k[7], 22);
+        $step!(F, $a, $b, $c, $d, $w, 8, $k[8], 7);
+        $step!(F, $d, $a, $b, $c, $w, 9, $k[9], 12);
+        $step!(F, $c, $d, $a, $b, $w, 10, $k[10], 17);
+        $step!(F, $b, $c, $d, $a, $w, 11, $k[11], 22);
+        $step!(F, $a, $b, $c, $d, $w, 12, $k[12], 7);
+        $step!(F, $d, $a, $b, $c, $w, 13, $k[13], 12);
+        $step!(F, $c, $d, $a, $b, $w, 14, $k[14], 17);
+        $step!(F, $b, $c, $d, $a, $w, 15, $k[15], 22);
+        $step!(G, $a, $b, $c, $d, $w, 1, $k[16], 5);
+        $step!(G, $d, $a, $b, $c, $w, 6, $k[17], 9);
+        $step!(G, $c, $d, $a, $b, $w, 11, $k[18], 14);
+        $step!(G, $b, $c, $d, $a, $w, 0, $k[19], 20);
+        $step!(G, $a, $b, $c, $d, $w, 5, $k[20], 5);
+        $step!(G, $d, $a, $b, $c, $w, 10, $k[21], 9);
+        $step!(G, $c, $d, $a, $b, $w, 15, $k[22], 14);
+        $step!(G, $b, $c, $d, $a, $w, 4, $k[23], 20);
+        $step!(G, $a, $b, $c, $d, $w, 9, $k[24], 5);
+        $step!(G, $d, $a, $b, $c, $w, 14, $k[25], 9);
+        $step!(G, $c, $d, $a, $b, $w, 3, $k[26], 14);
+        $step!(G, $b, $c, $d, $a, $w, 8, $k[27], 20);
+        $step!(G, $a, $b, $c, $d, $w, 13, $k[28], 5);
+        $step!(G, $d, $a, $b, $c, $w, 2, $k[29], 9);
+        $step!(G, $c, $d, $a, $b, $w, 7, $k[30], 14);
+        $step!(G, $b, $c, $d, $a, $w, 12, $k[31], 20);
+        $step!(H, $a, $b, $c, $d, $w, 5, $k[32], 4);
+        $step!(H, $d, $a, $b, $c, $w, 8, $k[33], 11);
+        $step!(H, $c, $d, $a, $b, $w, 11, $k[34], 16);
+        $step!(H, $b, $c, $d, $a, $w, 14, $k[35], 23);
+        $step!(H, $a, $b, $c, $d, $w, 1, $k[36], 4);
+        $step!(H, $d, $a, $b, $c, $w, 4, $k[37], 11);
+        $step!(H, $c, $d, $a, $b, $w, 7, $k[38], 16);
+        $step!(H, $b, $c, $d, $a, $w, 10, $k[39], 23);
+        $step!(H, $a, $b, $c, $d, $w, 13, $k[40], 4);
+        $step!(H, $d, $a, $b, $c, $w, 0, $k[41], 11);
+        $step!(H, $c, $d, $a, $b, $w, 3, $k[42], 16);
+        $step!(H, $b, $c, $d, $a, $w, 6, $k[43], 23);
+        $step!(H, $a, $b, $c, $d, $w, 9, $k[44], 4);
+        $step!(H, $d, $a, $b, $c, $w, 12, $k[45], 11);
+        $step!(H, $c, $d, $a, $b, $w, 15, $k[46], 16);
+        $step!(H, $b, $c, $d, $a, $w, 2, $k[47], 23);
+        $step!(I, $a, $b, $c, $d, $w, 0, $k[48], 6);
+        $step!(I, $d, $a, $b, $c, $w, 7, $k[49], 10);
+        $step!(I, $c, $d, $a, $b, $w, 14, $k[50], 15);
+        $step!(I, $b, $c, $d, $a, $w, 5, $k[51], 21);
+        $step!(I, $a, $b, $c, $d, $w, 12, $k[52], 6);
+        $step!(I, $d, $a, $b, $c, $w, 3, $k[53], 10);
+        $step!(I, $c, $d, $a, $b, $w, 10, $k[54], 15);
+        $step!(I, $b, $c, $d, $a, $w, 1, $k[55], 21);
+        $step!(I, $a, $b, $c, $d, $w, 8, $k[56], 6);
+        $step!(I, $d, $a, $b, $c, $w, 15, $k[57], 10);
+        $step!(I, $c, $d, $a, $b, $w, 6, $k[58], 15);
+        $step!(I, $b, $c, $d, $a, $w, 13, $k[59], 21);
+        $step!(I, $a, $b, $c, $d, $w, 4, $k[60], 6);
+        $step!(I, $d, $a, $b, $c, $w, 11, $k[61], 10);
+        $step!(I, $c, $d, $a, $b, $w, 2, $k[62], 15);
+        $step!(I, $b, $c, $d, $a, $w, 9, $k[63], 21);
     };
 }
 
@@ -263,7 +272,7 @@ macro_rules! md5_steps {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{INIT, K, Lane};
+    use super::{IDLE_BLOCK, INIT, K, Lane};
 
     /// One MD5 step in 16 lanes: `a = b + rotl(a + f(b, c, d) + k + w, s)`, with the round
     /// function as one `vpternlogd` (its truth table over `b, c, d`) and the rotation as one
@@ -273,12 +282,30 @@ mod x86 {
         (G, $($rest:tt)*) => { step16!(@ 0xE4, $($rest)*) };
         (H, $($rest:tt)*) => { step16!(@ 0x96, $($rest)*) };
         (I, $($rest:tt)*) => { step16!(@ 0x39, $($rest)*) };
-        (@ $table:literal, $a:ident, $b:ident, $c:ident, $d:ident, $w:expr, $k:expr, $s:literal) => {
+        (@ $table:literal, $a:ident, $b:ident, $c:ident, $d:ident, $w:ident, $i:literal, $k:expr, $s:literal) => {
             // `a + w + k` does not depend on the previous step; only `f` and what follows do.
-            let awk = _mm512_add_epi32($a, _mm512_add_epi32($w, _mm512_set1_epi32($k as i32)));
+            let awk = _mm512_add_epi32($a, _mm512_add_epi32($w[$i], _mm512_set1_epi32($k as i32)));
             let f = _mm512_ternarylogic_epi32::<$table>($b, $c, $d);
             let t = _mm512_add_epi32(awk, f);
             $a = _mm512_add_epi32($b, _mm512_rol_epi32::<$s>(t));
+        };
+    }
+
+    /// One MD5 step in two independent groups of 16 lanes (`$a` ... `$d` and `$w` are pairs),
+    /// interleaved so that one group's step runs while the other waits on its dependency chain.
+    macro_rules! step16x2 {
+        (F, $($rest:tt)*) => { step16x2!(@ 0xCA, $($rest)*) };
+        (G, $($rest:tt)*) => { step16x2!(@ 0xE4, $($rest)*) };
+        (H, $($rest:tt)*) => { step16x2!(@ 0x96, $($rest)*) };
+        (I, $($rest:tt)*) => { step16x2!(@ 0x39, $($rest)*) };
+        (@ $table:literal, $a:ident, $b:ident, $c:ident, $d:ident, $w:ident, $i:literal, $k:expr, $s:literal) => {
+            let k = _mm512_set1_epi32($k as i32);
+            let awk0 = _mm512_add_epi32($a[0], _mm512_add_epi32($w[0][$i], k));
+            let awk1 = _mm512_add_epi32($a[1], _mm512_add_epi32($w[1][$i], k));
+            let f0 = _mm512_ternarylogic_epi32::<$table>($b[0], $c[0], $d[0]);
+            let f1 = _mm512_ternarylogic_epi32::<$table>($b[1], $c[1], $d[1]);
+            $a[0] = _mm512_add_epi32($b[0], _mm512_rol_epi32::<$s>(_mm512_add_epi32(awk0, f0)));
+            $a[1] = _mm512_add_epi32($b[1], _mm512_rol_epi32::<$s>(_mm512_add_epi32(awk1, f1)));
         };
     }
 
@@ -306,8 +333,8 @@ mod x86 {
             );
             step8!(@ i, $a, $b, $($rest)*)
         };
-        (@ $f:ident, $a:ident, $b:ident, $w:expr, $k:expr, $s:literal) => {
-            let awk = _mm256_add_epi32($a, _mm256_add_epi32($w, _mm256_set1_epi32($k as i32)));
+        (@ $f:ident, $a:ident, $b:ident, $w:ident, $i:literal, $k:expr, $s:literal) => {
+            let awk = _mm256_add_epi32($a, _mm256_add_epi32($w[$i], _mm256_set1_epi32($k as i32)));
             let t = _mm256_add_epi32(awk, $f);
             let rotated = _mm256_or_si256(
                 _mm256_slli_epi32::<$s>(t),
@@ -320,9 +347,9 @@ mod x86 {
     /// Loads block `j` of 16 lanes and transposes it so that vector `i` holds message word `i`
     /// of every lane.
     #[target_feature(enable = "avx512f")]
-    fn load16(lanes: &[Lane<'_>; 16], j: usize) -> [__m512i; 16] {
+    fn load16(lanes: &[Lane<'_>], j: usize) -> [__m512i; 16] {
         let rows: [__m512i; 16] = std::array::from_fn(|l| {
-            let block: &[u8; 64] = lanes[l].block(j);
+            let block: &[u8; 64] = lanes.get(l).map_or(&IDLE_BLOCK, |lane| lane.block(j));
             // SAFETY: `block` is a valid reference to 64 readable bytes, exactly one unaligned
             // 512-bit load.
             unsafe { _mm512_loadu_si512(block.as_ptr().cast()) }
@@ -393,6 +420,45 @@ mod x86 {
                 for (l, lane) in lanes.iter().enumerate() {
                     if lane.blocks == j + 1 {
                         out[l] = [s[0][l], s[1][l], s[2][l], s[3][l]];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The final MD5 state of each of 32 lanes: two groups of 16 advanced together.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run32(lanes: &[Lane<'_>; 32]) -> [[u32; 4]; 32] {
+        let mut a = [_mm512_set1_epi32(INIT[0] as i32); 2];
+        let mut b = [_mm512_set1_epi32(INIT[1] as i32); 2];
+        let mut c = [_mm512_set1_epi32(INIT[2] as i32); 2];
+        let mut d = [_mm512_set1_epi32(INIT[3] as i32); 2];
+        let mut out = [[0u32; 4]; 32];
+        // Opaque to the optimizer, as in `run16`.
+        let k = std::hint::black_box(K);
+        let (low, high) = lanes.split_at(16);
+        let blocks = lanes.iter().map(|l| l.blocks).max().unwrap_or(0);
+        for j in 0..blocks {
+            let w = [load16(low, j), load16(high, j)];
+            let (a0, b0, c0, d0) = (a, b, c, d);
+            md5_steps!(step16x2, a, b, c, d, w, k);
+            for g in 0..2 {
+                a[g] = _mm512_add_epi32(a[g], a0[g]);
+                b[g] = _mm512_add_epi32(b[g], b0[g]);
+                c[g] = _mm512_add_epi32(c[g], c0[g]);
+                d[g] = _mm512_add_epi32(d[g], d0[g]);
+            }
+            if lanes.iter().any(|l| l.blocks == j + 1) {
+                for g in 0..2 {
+                    let s = [store16(a[g]), store16(b[g]), store16(c[g]), store16(d[g])];
+                    for (l, lane) in lanes[16 * g..16 * g + 16].iter().enumerate() {
+                        if lane.blocks == j + 1 {
+                            out[16 * g + l] = [s[0][l], s[1][l], s[2][l], s[3][l]];
+                        }
                     }
                 }
             }
