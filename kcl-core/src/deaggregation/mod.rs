@@ -211,8 +211,10 @@ impl Deaggregator {
     /// Expands a batch of raw records, in order, into `out` and returns the counters: the same
     /// records and outcomes as [`Deaggregator::deaggregate_into`] on each record in turn.
     ///
-    /// Faster than that on CPUs with AVX2 or AVX-512: the MD5 digests of up to 32 aggregates of
-    /// similar size are computed together ([`multi_md5`]), in windows of a few dozen records.
+    /// Faster than that on CPUs with AVX2 or AVX-512: the records are taken in windows of four
+    /// times [`multi_md5::Kernel::lanes`] (128 with AVX-512), and the MD5 digests of each
+    /// window's aggregates are computed together, up to 32 of similar size at once
+    /// ([`multi_md5`]), before the window is expanded in order.
     pub fn deaggregate_batch_into(
         &self,
         records: impl IntoIterator<Item = Record>,
@@ -221,7 +223,6 @@ impl Deaggregator {
     ) -> DeaggregationStats {
         let mut stats = DeaggregationStats::default();
         let kernel = multi_md5::Kernel::detect();
-        let mut records = records.into_iter();
         if kernel.lanes() == 1 {
             for record in records {
                 stats.add(&self.deaggregate_into(record, shard_range, out));
@@ -229,49 +230,90 @@ impl Deaggregator {
             return stats;
         }
         let window_len = 4 * kernel.lanes();
-        let mut window: Vec<Record> = Vec::with_capacity(window_len);
-        let mut order: Vec<(usize, usize)> = Vec::with_capacity(window_len);
-        let mut digests: Vec<multi_md5::Md5Digest> = Vec::with_capacity(window_len);
-        let mut digest_of: Vec<Option<multi_md5::Md5Digest>> = Vec::with_capacity(window_len);
-        let mut scratch = Scratch::default();
-        loop {
-            window.extend(records.by_ref().take(window_len));
-            if window.is_empty() {
-                return stats;
+        let mut window = Window {
+            records: Vec::with_capacity(window_len),
+            order: Vec::with_capacity(window_len),
+            digests: Vec::with_capacity(window_len),
+            digest_of: Vec::with_capacity(window_len),
+            scratch: Scratch::default(),
+        };
+        for record in records {
+            // Records that are not aggregates need no digest: while no aggregate waits in the
+            // window they go straight through (a stream without KPL pays nothing for windows).
+            if window.records.is_empty() && !has_magic(record.data()) {
+                // As `deaggregate_checked` does, without the call.
+                out.push(record);
+                stats.add(&Outcome::NotAggregated);
+                continue;
             }
-            // The aggregates of the window, shortest first, so that each group of lanes holds
-            // bodies of similar length.
-            order.clear();
-            order.extend(
-                window
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, r)| aggregate_body(r.data()).map(|b| (b.len(), i))),
-            );
-            order.sort_unstable();
-            let bodies: Vec<&[u8]> = order
-                .iter()
-                .filter_map(|&(_, i)| window.get(i).and_then(|r| aggregate_body(r.data())))
-                .collect();
-            digests.clear();
-            kernel.digests(&bodies, &mut digests);
-            drop(bodies);
-            digest_of.clear();
-            digest_of.resize(window.len(), None);
-            for (&(_, i), digest) in order.iter().zip(&digests) {
-                if let Some(slot) = digest_of.get_mut(i) {
-                    *slot = Some(*digest);
-                }
-            }
-            for (record, digest) in window.drain(..).zip(&digest_of) {
+            if window.records.is_empty() && aggregate_body(record.data()).is_none() {
                 stats.add(&self.deaggregate_checked(
                     record,
                     shard_range,
                     out,
-                    digest.as_ref(),
-                    &mut scratch,
+                    None,
+                    &mut window.scratch,
                 ));
+                continue;
             }
+            window.records.push(record);
+            if window.records.len() == window_len {
+                self.flush(kernel, &mut window, shard_range, out, &mut stats);
+            }
+        }
+        self.flush(kernel, &mut window, shard_range, out, &mut stats);
+        stats
+    }
+
+    /// Expands the records of `window` in order, the digests of its aggregates computed together
+    /// first.
+    fn flush(
+        &self,
+        kernel: multi_md5::Kernel,
+        window: &mut Window,
+        shard_range: Option<&HashKeyRange>,
+        out: &mut Vec<Record>,
+        stats: &mut DeaggregationStats,
+    ) {
+        let Window {
+            records,
+            order,
+            digests,
+            digest_of,
+            scratch,
+        } = window;
+        // The aggregates of the window, shortest first, so that each group of lanes holds
+        // bodies of similar length.
+        order.clear();
+        order.extend(
+            records
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| aggregate_body(r.data()).map(|b| (b.len(), i))),
+        );
+        order.sort_unstable();
+        let bodies: Vec<&[u8]> = order
+            .iter()
+            .filter_map(|&(_, i)| records.get(i).and_then(|r| aggregate_body(r.data())))
+            .collect();
+        digests.clear();
+        kernel.digests(&bodies, digests);
+        drop(bodies);
+        digest_of.clear();
+        digest_of.resize(records.len(), None);
+        for (&(_, i), digest) in order.iter().zip(digests.iter()) {
+            if let Some(slot) = digest_of.get_mut(i) {
+                *slot = Some(*digest);
+            }
+        }
+        for (record, digest) in records.drain(..).zip(digest_of.iter()) {
+            stats.add(&self.deaggregate_checked(
+                record,
+                shard_range,
+                out,
+                digest.as_ref(),
+                scratch,
+            ));
         }
     }
 
@@ -286,7 +328,7 @@ impl Deaggregator {
         scratch: &mut Scratch,
     ) -> Outcome {
         let data = record.data.as_ref();
-        if data.len() < MAGIC.len() || data[..MAGIC.len()] != MAGIC {
+        if !has_magic(data) {
             out.push(record);
             return Outcome::NotAggregated;
         }
@@ -348,6 +390,12 @@ impl Deaggregator {
     }
 }
 
+/// Whether `data` starts with the KPL magic.
+#[inline(always)]
+fn has_magic(data: &[u8]) -> bool {
+    data.get(..MAGIC.len()) == Some(&MAGIC[..])
+}
+
 /// The protobuf body of `data` when it is framed as an aggregate whose digest can be checked
 /// (magic, at least one body byte, room for the digest).
 fn aggregate_body(data: &[u8]) -> Option<&[u8]> {
@@ -374,6 +422,19 @@ struct Checked {
     explicit_hash_key: usize,
     start: usize,
     end: usize,
+}
+
+/// The records [`Deaggregator::deaggregate_batch_into`] holds until their digests are computed
+/// together (the first one an aggregate), and buffers reused from one window to the next.
+struct Window {
+    records: Vec<Record>,
+    /// (body length, index in `records`) of each aggregate, sorted.
+    order: Vec<(usize, usize)>,
+    /// Digests in the order of `order`.
+    digests: Vec<multi_md5::Md5Digest>,
+    /// Digest per record of `records` (`None` for records that are not aggregates).
+    digest_of: Vec<Option<multi_md5::Md5Digest>>,
+    scratch: Scratch,
 }
 
 /// Buffers [`expand`] reuses from one aggregate to the next.
