@@ -143,6 +143,7 @@ const K: [u32; 64] = [
 ];
 
 /// An all-zero block fed to a lane whose message is finished (its result is discarded).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const IDLE_BLOCK: [u8; 64] = [0; 64];
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -199,6 +200,7 @@ impl<'a> Lane<'a> {
 /// round function (`F`, `G`, `H`, `I`), the four state registers rotated as MD5 requires, the
 /// message words and the index of the one to add, the additive constant (from `$k`, a copy of
 /// [`K`]) and the rotation.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
 macro_rules! md5_steps {
     ($step:ident, $a:ident, $b:ident, $c:ident, $d:ident, $w:ident, $k:ident) => {
         $step!(F, $a, $b, $c, $d, $w, 0, $k[0], 7);
