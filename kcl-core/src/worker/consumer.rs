@@ -292,13 +292,11 @@ impl<P: RecordProcessor> Consumer<P> {
                 }) => {
                     let fetched = records.len();
                     batch.clear();
-                    for record in records {
-                        self.ctx.deaggregator.deaggregate_into(
-                            record,
-                            hash_range.as_ref(),
-                            &mut batch,
-                        );
-                    }
+                    self.ctx.deaggregator.deaggregate_batch_into(
+                        records,
+                        hash_range.as_ref(),
+                        &mut batch,
+                    );
                     if let Some(after) = &self.resume_after {
                         batch.retain(|r| r.position() > *after);
                         if !batch.is_empty() {
