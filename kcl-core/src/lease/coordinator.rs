@@ -354,8 +354,10 @@ impl LeaseCoordinator {
                     Ok(()) => {
                         if self.liveness.epoch() != epoch {
                             // The heartbeat ended a lapse (it waited out a pause): whatever was
-                            // held before is void already; say so to the consumers.
+                            // held before is void already; say so to the consumers. The others
+                            // took this worker for dead: it counts as newly joined again.
                             self.drop_all("heartbeat renewed only after a lapse");
+                            *lock(&self.visible_since) = Some(sent);
                         }
                         lock(&self.visible_since).get_or_insert(sent);
                         true
@@ -890,7 +892,8 @@ impl LeaseCoordinator {
     }
 
     /// At the very end of a shutdown: handoffs asked for and still not completed go back to the
-    /// worker that was asked (it keeps processing; its next write notices the change).
+    /// worker that was asked, the marker still naming it (it keeps processing; its next write
+    /// adopts the lease again).
     async fn return_pending(&self, view: &View<'_>) {
         for lease in view.leases.values() {
             let Some(previous) = lease.checkpoint_owner.as_deref() else {
@@ -899,7 +902,13 @@ impl LeaseCoordinator {
             if !lease.is_owned_by(&self.worker_id) {
                 continue;
             }
-            let update = LeaseUpdate::release(lease, Some(previous));
+            // Back in the previous owner's name, the marker still naming it: it never stopped
+            // holding the lease, and its next write adopts it and clears the marker.
+            let update = LeaseUpdate {
+                owner: Some(Some(previous.to_owned())),
+                increment_owner_switches: true,
+                ..LeaseUpdate::default()
+            };
             match self.table.write_reconciled(lease, &update).await {
                 Ok(_) => {
                     debug!(lease = %lease.key, to = previous, "returned a handoff not completed")

@@ -150,14 +150,26 @@ impl HeldLease {
         match self.attempt(&mut lease, update).await {
             Ok(written) => Ok(written),
             // The lease now carries the requesting worker's counter: one more try.
-            Err(Attempt::Adopted) => match self.attempt(&mut lease, update).await {
-                Ok(written) => Ok(written),
-                Err(Attempt::Adopted) => {
-                    self.mark_lost();
-                    Err(HeldWriteError::Lost(self.key.clone()))
-                }
-                Err(Attempt::Failed(error)) => Err(error),
-            },
+            Err(Attempt::Adopted) => {
+                let retry = self.with_marker_cleared(&lease, update);
+                self.retry_adopted(&mut lease, &retry).await
+            }
+            Err(Attempt::Failed(error)) => Err(error),
+        }
+    }
+
+    /// The one retry after adopting the counter of a row naming us as `checkpoint_owner`.
+    async fn retry_adopted(
+        &self,
+        lease: &mut Lease,
+        update: &LeaseUpdate,
+    ) -> Result<Lease, HeldWriteError> {
+        match self.attempt(lease, update).await {
+            Ok(written) => Ok(written),
+            Err(Attempt::Adopted) => {
+                self.mark_lost();
+                Err(HeldWriteError::Lost(self.key.clone()))
+            }
             Err(Attempt::Failed(error)) => Err(error),
         }
     }
@@ -218,10 +230,15 @@ impl HeldLease {
                         .map_err(|e| Attempt::Failed(HeldWriteError::Store(e)))?,
                 };
                 match current {
-                    Some(current) if self.is_asked_to_hand_over(&current) => {
-                        tracing::debug!(lease = %self.key, new_owner = ?current.owner, "handoff requested");
+                    Some(current) if self.is_named_by_marker(&current) => {
+                        if current.is_owned_by(&self.worker_id) {
+                            // A request given back before it completed: still ours.
+                            tracing::debug!(lease = %self.key, "handoff request withdrawn");
+                        } else {
+                            tracing::debug!(lease = %self.key, new_owner = ?current.owner, "handoff requested");
+                            self.note_handoff_requested();
+                        }
                         *lease = current;
-                        self.note_handoff_requested();
                         Err(Attempt::Adopted)
                     }
                     _ => {
@@ -238,9 +255,22 @@ impl HeldLease {
         }
     }
 
-    /// Whether `current` is another worker's request that we hand this lease over.
-    fn is_asked_to_hand_over(&self, current: &Lease) -> bool {
-        !current.is_owned_by(&self.worker_id)
-            && current.checkpoint_owner.as_deref() == Some(self.worker_id.as_str())
+    /// Whether `current` names this worker as `checkpoint_owner`: another worker asked for the
+    /// lease and waits for this one to hand it over, or gave a request back (the lease is in
+    /// this worker's name again). Either way nobody else processes it while the marker stands.
+    fn is_named_by_marker(&self, current: &Lease) -> bool {
+        current.checkpoint_owner.as_deref() == Some(self.worker_id.as_str())
+    }
+
+    /// `update`, clearing a withdrawn request's marker when the lease is back in our name.
+    fn with_marker_cleared(&self, lease: &Lease, update: &LeaseUpdate) -> LeaseUpdate {
+        let mut update = update.clone();
+        if lease.is_owned_by(&self.worker_id)
+            && lease.checkpoint_owner.as_deref() == Some(self.worker_id.as_str())
+            && update.checkpoint_owner.is_none()
+        {
+            update.checkpoint_owner = Some(None);
+        }
+        update
     }
 }

@@ -463,3 +463,43 @@ async fn scans_are_fast_while_things_change_and_at_expiry_otherwise_idle() {
     let next = w1.next_scan_at() - Instant::now();
     assert!(next < c.idle_scan_interval, "next scan in {next:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_withdrawn_at_shutdown_leaves_the_owner_holding_its_lease() {
+    let table = table_with(&["a", "b"]).await;
+    let owner = worker("owner", &table, config()).await;
+    owner.scan().await.unwrap();
+    let asker = worker("asker", &table, config()).await;
+    asker.backdate_visibility();
+    asker.scan().await.unwrap();
+    assert!(asker.has_pending());
+    // The asker shuts down before the owner handed over: the request goes back.
+    asker.finish().await;
+    let marked = table
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.checkpoint_owner.as_deref() == Some("owner"))
+        .count();
+    assert_eq!(
+        marked, 1,
+        "the lease is back in the owner's name, the marker naming it"
+    );
+    // The owner never noticed; its next checkpoint adopts the lease and clears the marker.
+    let position = ExtendedSequenceNumber::Sequence {
+        sequence: SequenceNumber::from_u128(5),
+        sub_sequence: 0,
+    };
+    for h in owner.held() {
+        h.write(&LeaseUpdate::checkpoint(position.clone(), None))
+            .await
+            .unwrap();
+        assert_eq!(h.status(), HeldStatus::Held);
+        let lease = table.get(h.key()).await.unwrap().unwrap();
+        assert_eq!(lease.owner.as_deref(), Some("owner"));
+        assert_eq!(lease.checkpoint_owner, None);
+        assert_eq!(lease.checkpoint, position);
+    }
+    assert_eq!(owner.held().len(), 2, "nothing lost");
+}
