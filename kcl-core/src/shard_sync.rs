@@ -260,3 +260,157 @@ pub async fn remove_finished_leases(
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{InMemoryLeaseTable, LeaseTableExt};
+    use crate::model::{KinesisModel, ModelConfig};
+    use crate::record::SequenceNumber;
+
+    const STREAM: &str = "s";
+
+    async fn keys(table: &InMemoryLeaseTable) -> Vec<String> {
+        let mut keys: Vec<String> = table
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.heartbeat_of().is_none())
+            .map(|l| l.key)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    async fn finish(table: &InMemoryLeaseTable, key: &str) {
+        let lease = table.get(key).await.unwrap().unwrap();
+        table
+            .checkpoint(&lease, ExtendedSequenceNumber::ShardEnd)
+            .await
+            .unwrap();
+    }
+
+    async fn progress(table: &InMemoryLeaseTable, key: &str) {
+        let lease = table.get(key).await.unwrap().unwrap();
+        let position = ExtendedSequenceNumber::Sequence {
+            sequence: SequenceNumber::from_u128(1),
+            sub_sequence: 0,
+        };
+        table.checkpoint(&lease, position).await.unwrap();
+    }
+
+    async fn sync(model: &KinesisModel, table: &InMemoryLeaseTable) -> Vec<String> {
+        sync_shards(model, table, STREAM, InitialPosition::TrimHorizon)
+            .await
+            .unwrap()
+            .created
+    }
+
+    fn middle(model: &KinesisModel, shard: &str) -> String {
+        let range = model
+            .shards(STREAM)
+            .unwrap()
+            .into_iter()
+            .find(|s| s.shard_id == shard)
+            .unwrap()
+            .hash_key_range;
+        (range.start + (range.end - range.start) / 2).to_string()
+    }
+
+    #[tokio::test]
+    async fn children_wait_for_their_parents_and_holes_are_repaired() {
+        let model = KinesisModel::new(ModelConfig::unlimited());
+        model.create_stream(STREAM, 2).unwrap();
+        let table = InMemoryLeaseTable::new();
+        // A heartbeat row in the table changes nothing.
+        table
+            .create_if_absent(&Lease::worker_heartbeat("w"))
+            .await
+            .unwrap();
+        assert_eq!(sync(&model, &table).await.len(), 2);
+        let [a, b] = model
+            .split_shard(
+                STREAM,
+                "shardId-000000000000",
+                &middle(&model, "shardId-000000000000"),
+            )
+            .unwrap();
+        // The parent is unfinished: its children get no lease yet.
+        assert!(sync(&model, &table).await.is_empty());
+        // The parent finished but its owner never created the children (a crash): repaired.
+        finish(&table, "shardId-000000000000").await;
+        let mut created = sync(&model, &table).await;
+        created.sort();
+        assert_eq!(created, [a.clone(), b.clone()]);
+        let child = table.get(&a).await.unwrap().unwrap();
+        assert_eq!(child.checkpoint, ExtendedSequenceNumber::TrimHorizon);
+        assert_eq!(child.parent_shard_ids, ["shardId-000000000000"]);
+        assert!(child.hash_key_range.is_some());
+        // Idempotent.
+        assert!(sync(&model, &table).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_merge_child_waits_for_both_parents() {
+        let model = KinesisModel::new(ModelConfig::unlimited());
+        model.create_stream(STREAM, 2).unwrap();
+        let table = InMemoryLeaseTable::new();
+        sync(&model, &table).await;
+        let child = model
+            .merge_shards(STREAM, "shardId-000000000000", "shardId-000000000001")
+            .unwrap();
+        finish(&table, "shardId-000000000000").await;
+        assert!(
+            sync(&model, &table).await.is_empty(),
+            "one parent still open"
+        );
+        finish(&table, "shardId-000000000001").await;
+        assert_eq!(sync(&model, &table).await, [child]);
+    }
+
+    #[tokio::test]
+    async fn finished_leases_go_once_children_progressed_and_settled_and_never_come_back() {
+        let model = KinesisModel::new(ModelConfig::unlimited());
+        model.create_stream(STREAM, 1).unwrap();
+        let table = InMemoryLeaseTable::new();
+        sync(&model, &table).await;
+        let parent = "shardId-000000000000";
+        let [a, b] = model
+            .split_shard(STREAM, parent, &middle(&model, parent))
+            .unwrap();
+        finish(&table, parent).await;
+        sync(&model, &table).await;
+        let always = |_: &Lease| true;
+        // Children not started yet: the parent stays.
+        assert!(
+            remove_finished_leases(&table, always)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        progress(&table, &a).await;
+        assert!(
+            remove_finished_leases(&table, always)
+                .await
+                .unwrap()
+                .is_empty(),
+            "one child still at TRIM_HORIZON"
+        );
+        progress(&table, &b).await;
+        // Not settled yet (the worker waits twice the failover time): stays.
+        assert!(
+            remove_finished_leases(&table, |_| false)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            remove_finished_leases(&table, always).await.unwrap(),
+            [parent]
+        );
+        // The shard is still in the stream, but a leased descendant means it is done.
+        assert!(sync(&model, &table).await.is_empty());
+        assert_eq!(keys(&table).await, [a, b]);
+    }
+}
