@@ -413,4 +413,32 @@ mod tests {
         assert!(sync(&model, &table).await.is_empty());
         assert_eq!(keys(&table).await, [a, b]);
     }
+
+    #[tokio::test]
+    async fn a_removed_child_is_not_re_created_while_its_finished_parent_remains() {
+        let model = KinesisModel::new(ModelConfig::unlimited());
+        model.create_stream(STREAM, 1).unwrap();
+        let table = InMemoryLeaseTable::new();
+        sync(&model, &table).await;
+        let root = "shardId-000000000000";
+        let [a, b] = model
+            .split_shard(STREAM, root, &middle(&model, root))
+            .unwrap();
+        finish(&table, root).await;
+        sync(&model, &table).await;
+        let [c, d] = model.split_shard(STREAM, &a, &middle(&model, &a)).unwrap();
+        progress(&table, &b).await;
+        finish(&table, &a).await;
+        sync(&model, &table).await;
+        progress(&table, &c).await;
+        progress(&table, &d).await;
+        // The root is not settled yet; its child `a` is: only `a` goes.
+        let removed = remove_finished_leases(&table, |l| l.key != root)
+            .await
+            .unwrap();
+        assert_eq!(removed, [a.clone()]);
+        // `a` has a finished leased parent, but leased children: it stays gone.
+        assert!(sync(&model, &table).await.is_empty());
+        assert!(!keys(&table).await.contains(&a));
+    }
 }
