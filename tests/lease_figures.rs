@@ -77,12 +77,7 @@ async fn takeover(trials: usize) {
     for _ in 0..trials {
         let mut cluster = Cluster::new(memory(), 4, FAILOVER);
         cluster.cadence = CheckpointCadence::default();
-        cluster.start("w1").await;
-        cluster.start("w2").await;
-        cluster
-            .wait_for("balanced", |c| c.held("w1") == 2 && c.held("w2") == 2)
-            .await;
-        let producer = cluster.produce_in_background(20, 400, 4);
+        let producer = cluster.two_balanced_workers_under_traffic(4).await;
         settle(&cluster).await;
         // A random phase of the dead worker's heartbeat cycle.
         let phase = cluster.lease.renew_interval.mul_f64(rng.f64());
@@ -140,12 +135,7 @@ async fn graceful(trials: usize) {
     for _ in 0..trials {
         let mut cluster = Cluster::new(memory(), 4, FAILOVER);
         cluster.cadence = CheckpointCadence::default();
-        cluster.start("w1").await;
-        cluster.start("w2").await;
-        cluster
-            .wait_for("balanced", |c| c.held("w1") == 2 && c.held("w2") == 2)
-            .await;
-        let producer = cluster.produce_in_background(20, 400, 4);
+        let producer = cluster.two_balanced_workers_under_traffic(4).await;
         settle(&cluster).await;
         tokio::time::sleep(Duration::from_secs(3).mul_f64(rng.f64())).await;
         let shards = cluster.status("w1").held_leases;

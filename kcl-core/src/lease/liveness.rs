@@ -250,45 +250,9 @@ mod tests {
         assert!(liveness.is_valid(liveness.epoch(), Instant::now()));
     }
 
-    /// A table whose writes take `delay` before reaching the store (a paused client).
-    #[derive(Debug)]
-    struct Slow {
-        inner: InMemoryLeaseTable,
-        delay: Mutex<Duration>,
-    }
-
-    #[async_trait::async_trait]
-    impl LeaseTable for Slow {
-        async fn create_if_absent(&self, l: &Lease) -> Result<bool, LeaseError> {
-            self.inner.create_if_absent(l).await
-        }
-        async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
-            self.inner.list().await
-        }
-        async fn get(&self, k: &str) -> Result<Option<Lease>, LeaseError> {
-            self.inner.get(k).await
-        }
-        async fn update(
-            &self,
-            k: &str,
-            e: &Expectation,
-            u: &LeaseUpdate,
-        ) -> Result<Lease, LeaseError> {
-            let delay = *self.delay.lock().unwrap();
-            tokio::time::sleep(delay).await;
-            self.inner.update(k, e, u).await
-        }
-        async fn delete(&self, k: &str, e: &Expectation) -> Result<(), LeaseError> {
-            self.inner.delete(k, e).await
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_heartbeat_held_up_past_the_validity_starts_a_new_epoch() {
-        let table = Slow {
-            inner: InMemoryLeaseTable::new(),
-            delay: Mutex::new(Duration::ZERO),
-        };
+        let table = crate::lease::test_table::FaultyTable::default();
         let liveness = Liveness::new("w", &config());
         let heartbeat = Heartbeat::default();
         heartbeat.beat(&table, &liveness, false).await.unwrap();
@@ -296,7 +260,7 @@ mod tests {
         tokio::time::advance(config().renew_interval).await;
         // Sent in time, but it reaches the store (and replies) only after the previous one's
         // validity ran out: others may have taken over meanwhile.
-        *table.delay.lock().unwrap() = config().failover_time;
+        table.set_delay(config().failover_time);
         heartbeat.beat(&table, &liveness, false).await.unwrap();
         assert_ne!(liveness.epoch(), epoch);
     }

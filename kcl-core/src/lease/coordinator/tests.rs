@@ -1,9 +1,8 @@
 //! Coordinator unit tests on the in-memory table, under tokio's paused clock.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use super::*;
-use crate::lease::{Expectation, InMemoryLeaseTable};
+use crate::lease::InMemoryLeaseTable;
+use crate::lease::test_table::FaultyTable;
 use crate::record::{ExtendedSequenceNumber, SequenceNumber};
 
 const FAILOVER: Duration = Duration::from_secs(10);
@@ -257,50 +256,21 @@ async fn finished_leases_and_blocked_children_are_not_taken() {
     assert_eq!(keys(&w.scan().await.unwrap()), ["child"]);
 }
 
-/// A table whose writes fail while `failing` is set.
-#[derive(Debug)]
-struct Failing {
-    inner: Arc<dyn LeaseTable>,
-    failing: AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl LeaseTable for Failing {
-    async fn create_if_absent(&self, l: &Lease) -> Result<bool, LeaseError> {
-        self.inner.create_if_absent(l).await
-    }
-    async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
-        self.inner.list().await
-    }
-    async fn get(&self, k: &str) -> Result<Option<Lease>, LeaseError> {
-        self.inner.get(k).await
-    }
-    async fn update(&self, k: &str, e: &Expectation, u: &LeaseUpdate) -> Result<Lease, LeaseError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(LeaseError::Unavailable("injected".into()));
-        }
-        self.inner.update(k, e, u).await
-    }
-    async fn delete(&self, k: &str, e: &Expectation) -> Result<(), LeaseError> {
-        self.inner.delete(k, e).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_worker_that_cannot_renew_drops_its_leases_in_time() {
     for renewal in [Renewal::Heartbeat, Renewal::PerLease] {
         let mut c = config();
         c.renewal = renewal;
-        let inner = table_with(&["a"]).await;
-        let failing = Arc::new(Failing {
-            inner,
-            failing: AtomicBool::new(false),
-        });
+        let failing = Arc::new(FaultyTable::default());
+        failing
+            .create_if_absent(&Lease::new("a", ExtendedSequenceNumber::TrimHorizon))
+            .await
+            .unwrap();
         let table: Arc<dyn LeaseTable> = failing.clone();
         let w = worker("w", &table, c.clone()).await;
         w.scan().await.unwrap();
         let held = w.held().pop().unwrap();
-        failing.failing.store(true, Ordering::SeqCst);
+        failing.set_failing(true);
         tokio::time::advance(c.renew_interval).await;
         assert!(!w.renew().await);
         assert!(
