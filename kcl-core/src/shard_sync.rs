@@ -436,7 +436,7 @@ mod tests {
         let removed = remove_finished_leases(&table, |l| l.key != root)
             .await
             .unwrap();
-        assert_eq!(removed, [a.clone()]);
+        assert_eq!(removed, std::slice::from_ref(&a));
         // `a` has a finished leased parent, but leased children: it stays gone.
         assert!(sync(&model, &table).await.is_empty());
         assert!(!keys(&table).await.contains(&a));
