@@ -24,6 +24,16 @@ pub mod counting;
 pub mod scenarios;
 pub mod sim;
 
+/// Sends the crate's tracing output to stderr when `RUST_LOG` is set (for tools, not tests).
+pub fn init_tracing_to_stderr() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// Sends the crate's tracing output to the test's captured output when `RUST_LOG` is set.
 pub fn init_tracing() {
     if std::env::var_os("RUST_LOG").is_some() {

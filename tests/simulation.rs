@@ -2,27 +2,18 @@
 //!
 //! CI runs 200 seeded schedules (seeds 0 to 199, in four tests so they run in parallel). A
 //! failing schedule prints its seed, its configuration, the violated invariants, the schedule
-//! and the command that replays it:
+//! and the command that replays it. Replaying one seed and the long soak are the `kcl-sim` tool
+//! (`tests/sim_tool.rs`):
 //!
 //! ```text
-//! KCL_SIM_SEED=<seed> cargo test -p kcl-tests --test simulation -- --ignored replay --nocapture
+//! cargo run -p kcl-tests --bin kcl-sim -- replay <seed>
+//! cargo run --release -p kcl-tests --bin kcl-sim -- soak 20000 [first-seed]
 //! ```
-//!
-//! The long soak draws a random base seed (printed) and runs many schedules in release mode:
-//!
-//! ```text
-//! KCL_SIM_SEEDS=20000 cargo test --release -p kcl-tests --test simulation -- --ignored soak --nocapture
-//! ```
-//! (`KCL_SIM_BASE=<seed>` fixes the first seed.)
 #![allow(clippy::unwrap_used)]
 
 use std::ops::Range;
 
 use kcl_tests::sim;
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 /// Runs every seed of `seeds`; fails with the reports of the failing ones.
 fn run_seeds(seeds: Range<u64>) {
@@ -87,29 +78,4 @@ fn the_same_seed_replays_the_same_run() {
         sim::run(8).digest,
         "different seeds, same run"
     );
-}
-
-/// Replays `KCL_SIM_SEED` and prints its report.
-#[test]
-#[ignore = "replays one seed: KCL_SIM_SEED=<seed>"]
-fn replay() {
-    kcl_tests::init_tracing();
-    let seed = env_u64("KCL_SIM_SEED").expect("set KCL_SIM_SEED to the seed to replay");
-    let outcome = sim::run(seed);
-    eprintln!("{}", outcome.report().replace("FAILED", "report"));
-    eprintln!(
-        "produced {}, deliveries {}, sessions {}, virtual time {:?}",
-        outcome.produced, outcome.deliveries, outcome.sessions, outcome.virtual_time
-    );
-    assert!(outcome.violations.is_empty(), "seed {seed} fails");
-}
-
-/// Many schedules from a random (printed) or given base seed.
-#[test]
-#[ignore = "long soak: KCL_SIM_SEEDS=<count> [KCL_SIM_BASE=<seed>]"]
-fn soak() {
-    let count = env_u64("KCL_SIM_SEEDS").unwrap_or(2_000);
-    let base = env_u64("KCL_SIM_BASE").unwrap_or_else(|| fastrand::u64(..1 << 48));
-    eprintln!("soak: {count} schedules from seed {base}");
-    run_seeds(base..base + count);
 }

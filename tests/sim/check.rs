@@ -6,7 +6,7 @@
 //! 3. **One processor per shard**: once a session starts on a shard, no earlier session delivers
 //!    on it, except the one batch a paused worker had in flight when it resumed (a zombie's
 //!    batch, which cannot be checkpointed).
-//! 4. **Fencing** (checked by the store as the run goes, [`super::faults::SimTable`]): a
+//! 4. **Fencing** (checked by the store as the run goes, in `faults::SimTable`): a
 //!    checkpoint is accepted only from the incarnation holding the lease, or the previous holder
 //!    named by a handoff marker, and never moves backwards.
 //! 5. **Resumption**: a session starts exactly at the shard's last accepted checkpoint and

@@ -117,9 +117,14 @@ impl Outcome {
     /// A report naming the seed and how to replay it.
     pub fn report(&self) -> String {
         let mut out = format!(
-            "simulation seed {} FAILED ({})\n  replay: KCL_SIM_SEED={} cargo test -p kcl-tests \
-             --test simulation -- --ignored replay --nocapture\n",
+            "simulation seed {} {} ({})\n  replay: cargo run -p kcl-tests --bin kcl-sim -- \
+             replay {}   (KCL_SIM_VERBOSE=1 for every lease write and session)\n",
             self.seed,
+            if self.violations.is_empty() {
+                "passed"
+            } else {
+                "FAILED"
+            },
             world::describe(&self.config),
             self.seed
         );
@@ -132,6 +137,27 @@ impl Outcome {
         }
         out
     }
+}
+
+/// Runs every seed of `seeds`, printing the report of each failing one and a summary; returns
+/// the failing seeds.
+pub fn run_range(seeds: std::ops::Range<u64>) -> Vec<u64> {
+    let mut failures = Vec::new();
+    let mut produced = 0;
+    for seed in seeds.clone() {
+        let outcome = run(seed);
+        produced += outcome.produced;
+        if !outcome.violations.is_empty() {
+            eprintln!("{}", outcome.report());
+            failures.push(outcome.seed);
+        }
+    }
+    eprintln!(
+        "seeds {seeds:?}: {} schedules, {produced} records, {} failed",
+        seeds.end - seeds.start,
+        failures.len()
+    );
+    failures
 }
 
 /// Runs the schedule of `seed`.

@@ -1,9 +1,9 @@
 //! Lease coordination: how the workers of an application share the leases of a stream.
 //!
 //! Written once above [`LeaseTable`], so the in-memory, SQLite and DynamoDB stores behave
-//! identically. Each worker runs two loops: a renewal loop ([`LeaseCoordinator::renew`]) and a
-//! scan loop ([`LeaseCoordinator::scan`]), and its shard consumers write checkpoints and finally
-//! release their leases through [`HeldLease`].
+//! identically. Each worker runs two loops: a renewal loop (`LeaseCoordinator::renew`) and a
+//! scan loop (`LeaseCoordinator::scan`), and its shard consumers write checkpoints and finally
+//! release their leases through a `HeldLease` (the `held` module).
 //!
 //! # Renewal and fencing
 //!
@@ -21,12 +21,12 @@
 //!
 //! A lease is expired when its owner's heartbeat row (or, for an owner without one, the lease's own
 //! counter) has not changed for longer than the failover time, *as observed by this worker on its
-//! own monotonic clock* ([`observer`](super::observer)). No timestamp written by another host is
+//! own monotonic clock* (the `observer` module). No timestamp written by another host is
 //! ever compared. Unowned leases are free at once.
 //!
 //! # Taking and balancing
 //!
-//! At every scan the worker decides with [`balance`](super::balance): free (unowned, expired, or
+//! At every scan the worker decides with the `balance` module (a pure function): free (unowned, expired, or
 //! in its name) leases first, longest unattended first, up to its fair share; when nothing is
 //! free, it asks the most loaded worker, but only one holding at least two more leases than
 //! itself, so no lease is ever passed back and forth.

@@ -343,7 +343,7 @@ impl LeaseError {
 ///
 /// Implementations provide five primitives; every lease transition is built from them by the
 /// provided methods, so stores differ only in their adapters. Implementations must pass
-/// [`contract`] (feature `contract-tests`).
+/// `contract` (feature `contract-tests`).
 ///
 /// All writes are atomic and conditional: if the [`Expectation`] does not hold, nothing changes and
 /// the store answers [`LeaseError::ConditionFailed`].

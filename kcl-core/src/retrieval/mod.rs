@@ -1,8 +1,8 @@
 //! Retrieval: getting records from a shard to its processor.
 //!
-//! A retriever runs as its own task per shard and sends [`RetrievalEvent`]s into a bounded queue
+//! A retriever runs as its own task per shard and sends `RetrievalEvent`s into a bounded queue
 //! read by the shard's consumer. The queue is bounded twice: by a channel capacity and by a
-//! [`PrefetchBudget`] of records and bytes that the consumer gives back once a batch is processed,
+//! `PrefetchBudget` of records and bytes that the consumer gives back once a batch is processed,
 //! so memory does not grow with lag.
 //!
 //! Polling (`GetRecords`) lives in [`polling`]; enhanced fan-out will produce the same events, so

@@ -7,7 +7,7 @@
 //! - An expired iterator is replaced by one `AFTER_SEQUENCE_NUMBER` of the last record fetched, so
 //!   nothing is skipped or repeated.
 //! - `ResourceNotFound` for the shard is treated as its end (as Java KCL does).
-//! - The prefetch queue is bounded in records and bytes by the [`super::PrefetchBudget`].
+//! - The prefetch queue is bounded in records and bytes by the `PrefetchBudget` of the retrieval module.
 
 use std::sync::Arc;
 use std::time::Duration;

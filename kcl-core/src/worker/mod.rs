@@ -7,7 +7,7 @@
 //! - renews its claim (its heartbeat) on a task of its own, so slow scans or processors never
 //!   delay renewals, and scans the table to take, steal and receive leases
 //!   ([`crate::lease::coordinator`]);
-//! - runs one consumer task per held lease ([`consumer`]): wait for parents, initialize, read,
+//! - runs one consumer task per held lease (the `consumer` module): wait for parents, initialize, read,
 //!   de-aggregate, process, checkpoint, and at the end of the shard create the children and record
 //!   `SHARD_END`; when another worker asks for the lease, finish the batch, checkpoint and hand
 //!   it over.
