@@ -26,7 +26,7 @@
 //! * Shard iterators of every [`StartingPosition`], expiring
 //!   after 5 minutes; they are opaque sealed strings, so forged or garbled ones are
 //!   `InvalidArgument`. `AT_TIMESTAMP` starts at the first record that arrived at or after the
-//!   time (a time in the future starts at the tip); `AT_SEQUENCE_NUMBER` /
+//!   time (a time in the future is `InvalidArgument`, as in Kinesis); `AT_SEQUENCE_NUMBER` /
 //!   `AFTER_SEQUENCE_NUMBER` accept any number between the shard's starting number and its
 //!   ending number (or the stream's newest number while open), else `InvalidArgument`; a
 //!   position whose records were trimmed reads from the trim horizon.
@@ -102,6 +102,7 @@
 
 mod backend_impl;
 mod config;
+mod fanout;
 mod limits;
 mod sequence;
 mod shard;
@@ -353,8 +354,10 @@ impl KinesisModel {
             arrival: now,
             size: write.size,
         });
+        let shard_id = shard.id.clone();
+        stream.changed.notify_waiters();
         Ok(PutRecordOutput {
-            shard_id: shard.id.clone(),
+            shard_id,
             sequence_number,
         })
     }
@@ -581,7 +584,14 @@ impl KinesisModel {
         Ok(match position {
             StartingPosition::TrimHorizon => shard.start(),
             StartingPosition::Latest => shard.end(),
-            StartingPosition::AtTimestamp(at) => shard.seek_time(*at),
+            StartingPosition::AtTimestamp(at) => {
+                if *at > time::system_now() {
+                    return Err(BackendError::InvalidArgument(format!(
+                        "timestamp {at:?} is in the future"
+                    )));
+                }
+                shard.seek_time(*at)
+            }
             StartingPosition::AtSequenceNumber(seq)
             | StartingPosition::AfterSequenceNumber(seq) => {
                 let upper = match &shard.ending_sequence {
