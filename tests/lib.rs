@@ -361,3 +361,5 @@ impl kcl_core::backend::StreamBackend for CountingBackend {
         result
     }
 }
+
+pub mod kinesis;
