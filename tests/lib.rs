@@ -362,4 +362,5 @@ impl kcl_core::backend::StreamBackend for CountingBackend {
     }
 }
 
+pub mod faults;
 pub mod kinesis;
