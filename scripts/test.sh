@@ -44,6 +44,11 @@ else
   cargo test --workspace --no-run
 fi
 
+log "building the record_sink example (the end-to-end tests run it as a black box)"
+cargo build -p kcl-examples --example record_sink
+KCL_RECORD_SINK=${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/record_sink
+export KCL_RECORD_SINK
+
 # ---- servers (loopback only), stopped on exit ------------------------------------------------
 STOPS=()
 stop_servers() {
