@@ -20,6 +20,8 @@ use kcl_core::processor::{
 use kcl_core::record::ExtendedSequenceNumber;
 use tokio::sync::Notify;
 
+pub mod scenarios;
+
 /// Sends the crate's tracing output to the test's captured output when `RUST_LOG` is set.
 pub fn init_tracing() {
     if std::env::var_os("RUST_LOG").is_some() {

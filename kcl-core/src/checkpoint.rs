@@ -16,9 +16,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::lease::coordinator::{HeldLease, HeldWriteError};
+use crate::lease::held::{HeldLease, HeldWriteError};
 use crate::lease::{
-    InMemoryLeaseTable, Lease, LeaseError, LeaseTable, LeaseUpdate, PendingCheckpoint,
+    InMemoryLeaseTable, Lease, LeaseConfig, LeaseError, LeaseTable, LeaseUpdate, PendingCheckpoint,
+    Renewal,
 };
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber};
 use crate::retry::RetryBackoff;
@@ -124,7 +125,15 @@ impl Checkpointer {
         let mut lease = Lease::new(shard_id, ExtendedSequenceNumber::TrimHorizon);
         lease.owner = Some("test-worker".to_owned());
         table.create_if_absent(&lease).await?;
-        let held = HeldLease::new(table, lease, Instant::now());
+        let config = LeaseConfig {
+            renewal: Renewal::PerLease,
+            ..LeaseConfig::default()
+        };
+        let liveness = Arc::new(crate::lease::liveness::Liveness::new(
+            "test-worker",
+            &config,
+        ));
+        let held = HeldLease::new(table, lease, liveness, Instant::now());
         Ok(Self::new(held, ExtendedSequenceNumber::TrimHorizon))
     }
 
@@ -248,14 +257,8 @@ impl Checkpointer {
         position: ExtendedSequenceNumber,
         children: Option<Vec<String>>,
     ) -> Result<(), CheckpointError> {
-        let update = LeaseUpdate {
-            checkpoint: Some(position.clone()),
-            pending_checkpoint: Some(None),
-            reset_owner_switches: true,
-            child_shard_ids: children,
-            ..LeaseUpdate::default()
-        };
-        self.write(&update).await?;
+        self.write(&LeaseUpdate::checkpoint(position.clone(), children))
+            .await?;
         self.last_checkpoint = position;
         Ok(())
     }
@@ -314,6 +317,7 @@ impl Checkpointer {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn held_lease(&self) -> &Arc<HeldLease> {
         &self.lease
     }

@@ -9,8 +9,15 @@
 //!   lease is created when the ancestors finish. So a child never starts before its parents.
 //! - **New roots**: a shard with no leased ancestor at all (a new application, or a hole with no
 //!   history) gets a lease at the initial position if the initial-position filter lists it.
+//! - **Never backwards**: a shard with a leased descendant gets no lease: its records were
+//!   processed (children start only after their parents finished) or deliberately skipped (the
+//!   initial position was later than the shard).
+//! - **Cleanup**: a finished lease is deleted once every child has a lease that made progress
+//!   (its checkpoint is past the starting sentinel): from then on nobody needs it, neither the
+//!   children waiting for their parents nor the sync deciding what to create.
 //!
-//! Creation is idempotent (`create_if_absent`), so several workers may sync concurrently.
+//! Creation is idempotent (`create_if_absent`) and deletion conditional on the lease as read, so
+//! several workers may sync concurrently.
 
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
@@ -77,6 +84,8 @@ pub enum ShardSyncError {
 pub struct SyncReport {
     /// Leases created by this call (another worker may have created others).
     pub created: Vec<String>,
+    /// Finished leases deleted by this call.
+    pub removed: Vec<String>,
     /// Shards seen.
     pub shards: usize,
 }
@@ -96,12 +105,17 @@ pub async fn sync_shards(
     initial: InitialPosition,
 ) -> Result<SyncReport, ShardSyncError> {
     let shards = list_all_shards(backend, stream, None).await?;
-    let leases = table.list().await?;
+    let rows = table.list().await?;
     let mut report = SyncReport {
         shards: shards.len(),
         ..SyncReport::default()
     };
-    let leases: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+    // Shard leases only: worker heartbeat rows live in the same table.
+    let leases: HashMap<&str, &Lease> = rows
+        .iter()
+        .filter(|l| l.heartbeat_of().is_none())
+        .map(|l| (l.key.as_str(), l))
+        .collect();
     let by_id: HashMap<&str, &Shard> = shards.iter().map(|s| (s.shard_id.as_str(), s)).collect();
 
     // Parents of a shard, from the stream listing or, for trimmed shards, from lease lineage.
@@ -129,10 +143,21 @@ pub async fn sync_shards(
         false
     };
 
+    // Ancestors of leased shards: never leased again.
+    let mut covered: HashSet<String> = HashSet::new();
+    for key in leases.keys() {
+        let mut stack = parents_of(key);
+        while let Some(parent) = stack.pop() {
+            if covered.insert(parent.clone()) {
+                stack.extend(parents_of(&parent));
+            }
+        }
+    }
+
     // Children whose parents are all finished (or gone entirely): TRIM_HORIZON.
     let mut needs_initial = false;
     for shard in &shards {
-        if leases.contains_key(shard.shard_id.as_str()) {
+        if leases.contains_key(shard.shard_id.as_str()) || covered.contains(&shard.shard_id) {
             continue;
         }
         let parents: Vec<&str> = shard.parents().collect();
@@ -161,7 +186,9 @@ pub async fn sync_shards(
     if needs_initial {
         let roots = list_all_shards(backend, stream, Some(initial.shard_filter())).await?;
         for shard in roots {
-            if leases.contains_key(shard.shard_id.as_str()) || has_leased_ancestor(&shard.shard_id)
+            if leases.contains_key(shard.shard_id.as_str())
+                || covered.contains(&shard.shard_id)
+                || has_leased_ancestor(&shard.shard_id)
             {
                 continue;
             }
@@ -172,5 +199,56 @@ pub async fn sync_shards(
             }
         }
     }
+    report.removed = remove_finished_leases(table, &leases).await?;
     Ok(report)
+}
+
+/// Deletes finished leases whose children all have leases that made progress. Returns the keys
+/// deleted. A lease changed since it was read (or already deleted) is left for the next sync.
+async fn remove_finished_leases(
+    table: &dyn LeaseTable,
+    leases: &HashMap<&str, &Lease>,
+) -> Result<Vec<String>, ShardSyncError> {
+    let mut children: HashMap<&str, Vec<&Lease>> = HashMap::new();
+    for lease in leases.values() {
+        for parent in &lease.parent_shard_ids {
+            children.entry(parent.as_str()).or_default().push(lease);
+        }
+    }
+    let progressed = |child: &Lease| {
+        matches!(
+            child.checkpoint,
+            ExtendedSequenceNumber::Sequence { .. } | ExtendedSequenceNumber::ShardEnd
+        )
+    };
+    let mut finished: Vec<&Lease> = leases
+        .values()
+        .copied()
+        .filter(|l| l.is_finished())
+        .collect();
+    finished.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut removed = Vec::new();
+    for lease in finished {
+        let found = children
+            .get(lease.key.as_str())
+            .cloned()
+            .unwrap_or_default();
+        // Every child the lease names must be leased; at least one child must be known.
+        let all_named_leased = lease
+            .child_shard_ids
+            .iter()
+            .all(|c| leases.contains_key(c.as_str()));
+        if found.is_empty() || !all_named_leased || !found.iter().all(|c| progressed(c)) {
+            continue;
+        }
+        match table.delete(&lease.key, &lease.expectation()).await {
+            Ok(()) => {
+                info!(lease = %lease.key, "removed finished lease; its children are under way");
+                removed.push(lease.key.clone());
+            }
+            Err(LeaseError::ConditionFailed { .. }) | Err(LeaseError::NotFound(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(removed)
 }

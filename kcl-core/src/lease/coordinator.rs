@@ -1,215 +1,195 @@
-//! Lease coordination: renewing the leases a worker holds and taking leases from the table.
+//! Lease coordination: how the workers of an application share the leases of a stream.
 //!
-//! Written once above [`LeaseTable`], so every store behaves the same.
+//! Written once above [`LeaseTable`], so the in-memory, SQLite and DynamoDB stores behave
+//! identically. Each worker runs two loops: a renewal loop ([`LeaseCoordinator::renew`]) and a
+//! scan loop ([`LeaseCoordinator::scan`]), and its shard consumers write checkpoints and finally
+//! release their leases through [`HeldLease`].
 //!
-//! - **Held leases** ([`HeldLease`]): one per shard this worker owns, shared by the renewer and the
-//!   shard's checkpointer. Every write to a held lease goes through one async mutex, so a renewal
-//!   and a checkpoint of the same lease never race each other into a spurious condition failure.
-//! - **Renewal**: every `renew_interval` each held lease is renewed conditional on its counter. A
-//!   failed condition means another worker took it: the lease is marked lost at once. A lease that
-//!   could not be renewed (store errors) for longer than `failover_time` is also marked lost: the
-//!   worker stops treating it as held before anyone else may consider it expired. A checkpoint
-//!   counts as a renewal (it bumps the counter), so a busy shard is not renewed twice.
-//! - **Expiry without trusting clocks**: the taker never reads another host's timestamps. For every
-//!   lease it remembers when, on its own monotonic clock, it last saw the counter change; a lease
-//!   whose counter has not moved for longer than `failover_time` is expired. Unowned leases are
-//!   available at once.
-//! - **Taking**: available leases (unowned, or expired) are taken oldest first, up to the worker's
-//!   fair share `ceil(active leases / live workers)`, capped by `max_leases_for_worker`. Finished
-//!   (`SHARD_END`) leases are never counted or taken, so closed shards cannot starve open ones, and a
-//!   child whose parents have not all finished is not taken.
+//! # Renewal and fencing
+//!
+//! With the default [`Renewal::Heartbeat`], a worker proves it is alive by incrementing the
+//! counter of its own heartbeat row every `renew_interval`; leases are written only when they
+//! change hands or are checkpointed. Every lease write is conditional on the lease's counter (the
+//! fencing token), which every write increments, so a worker that lost a lease can never overwrite
+//! the new owner's checkpoint. A worker whose heartbeat could not be renewed for
+//! [`LeaseConfig::validity`] (the failover time minus a margin) stops treating its leases as held,
+//! and its consumers check that before every batch: a paused or partitioned worker stops before
+//! anyone else may take over. With [`Renewal::PerLease`] each lease is renewed instead (Java KCL's
+//! way, for tables shared with Java workers).
+//!
+//! # Expiry without trusting clocks
+//!
+//! A lease is expired when its owner's heartbeat row (or, for an owner without one, the lease's own
+//! counter) has not changed for longer than the failover time, *as observed by this worker on its
+//! own monotonic clock* ([`observer`](super::observer)). No timestamp written by another host is
+//! ever compared. Unowned leases are free at once.
+//!
+//! # Taking and balancing
+//!
+//! Every `take_interval` the worker scans the table and decides with [`balance`](super::balance):
+//! free (unowned, expired, or in its name) leases first, longest unattended first, up to its fair
+//! share; when nothing is free, it asks the most loaded worker, but only one holding at least two
+//! more leases than itself, so no lease is ever passed back and forth.
+//!
+//! # Handoff without duplicates
+//!
+//! A steal is a request, not a seizure: the stealer writes itself as owner and the current owner
+//! as `checkpoint_owner`. The owner sees the request in its next scan (or when its next write fails
+//! its condition), finishes the batch in flight, calls `shutdown_requested(Handoff)`, checkpoints
+//! and clears the marker; the stealer, polling the lease, takes it and starts exactly after that
+//! checkpoint. If the owner is seen dead, or does not answer within `handoff_timeout`, the stealer
+//! clears the marker itself. A graceful shutdown works the same way in the other direction: the
+//! leaving worker marks its heartbeat row as leaving, lets each consumer finish and checkpoint,
+//! and assigns each lease to the least loaded live worker, which finds it in its name at its next
+//! scan.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::balance::{self, Candidate, Limits, Standing};
+use super::config::{LeaseConfig, Renewal};
+use super::held::{HeldLease, HeldStatus, HeldWriteError};
+use super::liveness::{Heartbeat, Liveness};
+use super::observer::Observer;
 use super::{Lease, LeaseError, LeaseTable, LeaseTableExt, LeaseUpdate};
 
-/// Timing and limits of lease coordination.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseConfig {
-    /// How long a lease's counter may stay unchanged before other workers consider it expired
-    /// (Java KCL `failoverTimeMillis`, default 10 s).
-    pub failover_time: Duration,
-    /// How often held leases are renewed (default `failover_time / 3`).
-    pub renew_interval: Duration,
-    /// How often the lease table is scanned to take leases (default 2 s).
-    pub take_interval: Duration,
-    /// The most leases one worker holds (default unlimited).
-    pub max_leases_for_worker: usize,
+/// Counts of what a worker's lease coordination did, for status pages, tests and figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseStats {
+    /// Free, expired or assigned leases taken.
+    pub taken: u64,
+    /// Of those, leases taken because their owner was seen dead.
+    pub taken_expired: u64,
+    /// Handoffs this worker asked other workers for (steals).
+    pub handoffs_requested: u64,
+    /// Requested handoffs completed by the previous owner.
+    pub handoffs_received: u64,
+    /// Requested handoffs completed without the previous owner (dead, or too slow).
+    pub handoffs_forced: u64,
+    /// Held leases this worker found taken by someone else, or dropped because its claim went
+    /// stale.
+    pub lost: u64,
 }
 
-impl Default for LeaseConfig {
-    fn default() -> Self {
-        Self::with_failover(Duration::from_secs(10))
-    }
+#[derive(Debug, Default)]
+struct StatCounters {
+    taken: AtomicU64,
+    taken_expired: AtomicU64,
+    handoffs_requested: AtomicU64,
+    handoffs_received: AtomicU64,
+    handoffs_forced: AtomicU64,
+    lost: AtomicU64,
 }
 
-impl LeaseConfig {
-    /// Defaults derived from a failover time.
-    pub fn with_failover(failover_time: Duration) -> Self {
-        Self {
-            failover_time,
-            renew_interval: failover_time / 3,
-            take_interval: Duration::from_secs(2).min(failover_time / 2),
-            max_leases_for_worker: usize::MAX,
-        }
-    }
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
-struct HeldState {
-    lease: Lease,
-    /// When the last successful write to this lease was sent.
-    last_write: Instant,
-}
-
-/// A lease this worker holds, shared by the renewer and the shard's checkpointer.
-pub(crate) struct HeldLease {
-    key: String,
-    pub(crate) table: Arc<dyn LeaseTable>,
-    state: tokio::sync::Mutex<HeldState>,
-    lost: watch::Sender<bool>,
-}
-
-impl std::fmt::Debug for HeldLease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeldLease")
-            .field("key", &self.key)
-            .field("lost", &self.is_lost())
-            .finish()
-    }
-}
-
-/// The outcome of a write to a held lease.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum HeldWriteError {
-    /// The lease is no longer ours.
-    #[error("lease {0} is no longer held")]
-    Lost(String),
-    /// The store failed; the lease may still be held.
-    #[error(transparent)]
-    Store(LeaseError),
-}
-
-impl HeldLease {
-    pub(crate) fn new(table: Arc<dyn LeaseTable>, lease: Lease, last_write: Instant) -> Arc<Self> {
-        let (lost, _) = watch::channel(false);
-        Arc::new(Self {
-            key: lease.key.clone(),
-            table,
-            state: tokio::sync::Mutex::new(HeldState { lease, last_write }),
-            lost,
-        })
-    }
-
-    pub(crate) fn key(&self) -> &str {
-        &self.key
-    }
-
-    pub(crate) fn is_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
-
-    pub(crate) fn mark_lost(&self) {
-        self.lost.send_replace(true);
-    }
-
-    /// Resolves when the lease is marked lost.
-    pub(crate) fn lost_signal(&self) -> watch::Receiver<bool> {
-        self.lost.subscribe()
-    }
-
-    pub(crate) async fn lease(&self) -> Lease {
-        self.state.lock().await.lease.clone()
-    }
-
-    /// Applies `update` to the held lease, conditional on the counter we hold.
-    pub(crate) async fn write(&self, update: &LeaseUpdate) -> Result<Lease, HeldWriteError> {
-        let mut state = self.state.lock().await;
-        if self.is_lost() {
-            return Err(HeldWriteError::Lost(self.key.clone()));
-        }
-        let sent = Instant::now();
-        match self.table.write_reconciled(&state.lease, update).await {
-            Ok(lease) => {
-                state.lease = lease.clone();
-                state.last_write = sent;
-                Ok(lease)
-            }
-            Err(LeaseError::ConditionFailed { .. }) | Err(LeaseError::NotFound(_)) => {
-                self.mark_lost();
-                Err(HeldWriteError::Lost(self.key.clone()))
-            }
-            Err(other) => Err(HeldWriteError::Store(other)),
-        }
-    }
-
-    /// Renews unless a write happened within `min_age`; marks the lease lost when it could not be
-    /// renewed for `failover_time`.
-    async fn renew(&self, min_age: Duration, failover_time: Duration) {
-        {
-            let state = self.state.lock().await;
-            if state.last_write.elapsed() < min_age {
-                return;
-            }
-        }
-        match self.write(&LeaseUpdate::default()).await {
-            Ok(_) => {}
-            Err(HeldWriteError::Lost(key)) => info!(lease = %key, "lease lost at renewal"),
-            Err(HeldWriteError::Store(error)) => {
-                let state = self.state.lock().await;
-                if state.last_write.elapsed() >= failover_time {
-                    warn!(lease = %self.key, %error, "could not renew for the failover time; dropping lease");
-                    self.mark_lost();
-                } else {
-                    warn!(lease = %self.key, %error, "lease renewal failed; will retry");
-                }
-            }
-        }
-    }
-
-    /// Releases the lease so another worker can take it at once.
-    pub(crate) async fn release(&self) -> Result<(), HeldWriteError> {
-        let mut state = self.state.lock().await;
-        if self.is_lost() {
-            return Err(HeldWriteError::Lost(self.key.clone()));
-        }
-        let result = self.table.release(&state.lease).await;
-        // Whatever happened, we no longer treat the lease as ours.
-        self.mark_lost();
-        match result {
-            Ok(lease) => {
-                state.lease = lease;
-                Ok(())
-            }
-            Err(LeaseError::ConditionFailed { .. }) | Err(LeaseError::NotFound(_)) => {
-                Err(HeldWriteError::Lost(self.key.clone()))
-            }
-            Err(other) => Err(HeldWriteError::Store(other)),
-        }
-    }
-}
-
-/// What the taker remembers of a lease between scans.
+/// A handoff this worker asked for and is waiting on.
 #[derive(Clone, Debug)]
-struct Observation {
-    counter: u64,
-    owner: Option<String>,
-    /// When (on our clock) we first saw this counter value.
-    since: Instant,
+struct Pending {
+    /// The owner asked to hand over.
+    from: Option<String>,
+    requested_at: Instant,
 }
 
-/// Renews and takes leases for one worker.
+/// One scan of the table, split into leases and heartbeat rows.
+struct View<'a> {
+    leases: BTreeMap<&'a str, &'a Lease>,
+    /// Heartbeat rows by worker id.
+    heartbeats: BTreeMap<&'a str, &'a Lease>,
+}
+
+impl<'a> View<'a> {
+    fn new(rows: &'a [Lease]) -> Self {
+        let mut view = View {
+            leases: BTreeMap::new(),
+            heartbeats: BTreeMap::new(),
+        };
+        for row in rows {
+            match row.heartbeat_of() {
+                Some(worker) => view.heartbeats.insert(worker, row),
+                None => view.leases.insert(row.key.as_str(), row),
+            };
+        }
+        view
+    }
+
+    /// Whether every parent of `lease` has finished (or is gone from the table).
+    fn parents_done(&self, lease: &Lease) -> bool {
+        lease
+            .parent_shard_ids
+            .iter()
+            .all(|p| self.leases.get(p.as_str()).is_none_or(|l| l.is_finished()))
+    }
+
+    /// Whether `worker` announced that it is leaving (graceful shutdown in progress).
+    fn is_leaving(&self, worker: &str) -> bool {
+        self.heartbeats
+            .get(worker)
+            .is_some_and(|hb| hb.owner.is_none())
+    }
+}
+
+/// Workers whose heartbeat row disappeared while leases remain in their name.
+///
+/// A row that was seen and is gone means its worker left (a graceful shutdown deletes it last)
+/// or stopped long ago (rows are removed after twice the failover time): either way its leases
+/// need no waiting. A row is never missing from a consistent full scan while it exists, so a
+/// live worker cannot land here; owners never seen with a row (Java KCL workers, per-lease
+/// renewal) are judged by their lease counters instead.
+#[derive(Debug, Default)]
+struct Departed {
+    /// Workers with a heartbeat row in the last scan.
+    seen: BTreeSet<String>,
+    /// Workers whose row disappeared and that still own a lease.
+    gone: BTreeSet<String>,
+}
+
+impl Departed {
+    fn update(&mut self, view: &View<'_>) {
+        let now: BTreeSet<String> = view.heartbeats.keys().map(|w| (*w).to_owned()).collect();
+        let owners: BTreeSet<&str> = view
+            .leases
+            .values()
+            .filter_map(|l| l.owner.as_deref())
+            .collect();
+        let vanished: Vec<String> = self.seen.difference(&now).cloned().collect();
+        self.gone.extend(vanished);
+        self.gone
+            .retain(|w| !now.contains(w) && owners.contains(w.as_str()));
+        self.seen = now;
+    }
+
+    fn contains(&self, worker: &str) -> bool {
+        self.gone.contains(worker)
+    }
+}
+
+/// Renews and takes leases for one worker. See the [module docs](self).
 pub(crate) struct LeaseCoordinator {
     worker_id: String,
     table: Arc<dyn LeaseTable>,
     config: LeaseConfig,
+    liveness: Arc<Liveness>,
+    heartbeat: Heartbeat,
+    leaving: AtomicBool,
     held: Mutex<BTreeMap<String, Arc<HeldLease>>>,
-    observed: Mutex<HashMap<String, Observation>>,
+    pending: Mutex<BTreeMap<String, Pending>>,
+    observer: Mutex<Observer>,
+    /// Live workers that are not leaving, with their loads, as of the last scan: where a
+    /// graceful shutdown sends its leases.
+    successors: Mutex<BTreeMap<String, usize>>,
+    /// Workers whose heartbeat row was seen and has since disappeared (they left, or their row
+    /// was removed as stale), with leases still in their name: those leases are free.
+    departed: Mutex<Departed>,
+    stats: StatCounters,
 }
 
 impl std::fmt::Debug for LeaseCoordinator {
@@ -220,23 +200,26 @@ impl std::fmt::Debug for LeaseCoordinator {
     }
 }
 
-/// The result of one taker scan.
-#[derive(Debug, Default)]
-pub(crate) struct ScanResult {
-    /// Every lease in the table, as read.
-    pub leases: Vec<Lease>,
-    /// Leases newly taken.
-    pub taken: Vec<Arc<HeldLease>>,
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl LeaseCoordinator {
     pub(crate) fn new(worker_id: String, table: Arc<dyn LeaseTable>, config: LeaseConfig) -> Self {
+        let liveness = Arc::new(Liveness::new(&worker_id, &config));
         Self {
             worker_id,
             table,
             config,
+            liveness,
+            heartbeat: Heartbeat::default(),
+            leaving: AtomicBool::new(false),
             held: Mutex::new(BTreeMap::new()),
-            observed: Mutex::new(HashMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
+            observer: Mutex::new(Observer::default()),
+            successors: Mutex::new(BTreeMap::new()),
+            departed: Mutex::new(Departed::default()),
+            stats: StatCounters::default(),
         }
     }
 
@@ -244,283 +227,536 @@ impl LeaseCoordinator {
         &self.config
     }
 
-    fn held_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<HeldLease>>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    /// What the coordination did so far.
+    pub(crate) fn stats(&self) -> LeaseStats {
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LeaseStats {
+            taken: get(&s.taken),
+            taken_expired: get(&s.taken_expired),
+            handoffs_requested: get(&s.handoffs_requested),
+            handoffs_received: get(&s.handoffs_received),
+            handoffs_forced: get(&s.handoffs_forced),
+            lost: get(&s.lost),
+        }
     }
 
     /// The leases currently held (lost ones are dropped from the set).
     pub(crate) fn held(&self) -> Vec<Arc<HeldLease>> {
-        let mut map = self.held_map();
+        let mut map = lock(&self.held);
         map.retain(|_, h| !h.is_lost());
         map.values().cloned().collect()
     }
 
-    /// Forgets a lease (after release, loss or shard end).
-    pub(crate) fn forget(&self, key: &str) {
-        self.held_map().remove(key);
+    /// Forgets `held` (after release, loss or shard end), unless the key is held anew.
+    pub(crate) fn forget(&self, held: &Arc<HeldLease>) {
+        let mut map = lock(&self.held);
+        if map.get(held.key()).is_some_and(|h| Arc::ptr_eq(h, held)) {
+            map.remove(held.key());
+        }
     }
 
-    /// Renews every held lease once, concurrently.
-    pub(crate) async fn renew_all(&self) {
+    /// Whether handoffs this worker asked for are outstanding (then it polls them quickly).
+    pub(crate) fn has_pending(&self) -> bool {
+        !lock(&self.pending).is_empty()
+    }
+
+    fn drop_all(&self, reason: &str) {
         let held = self.held();
-        // A lease written (checkpointed) within the last renew interval needs no renewal.
-        let min_age = self.config.renew_interval / 2;
-        let failover = self.config.failover_time;
-        futures::future::join_all(held.iter().map(|h| h.renew(min_age, failover))).await;
+        if !held.is_empty() {
+            warn!(leases = held.len(), reason, "dropping every held lease");
+        }
+        for h in held {
+            h.mark_lost();
+            bump(&self.stats.lost);
+        }
     }
 
-    /// Scans the table, updates expiry observations and takes available leases up to the fair
-    /// share.
-    pub(crate) async fn scan_and_take(&self) -> Result<ScanResult, LeaseError> {
-        let leases = self.table.list().await?;
-        let now = Instant::now();
-        let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
-
-        // 1. Update observations: remember when each counter value was first seen.
-        let expired: HashSet<String> = {
-            let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
-            observed.retain(|k, _| by_key.contains_key(k.as_str()));
-            let mut expired = HashSet::new();
-            for lease in &leases {
-                let entry = observed
-                    .entry(lease.key.clone())
-                    .or_insert_with(|| Observation {
-                        counter: lease.counter,
-                        owner: lease.owner.clone(),
-                        since: now,
-                    });
-                if entry.counter != lease.counter || entry.owner != lease.owner {
-                    *entry = Observation {
-                        counter: lease.counter,
-                        owner: lease.owner.clone(),
-                        since: now,
-                    };
+    /// One renewal: the heartbeat, or every held lease. Returns whether it fully succeeded.
+    pub(crate) async fn renew(&self) -> bool {
+        match self.config.renewal {
+            Renewal::Heartbeat => {
+                // A gap longer than the validity (a pause, a partition): others may have taken
+                // over already. Drop everything before renewing, so nothing is used on the
+                // strength of a heartbeat written after the gap.
+                if !self.liveness.is_alive() {
+                    self.drop_all("heartbeat not renewed within the failover time");
                 }
-                if lease.owner.is_some()
-                    && now.saturating_duration_since(entry.since) > self.config.failover_time
+                let leaving = self.leaving.load(Ordering::SeqCst);
+                match self
+                    .heartbeat
+                    .beat(self.table.as_ref(), &self.liveness, leaving)
+                    .await
                 {
-                    expired.insert(lease.key.clone());
+                    Ok(()) => true,
+                    Err(error) => {
+                        warn!(%error, "heartbeat failed; will retry");
+                        false
+                    }
                 }
             }
-            expired
-        };
-
-        // 2. Which leases are active (unfinished) and which may be started.
-        let parents_done = |lease: &Lease| {
-            lease
-                .parent_shard_ids
-                .iter()
-                .all(|p| match by_key.get(p.as_str()) {
-                    Some(parent) => parent.is_finished(),
-                    None => true,
-                })
-        };
-        let active: Vec<&Lease> = leases.iter().filter(|l| !l.is_finished()).collect();
-        let held_keys: HashSet<String> = self.held().iter().map(|h| h.key.clone()).collect();
-
-        // Live workers: owners of unexpired active leases, plus us.
-        let mut workers: HashSet<&str> = active
-            .iter()
-            .filter(|l| !expired.contains(&l.key))
-            .filter_map(|l| l.owner.as_deref())
-            .collect();
-        workers.insert(&self.worker_id);
-        let target = active
-            .len()
-            .div_ceil(workers.len().max(1))
-            .min(self.config.max_leases_for_worker);
-
-        let mine = active.iter().filter(|l| held_keys.contains(&l.key)).count();
-        let mut result = ScanResult::default();
-        if mine >= target {
-            result.leases = leases.clone();
-            return Ok(result);
+            Renewal::PerLease => {
+                let held = self.held();
+                // A lease written (checkpointed) within half an interval needs no renewal.
+                let min_age = self.config.renew_interval / 2;
+                let results =
+                    futures::future::join_all(held.iter().map(|h| h.renew(min_age))).await;
+                let mut ok = true;
+                for (h, result) in held.iter().zip(results) {
+                    match result {
+                        Ok(()) => {}
+                        Err(HeldWriteError::Lost(key)) => {
+                            info!(lease = %key, "lease lost at renewal");
+                            bump(&self.stats.lost);
+                        }
+                        Err(HeldWriteError::Store(error)) => {
+                            ok = false;
+                            if h.is_valid() {
+                                warn!(lease = h.key(), %error, "lease renewal failed; will retry");
+                            } else {
+                                warn!(lease = h.key(), %error, "could not renew within the failover time; dropping the lease");
+                                h.mark_lost();
+                                bump(&self.stats.lost);
+                            }
+                        }
+                    }
+                }
+                ok
+            }
         }
-        let mut available: Vec<&Lease> = active
+    }
+
+    /// Scans the table: notices lost leases and handoff requests, settles the handoffs this
+    /// worker asked for, and takes or asks for leases up to its fair share. Returns the leases it
+    /// now holds that it did not hold before.
+    pub(crate) async fn scan(&self) -> Result<Vec<Arc<HeldLease>>, LeaseError> {
+        let rows = self.table.list().await?;
+        let now = Instant::now();
+        lock(&self.observer).observe(&rows, now);
+        let view = View::new(&rows);
+        lock(&self.departed).update(&view);
+
+        self.reconcile_held(&view);
+        let mut started = Vec::new();
+        let pending: Vec<(String, Pending)> = lock(&self.pending)
             .iter()
-            .copied()
-            .filter(|l| !held_keys.contains(&l.key))
-            .filter(|l| {
-                l.owner.is_none() || expired.contains(&l.key) || l.is_owned_by(&self.worker_id)
-            })
-            .filter(|l| parents_done(l))
+            .map(|(k, p)| (k.clone(), p.clone()))
             .collect();
-        // Oldest first: the lease whose counter has been still the longest.
+        for (key, p) in pending {
+            let row = view.leases.get(key.as_str()).copied();
+            let from_dead = match (row, p.from.as_deref()) {
+                (Some(lease), Some(from)) => {
+                    self.owner_idle(from, lease, &view, now) > self.config.failover_time
+                }
+                _ => false,
+            };
+            if let Some(held) = self.settle(&key, &p, row, from_dead, now).await {
+                started.push(held);
+            }
+        }
+        self.remember_successors(&view, now);
+
+        let leaving = self.leaving.load(Ordering::SeqCst);
+        if leaving || !self.liveness.is_alive() {
+            if leaving {
+                self.release_strays(&view).await;
+            }
+            return Ok(started);
+        }
+
+        let (candidates, live_workers) = self.candidates(&view, now);
+        let limits = Limits {
+            live_workers,
+            max_leases_for_worker: self.config.max_leases_for_worker,
+            max_steals_per_cycle: self.config.max_steals_per_cycle,
+        };
+        let plan = balance::plan(&candidates, limits, |n| fastrand::usize(..n));
+        for lease in plan.take {
+            let expired = lease.owner.as_deref().is_some_and(|o| o != self.worker_id);
+            if let Some(held) = self.take(lease).await? {
+                if expired {
+                    bump(&self.stats.taken_expired);
+                }
+                started.push(held);
+            }
+        }
+        for lease in plan.steal {
+            self.request_handoff(lease).await?;
+        }
+        self.remove_stale_heartbeats(&view, now).await;
+        Ok(started)
+    }
+
+    /// Reads each lease this worker is waiting for and takes the ones handed over.
+    pub(crate) async fn poll_pending(&self) -> Result<Vec<Arc<HeldLease>>, LeaseError> {
+        let pending: Vec<(String, Pending)> = lock(&self.pending)
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        let mut started = Vec::new();
+        for (key, p) in pending {
+            let row = self.table.get(&key).await?;
+            let now = Instant::now();
+            if let Some(row) = &row {
+                lock(&self.observer).observe_one(row, now);
+            }
+            // A single read carries no heartbeats: whether the previous owner died is left to
+            // the scans; between them only a completed handoff or the timeout settles it.
+            if let Some(held) = self.settle(&key, &p, row.as_ref(), false, now).await {
+                started.push(held);
+            }
+        }
+        Ok(started)
+    }
+
+    /// Where a gracefully stopping worker sends `key`: the least loaded live worker that is not
+    /// leaving, or `None` (release it unowned).
+    pub(crate) fn successor_for(&self, key: &str) -> Option<String> {
+        let mut successors = lock(&self.successors);
+        let best = successors
+            .iter()
+            .min_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)))
+            .map(|(w, _)| w.clone())?;
+        if let Some(load) = successors.get_mut(&best) {
+            *load += 1;
+        }
+        debug!(lease = key, successor = %best, "handing the lease to a live worker");
+        Some(best)
+    }
+
+    /// Starts a graceful shutdown: the heartbeat row says "leaving", so other workers stop
+    /// counting this one and never hand it leases; no lease is taken from now on.
+    pub(crate) async fn begin_leaving(&self) {
+        self.leaving.store(true, Ordering::SeqCst);
+        if self.config.renewal == Renewal::Heartbeat
+            && let Err(error) = self
+                .heartbeat
+                .beat(self.table.as_ref(), &self.liveness, true)
+                .await
         {
-            let observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
-            available.sort_by_key(|l| {
-                (
-                    l.owner.is_some(),
-                    observed.get(&l.key).map(|o| o.since),
-                    l.key.clone(),
-                )
+            warn!(%error, "could not announce the shutdown; continuing");
+        }
+        // A fresh view of who is live and staying, taken after the announcement: two workers
+        // leaving together each see the other leaving in at least one direction, and a worker
+        // that left a moment ago is not chosen as a successor.
+        if let Err(error) = self.scan().await {
+            debug!(%error, "scan at the start of the shutdown failed");
+        }
+    }
+
+    /// Ends the worker's participation: lets go of whatever is still held or in its name and
+    /// deletes its heartbeat row.
+    pub(crate) async fn finish(&self) {
+        self.leaving.store(true, Ordering::SeqCst);
+        for held in self.held() {
+            let successor = self.successor_for(held.key());
+            if let Err(error) = held.release(successor.as_deref()).await {
+                debug!(lease = held.key(), %error, "release at shutdown failed");
+            }
+        }
+        match self.table.list().await {
+            Ok(rows) => self.release_strays(&View::new(&rows)).await,
+            Err(error) => debug!(%error, "final scan failed"),
+        }
+        lock(&self.pending).clear();
+        if let Err(error) = self.heartbeat.remove(self.table.as_ref()).await {
+            warn!(%error, "could not delete the heartbeat row; others will see it expire");
+        }
+    }
+
+    /// Marks held leases lost that the table shows taken, and notes handoff requests.
+    fn reconcile_held(&self, view: &View<'_>) {
+        for held in self.held() {
+            match view.leases.get(held.key()) {
+                Some(lease) if lease.is_owned_by(&self.worker_id) => {}
+                Some(lease) if lease.checkpoint_owner.as_deref() == Some(&self.worker_id) => {
+                    if held.status() == HeldStatus::Held {
+                        info!(lease = held.key(), new_owner = ?lease.owner, "handoff requested");
+                    }
+                    held.note_handoff_requested();
+                }
+                Some(lease) => {
+                    info!(lease = held.key(), new_owner = ?lease.owner, "lease taken by another worker");
+                    held.mark_lost();
+                    bump(&self.stats.lost);
+                }
+                None => {
+                    info!(lease = held.key(), "lease deleted from the table");
+                    held.mark_lost();
+                    bump(&self.stats.lost);
+                }
+            }
+        }
+    }
+
+    /// How long the owner of `lease` (its heartbeat, else the lease itself) looks unattended;
+    /// forever for an owner that departed.
+    fn owner_idle(&self, owner: &str, lease: &Lease, view: &View<'_>, now: Instant) -> Duration {
+        if lock(&self.departed).contains(owner) {
+            return Duration::MAX;
+        }
+        let observer = lock(&self.observer);
+        match view.heartbeats.get(owner) {
+            Some(hb) => observer.unchanged_for(&hb.key, now),
+            None => observer.unchanged_for(&lease.key, now),
+        }
+    }
+
+    /// Classifies every assignable lease and counts the live workers.
+    fn candidates<'a>(&self, view: &View<'a>, now: Instant) -> (Vec<Candidate<'a>>, usize) {
+        let held: BTreeSet<String> = self.held().iter().map(|h| h.key().to_owned()).collect();
+        let mut live: BTreeSet<&str> = BTreeSet::new();
+        for (worker, hb) in &view.heartbeats {
+            let idle = lock(&self.observer).unchanged_for(&hb.key, now);
+            if idle <= self.config.failover_time && hb.owner.is_some() {
+                live.insert(worker);
+            }
+        }
+        let mut candidates = Vec::new();
+        for lease in view.leases.values() {
+            if lease.is_finished() || !view.parents_done(lease) {
+                continue;
+            }
+            let (standing, idle_for) = match lease.owner.as_deref() {
+                _ if held.contains(&lease.key) || lock(&self.pending).contains_key(&lease.key) => {
+                    (Standing::Mine, Duration::ZERO)
+                }
+                None => (
+                    Standing::Free,
+                    lock(&self.observer).unchanged_for(&lease.key, now),
+                ),
+                Some(owner) if owner == self.worker_id => {
+                    if lease.checkpoint_owner.is_some() {
+                        // A handoff asked for by an earlier run of this worker: wait for it.
+                        lock(&self.pending).insert(
+                            lease.key.clone(),
+                            Pending {
+                                from: lease.checkpoint_owner.clone(),
+                                requested_at: now,
+                            },
+                        );
+                        (Standing::Mine, Duration::ZERO)
+                    } else {
+                        (Standing::Free, Duration::ZERO)
+                    }
+                }
+                Some(owner) => {
+                    let idle = self.owner_idle(owner, lease, view, now);
+                    if idle > self.config.failover_time {
+                        (Standing::Free, idle)
+                    } else if view.is_leaving(owner) {
+                        (Standing::Settled(owner), idle)
+                    } else {
+                        live.insert(owner);
+                        if lease.checkpoint_owner.is_some() {
+                            (Standing::Settled(owner), idle)
+                        } else {
+                            (Standing::Owned(owner), idle)
+                        }
+                    }
+                }
+            };
+            candidates.push(Candidate {
+                lease,
+                standing,
+                idle_for,
             });
         }
-        let want = target - mine;
-        for lease in available.into_iter().take(want) {
-            let sent = Instant::now();
-            match self.table.take(lease, &self.worker_id).await {
-                Ok(taken) => {
-                    debug!(lease = %taken.key, previous = ?lease.owner, "took lease");
-                    let held = HeldLease::new(self.table.clone(), taken, sent);
-                    self.held_map().insert(held.key.clone(), held.clone());
-                    result.taken.push(held);
+        live.insert(&self.worker_id);
+        (candidates, live.len())
+    }
+
+    async fn take(&self, lease: &Lease) -> Result<Option<Arc<HeldLease>>, LeaseError> {
+        let sent = Instant::now();
+        match self.table.take(lease, &self.worker_id).await {
+            Ok(taken) => {
+                debug!(lease = %taken.key, previous = ?lease.owner, "took lease");
+                bump(&self.stats.taken);
+                Ok(Some(self.hold(taken, sent)))
+            }
+            Err(LeaseError::ConditionFailed { .. }) | Err(LeaseError::NotFound(_)) => {
+                debug!(lease = %lease.key, "lost the race to take lease");
+                Ok(None)
+            }
+            Err(error) if error.is_retryable() => {
+                warn!(lease = %lease.key, %error, "could not take lease; will retry");
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn hold(&self, lease: Lease, written_at: Instant) -> Arc<HeldLease> {
+        let held = HeldLease::new(self.table.clone(), lease, self.liveness.clone(), written_at);
+        lock(&self.held).insert(held.key().to_owned(), held.clone());
+        held
+    }
+
+    async fn request_handoff(&self, lease: &Lease) -> Result<(), LeaseError> {
+        match self.table.request_handoff(lease, &self.worker_id).await {
+            Ok(_) => {
+                info!(lease = %lease.key, from = ?lease.owner, "asked for lease (rebalancing)");
+                bump(&self.stats.handoffs_requested);
+                lock(&self.pending).insert(
+                    lease.key.clone(),
+                    Pending {
+                        from: lease.owner.clone(),
+                        requested_at: Instant::now(),
+                    },
+                );
+                Ok(())
+            }
+            Err(LeaseError::ConditionFailed { .. }) | Err(LeaseError::NotFound(_)) => Ok(()),
+            Err(error) if error.is_retryable() => {
+                warn!(lease = %lease.key, %error, "could not ask for lease; will retry");
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Decides a handoff this worker waits for, given the lease as just read.
+    async fn settle(
+        &self,
+        key: &str,
+        pending: &Pending,
+        row: Option<&Lease>,
+        from_dead: bool,
+        now: Instant,
+    ) -> Option<Arc<HeldLease>> {
+        let forget = || {
+            lock(&self.pending).remove(key);
+        };
+        let Some(lease) = row else {
+            forget();
+            return None;
+        };
+        if !lease.is_owned_by(&self.worker_id) || lease.is_finished() {
+            debug!(lease = key, owner = ?lease.owner, "handoff no longer pending");
+            forget();
+            return None;
+        }
+        let handed_over = lease.checkpoint_owner.is_none();
+        if !handed_over {
+            let timed_out =
+                now.saturating_duration_since(pending.requested_at) >= self.config.handoff_timeout;
+            if !(timed_out || from_dead) {
+                return None;
+            }
+            warn!(lease = key, from = ?pending.from, timed_out, "previous owner did not hand over; taking the lease");
+        }
+        // Take it with a write of our own: a fresh counter and a fresh proof of life.
+        let sent = Instant::now();
+        let update = if handed_over {
+            LeaseUpdate::take(lease, &self.worker_id)
+        } else {
+            LeaseUpdate::hand_over()
+        };
+        match self.table.write_reconciled(lease, &update).await {
+            Ok(written) => {
+                forget();
+                if handed_over {
+                    bump(&self.stats.handoffs_received);
+                } else {
+                    bump(&self.stats.handoffs_forced);
                 }
-                Err(LeaseError::ConditionFailed { .. }) | Err(LeaseError::NotFound(_)) => {
-                    debug!(lease = %lease.key, "lost the race to take lease");
-                }
-                Err(error) if error.is_retryable() => {
-                    warn!(lease = %lease.key, %error, "could not take lease; will retry");
-                }
-                Err(error) => return Err(error),
+                Some(self.hold(written, sent))
+            }
+            Err(error) => {
+                debug!(lease = key, %error, "could not complete the handoff yet");
+                None
             }
         }
-        result.leases = leases;
-        Ok(result)
+    }
+
+    /// Records the live workers that are not leaving and their loads (for graceful handoffs).
+    /// Only workers whose heartbeat moved within a renewal interval (plus a scan) count, so a
+    /// lease is not sent to a worker that died a moment ago.
+    fn remember_successors(&self, view: &View<'_>, now: Instant) {
+        let fresh = self.config.renew_interval + self.config.take_interval;
+        let mut successors: BTreeMap<String, usize> = BTreeMap::new();
+        {
+            let observer = lock(&self.observer);
+            for (worker, hb) in &view.heartbeats {
+                if *worker != self.worker_id
+                    && hb.owner.is_some()
+                    && observer.unchanged_for(&hb.key, now) <= fresh
+                {
+                    successors.insert((*worker).to_owned(), 0);
+                }
+            }
+        }
+        for lease in view.leases.values() {
+            if lease.is_finished() {
+                continue;
+            }
+            if let Some(owner) = lease.owner.as_deref()
+                && let Some(load) = successors.get_mut(owner)
+            {
+                *load += 1;
+            }
+        }
+        if self.config.renewal == Renewal::PerLease && view.heartbeats.is_empty() {
+            // No heartbeat rows (Java-style renewal everywhere): owners seen renewing count.
+            let observer = lock(&self.observer);
+            for lease in view.leases.values() {
+                if let Some(owner) = lease.owner.as_deref()
+                    && owner != self.worker_id
+                    && !lease.is_finished()
+                    && observer.unchanged_for(&lease.key, now) <= fresh
+                {
+                    *successors.entry(owner.to_owned()).or_default() += 1;
+                }
+            }
+        }
+        *lock(&self.successors) = successors;
+    }
+
+    /// While leaving: leases in this worker's name that it does not hold (handed to it after it
+    /// decided to leave) go on to a live worker, or become unowned.
+    async fn release_strays(&self, view: &View<'_>) {
+        let held: BTreeSet<String> = self.held().iter().map(|h| h.key().to_owned()).collect();
+        for lease in view.leases.values() {
+            // Finished leases stay with their last owner, as Java KCL leaves them.
+            if !lease.is_owned_by(&self.worker_id)
+                || held.contains(&lease.key)
+                || lease.is_finished()
+            {
+                continue;
+            }
+            let successor = self.successor_for(&lease.key);
+            let update = LeaseUpdate::release(lease, successor.as_deref());
+            if let Err(error) = self.table.write_reconciled(lease, &update).await {
+                debug!(lease = %lease.key, %error, "could not pass on a lease while leaving");
+            }
+        }
+    }
+
+    /// Deletes heartbeat rows of workers that stopped long ago (twice the failover time), so
+    /// worker churn does not grow the table. Conditional on the counter seen, so a worker that
+    /// comes back in the meantime keeps its row.
+    async fn remove_stale_heartbeats(&self, view: &View<'_>, now: Instant) {
+        let stale: Vec<&Lease> = {
+            let observer = lock(&self.observer);
+            view.heartbeats
+                .iter()
+                .filter(|(w, _)| **w != self.worker_id)
+                .filter(|(_, hb)| {
+                    observer.unchanged_for(&hb.key, now) > 2 * self.config.failover_time
+                })
+                .map(|(_, hb)| *hb)
+                .collect()
+        };
+        for hb in stale {
+            match self.table.delete(&hb.key, &hb.expectation()).await {
+                Ok(()) => info!(row = %hb.key, "removed the heartbeat row of a stopped worker"),
+                Err(error) => {
+                    debug!(row = %hb.key, %error, "could not remove a stale heartbeat row")
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::lease::InMemoryLeaseTable;
-    use crate::record::ExtendedSequenceNumber;
-
-    async fn table_with(keys: &[&str]) -> Arc<dyn LeaseTable> {
-        let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
-        for key in keys {
-            table
-                .create_if_absent(&Lease::new(*key, ExtendedSequenceNumber::TrimHorizon))
-                .await
-                .unwrap();
-        }
-        table
-    }
-
-    fn config() -> LeaseConfig {
-        LeaseConfig::with_failover(Duration::from_secs(10))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn takes_unowned_leases_up_to_the_fair_share() {
-        let table = table_with(&["a", "b", "c", "d"]).await;
-        let w1 = LeaseCoordinator::new("w1".into(), table.clone(), config());
-        let w2 = LeaseCoordinator::new("w2".into(), table.clone(), config());
-        // Alone, w1 takes everything.
-        assert_eq!(w1.scan_and_take().await.unwrap().taken.len(), 4);
-        assert_eq!(w2.scan_and_take().await.unwrap().taken.len(), 0);
-        // w1 releases two: w2 sees two workers, fair share 2, takes the two free ones.
-        for held in w1.held().into_iter().take(2) {
-            held.release().await.unwrap();
-        }
-        assert_eq!(w2.scan_and_take().await.unwrap().taken.len(), 2);
-        assert_eq!(w1.held().len(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn expiry_is_observed_on_the_local_clock() {
-        let table = table_with(&["a"]).await;
-        let dead = LeaseCoordinator::new("dead".into(), table.clone(), config());
-        dead.scan_and_take().await.unwrap();
-        let w = LeaseCoordinator::new("w".into(), table.clone(), config());
-        // First sighting: not expired, however old the lease really is.
-        assert!(w.scan_and_take().await.unwrap().taken.is_empty());
-        tokio::time::advance(Duration::from_secs(9)).await;
-        assert!(w.scan_and_take().await.unwrap().taken.is_empty());
-        // The owner renews: the counter moves, the observation restarts.
-        dead.renew_all().await;
-        tokio::time::advance(Duration::from_secs(9)).await;
-        assert!(w.scan_and_take().await.unwrap().taken.is_empty());
-        // Silence for longer than the failover time: expired, taken.
-        tokio::time::advance(Duration::from_secs(11)).await;
-        let taken = w.scan_and_take().await.unwrap().taken;
-        assert_eq!(taken.len(), 1);
-        let lease = table.get("a").await.unwrap().unwrap();
-        assert_eq!(lease.owner.as_deref(), Some("w"));
-        assert_eq!(lease.owner_switches_since_checkpoint, 2);
-        // The old owner's renewal now fails and it drops the lease.
-        dead.renew_all().await;
-        assert!(dead.held().is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn finished_leases_and_blocked_children_are_not_taken() {
-        let table = table_with(&[]).await;
-        let mut parent = Lease::new("parent", ExtendedSequenceNumber::TrimHorizon);
-        parent.owner = Some("other".into());
-        table.create_if_absent(&parent).await.unwrap();
-        let child =
-            Lease::new("child", ExtendedSequenceNumber::TrimHorizon).with_parents(["parent"]);
-        table.create_if_absent(&child).await.unwrap();
-        let done = Lease::new("done", ExtendedSequenceNumber::ShardEnd);
-        table.create_if_absent(&done).await.unwrap();
-        let w = LeaseCoordinator::new("w".into(), table.clone(), config());
-        let taken = w.scan_and_take().await.unwrap().taken;
-        assert!(taken.is_empty(), "took {:?}", taken);
-        // Parent finishes: the child becomes available.
-        let p = table.get("parent").await.unwrap().unwrap();
-        table.take(&p, "other").await.unwrap();
-        let p = table.get("parent").await.unwrap().unwrap();
-        table
-            .checkpoint(&p, ExtendedSequenceNumber::ShardEnd)
-            .await
-            .unwrap();
-        let taken = w.scan_and_take().await.unwrap().taken;
-        assert_eq!(taken.iter().map(|h| h.key()).collect::<Vec<_>>(), ["child"]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_lease_that_cannot_be_renewed_for_the_failover_time_is_dropped() {
-        #[derive(Debug)]
-        struct Failing(Arc<dyn LeaseTable>, std::sync::atomic::AtomicBool);
-        #[async_trait::async_trait]
-        impl LeaseTable for Failing {
-            async fn create_if_absent(&self, l: &Lease) -> Result<bool, LeaseError> {
-                self.0.create_if_absent(l).await
-            }
-            async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
-                self.0.list().await
-            }
-            async fn get(&self, k: &str) -> Result<Option<Lease>, LeaseError> {
-                self.0.get(k).await
-            }
-            async fn update(
-                &self,
-                k: &str,
-                e: &super::super::Expectation,
-                u: &LeaseUpdate,
-            ) -> Result<Lease, LeaseError> {
-                if self.1.load(std::sync::atomic::Ordering::SeqCst) {
-                    return Err(LeaseError::Unavailable("injected".into()));
-                }
-                self.0.update(k, e, u).await
-            }
-            async fn delete(
-                &self,
-                k: &str,
-                e: &super::super::Expectation,
-            ) -> Result<(), LeaseError> {
-                self.0.delete(k, e).await
-            }
-        }
-        let inner = table_with(&["a"]).await;
-        let failing = Arc::new(Failing(inner, false.into()));
-        let table: Arc<dyn LeaseTable> = failing.clone();
-        let w = LeaseCoordinator::new("w".into(), table, config());
-        w.scan_and_take().await.unwrap();
-        failing.1.store(true, std::sync::atomic::Ordering::SeqCst);
-        tokio::time::advance(Duration::from_secs(5)).await;
-        w.renew_all().await;
-        assert_eq!(
-            w.held().len(),
-            1,
-            "a failed renewal within the failover time keeps the lease"
-        );
-        tokio::time::advance(Duration::from_secs(6)).await;
-        w.renew_all().await;
-        assert!(
-            w.held().is_empty(),
-            "past the failover time the lease is dropped"
-        );
-    }
-}
+mod tests;

@@ -9,6 +9,22 @@
 //! The fencing counter ([`Lease::counter`]) is incremented by every write. A worker writes only if
 //! the counter still has the value it last saw, so a worker that lost a lease (paused, partitioned,
 //! replaced) can never overwrite the new owner's checkpoint.
+//!
+//! Besides one lease per shard, the table holds one *heartbeat row* per live worker (key
+//! [`WORKER_KEY_PREFIX`] + worker id, see [`Lease::worker_heartbeat`]), stored through the same
+//! primitives so every store supports it unchanged. How workers use these rows to renew, expire,
+//! take, steal and hand over leases is in [`coordinator`].
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | [`LeaseConfig`]: failover time, renewal mode, scan interval, limits |
+//! | `held` | a lease this worker holds: fenced writes, loss and handoff signals |
+//! | `liveness` | this worker's own heartbeat and how long it may act on its leases |
+//! | `observer` | other workers' liveness, observed on the local monotonic clock |
+//! | `balance` | which leases to take and which to ask for (a pure function) |
+//! | [`coordinator`] | the scan cycle tying them together |
+//! | [`memory`] | the in-memory table |
+//! | `contract` | the suite every store must pass (feature `contract-tests`) |
 
 use std::fmt;
 
@@ -17,13 +33,23 @@ use bytes::Bytes;
 
 use crate::record::{ExtendedSequenceNumber, HashKeyRange};
 
+mod balance;
+pub mod config;
 pub mod coordinator;
+pub(crate) mod held;
+pub(crate) mod liveness;
 pub mod memory;
+mod observer;
 
 #[cfg(feature = "contract-tests")]
 pub mod contract;
 
+pub use config::{LeaseConfig, Renewal};
 pub use memory::InMemoryLeaseTable;
+
+/// Key prefix of the workers' heartbeat rows. Shard ids never contain `/`, so these keys cannot
+/// collide with a lease.
+pub const WORKER_KEY_PREFIX: &str = "kcl-rs/worker/";
 
 /// A checkpoint prepared but not yet committed (two-phase checkpointing).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +115,22 @@ impl Lease {
         self
     }
 
+    /// The heartbeat row of `worker_id`: owned by the worker, at `SHARD_END` so that anything
+    /// reading it as a shard lease (Java KCL included) considers it finished and never processes it.
+    pub fn worker_heartbeat(worker_id: &str) -> Self {
+        let mut row = Self::new(
+            format!("{WORKER_KEY_PREFIX}{worker_id}"),
+            ExtendedSequenceNumber::ShardEnd,
+        );
+        row.owner = Some(worker_id.to_owned());
+        row
+    }
+
+    /// The worker id, if this is a worker heartbeat row rather than a shard lease.
+    pub fn heartbeat_of(&self) -> Option<&str> {
+        self.key.strip_prefix(WORKER_KEY_PREFIX)
+    }
+
     /// Whether every record of the shard has been processed.
     pub fn is_finished(&self) -> bool {
         self.checkpoint.is_shard_end()
@@ -150,6 +192,60 @@ pub struct LeaseUpdate {
 }
 
 impl LeaseUpdate {
+    /// Taking `lease` for `new_owner`: owner set (owner switches +1 when it changes), any handoff
+    /// marker cleared.
+    pub fn take(lease: &Lease, new_owner: &str) -> Self {
+        Self {
+            owner: Some(Some(new_owner.to_owned())),
+            increment_owner_switches: !lease.is_owned_by(new_owner),
+            checkpoint_owner: lease.checkpoint_owner.as_ref().map(|_| None),
+            ..Self::default()
+        }
+    }
+
+    /// Letting `lease` go: to `successor` (who finds it in its name), or unowned when `None`; any
+    /// handoff marker cleared.
+    pub fn release(lease: &Lease, successor: Option<&str>) -> Self {
+        Self {
+            owner: Some(successor.map(str::to_owned)),
+            increment_owner_switches: successor.is_some_and(|s| !lease.is_owned_by(s)),
+            checkpoint_owner: lease.checkpoint_owner.as_ref().map(|_| None),
+            ..Self::default()
+        }
+    }
+
+    /// Asking the owner of `lease` to hand it to `new_owner`: the lease is written in
+    /// `new_owner`'s name with the previous owner as `checkpoint_owner`, which lets the previous
+    /// owner finish its batch and checkpoint before it clears the marker ([`Self::hand_over`]).
+    pub fn request_handoff(lease: &Lease, new_owner: &str) -> Self {
+        Self {
+            owner: Some(Some(new_owner.to_owned())),
+            increment_owner_switches: true,
+            checkpoint_owner: Some(lease.owner.clone()),
+            ..Self::default()
+        }
+    }
+
+    /// Completing a handoff: the marker cleared, the lease left to its new owner.
+    pub fn hand_over() -> Self {
+        Self {
+            checkpoint_owner: Some(None),
+            ..Self::default()
+        }
+    }
+
+    /// Committing a checkpoint (and, at shard end, recording the children): pending checkpoint
+    /// cleared, owner switches reset.
+    pub fn checkpoint(position: ExtendedSequenceNumber, children: Option<Vec<String>>) -> Self {
+        Self {
+            checkpoint: Some(position),
+            pending_checkpoint: Some(None),
+            reset_owner_switches: true,
+            child_shard_ids: children,
+            ..Self::default()
+        }
+    }
+
     /// Applies the change to `lease` (what every store does after checking the expectation).
     pub fn apply(&self, lease: &mut Lease) {
         if let Some(owner) = &self.owner {
@@ -273,18 +369,16 @@ pub trait LeaseTable: Send + Sync + fmt::Debug {
 }
 
 /// Lease transitions built on the [`LeaseTable`] primitives. Implemented for every lease table.
+///
+/// Each is a conditional write of the matching [`LeaseUpdate`] constructor, expected to find the
+/// lease exactly as last read.
 #[async_trait]
 pub trait LeaseTableExt: LeaseTable {
     /// Takes `lease` (as last read) for `new_owner`: counter +1, owner set, owner switches +1 when
     /// the owner changes. Fails if anyone wrote the lease since it was read.
     async fn take(&self, lease: &Lease, new_owner: &str) -> Result<Lease, LeaseError> {
-        let update = LeaseUpdate {
-            owner: Some(Some(new_owner.to_owned())),
-            increment_owner_switches: !lease.is_owned_by(new_owner),
-            checkpoint_owner: lease.checkpoint_owner.as_ref().map(|_| None),
-            ..LeaseUpdate::default()
-        };
-        self.write_reconciled(lease, &update).await
+        self.write_reconciled(lease, &LeaseUpdate::take(lease, new_owner))
+            .await
     }
 
     /// Renews a held lease (counter +1). Fails if the lease was taken or changed.
@@ -298,13 +392,8 @@ pub trait LeaseTableExt: LeaseTable {
         lease: &Lease,
         position: ExtendedSequenceNumber,
     ) -> Result<Lease, LeaseError> {
-        let update = LeaseUpdate {
-            checkpoint: Some(position),
-            pending_checkpoint: Some(None),
-            reset_owner_switches: true,
-            ..LeaseUpdate::default()
-        };
-        self.write_reconciled(lease, &update).await
+        self.write_reconciled(lease, &LeaseUpdate::checkpoint(position, None))
+            .await
     }
 
     /// Records a prepared (pending) checkpoint on a held lease.
@@ -322,12 +411,28 @@ pub trait LeaseTableExt: LeaseTable {
 
     /// Releases a held lease: owner cleared, counter +1, so another worker can take it at once.
     async fn release(&self, lease: &Lease) -> Result<Lease, LeaseError> {
-        let update = LeaseUpdate {
-            owner: Some(None),
-            checkpoint_owner: lease.checkpoint_owner.as_ref().map(|_| None),
-            ..LeaseUpdate::default()
-        };
-        self.write_reconciled(lease, &update).await
+        self.write_reconciled(lease, &LeaseUpdate::release(lease, None))
+            .await
+    }
+
+    /// Gives a held lease to `successor` (a graceful shutdown handing its leases to live workers):
+    /// the successor finds the lease already in its name and starts after the last checkpoint.
+    async fn assign(&self, lease: &Lease, successor: &str) -> Result<Lease, LeaseError> {
+        self.write_reconciled(lease, &LeaseUpdate::release(lease, Some(successor)))
+            .await
+    }
+
+    /// Asks the owner of `lease` (as last read) to hand it over to `new_owner`; see
+    /// [`LeaseUpdate::request_handoff`]. Fails if anyone wrote the lease since it was read.
+    async fn request_handoff(&self, lease: &Lease, new_owner: &str) -> Result<Lease, LeaseError> {
+        self.write_reconciled(lease, &LeaseUpdate::request_handoff(lease, new_owner))
+            .await
+    }
+
+    /// Completes a handoff: clears `checkpoint_owner`, leaving the lease to its new owner.
+    async fn hand_over(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        self.write_reconciled(lease, &LeaseUpdate::hand_over())
+            .await
     }
 
     /// Writes `update` conditional on `lease` being unchanged. When the outcome is unknown (the

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::backend::StreamBackend;
 use crate::deaggregation::DeaggregationConfig;
+use crate::lease::LeaseConfig;
 use crate::lease::LeaseTable;
-use crate::lease::coordinator::LeaseConfig;
 use crate::processor::{FailurePolicy, ProcessorFactory};
 use crate::retrieval::{PollingConfig, Retrieval};
 use crate::shard_sync::InitialPosition;
@@ -203,11 +203,13 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
         self
     }
 
-    /// Sets the failover time and derives the other lease timings from it.
+    /// Sets the failover time and derives the lease timings from it (renewal interval, scan
+    /// interval); the renewal mode and the limits set so far are kept.
     pub fn failover_time(mut self, failover: Duration) -> Self {
-        let max = self.lease.max_leases_for_worker;
-        self.lease = LeaseConfig::with_failover(failover);
-        self.lease.max_leases_for_worker = max;
+        let derived = LeaseConfig::with_failover(failover);
+        self.lease.failover_time = derived.failover_time;
+        self.lease.renew_interval = derived.renew_interval;
+        self.lease.take_interval = derived.take_interval;
         self
     }
 
@@ -287,20 +289,34 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
         if lease.failover_time < Duration::from_millis(100) {
             return Err(invalid("failover_time", "must be at least 100 ms"));
         }
-        if lease.renew_interval.is_zero() || lease.renew_interval >= lease.failover_time {
+        // A renewal must land before the previous one stops being valid (the failover time minus
+        // half a renewal interval): the interval must be below two thirds of the failover time.
+        if lease.renew_interval.is_zero() || lease.renew_interval >= lease.validity() {
             return Err(invalid(
                 "lease_config.renew_interval",
-                "must be positive and shorter than the failover time",
+                "must be positive and shorter than two thirds of the failover time",
             ));
         }
-        if lease.take_interval.is_zero() {
-            return Err(invalid("lease_config.take_interval", "must be positive"));
+        if lease.take_interval.is_zero() || lease.take_interval >= lease.failover_time {
+            return Err(invalid(
+                "lease_config.take_interval",
+                "must be positive and shorter than the failover time",
+            ));
         }
         if lease.max_leases_for_worker == 0 {
             return Err(invalid(
                 "lease_config.max_leases_for_worker",
                 "must be at least 1",
             ));
+        }
+        if lease.max_steals_per_cycle == 0 {
+            return Err(invalid(
+                "lease_config.max_steals_per_cycle",
+                "must be at least 1",
+            ));
+        }
+        if lease.handoff_timeout.is_zero() {
+            return Err(invalid("lease_config.handoff_timeout", "must be positive"));
         }
         let polling = self.polling;
         if !(1..=10_000).contains(&polling.max_records_per_call) {

@@ -4,7 +4,13 @@
 //! checkpoint, then for every batch: de-aggregate, drop what the checkpoint already covers, hand it
 //! to the processor under the failure policy, and checkpoint at the configured cadence. At the end
 //! of the shard: create the child leases, call `shard_ended`, and record `SHARD_END` once it
-//! returned `Ok`. Lease loss and shutdown are watched throughout.
+//! returned `Ok`. Lease loss, handoff requests and shutdown are watched throughout; before every
+//! batch the consumer checks that the worker's claim on the lease is still fresh.
+//!
+//! A handoff (another worker asked for the lease) and a graceful shutdown end the same way: the
+//! batch in flight finishes, `shutdown_requested` is called, the last processed record is
+//! checkpointed, and the lease goes to the worker that asked for it (or, at shutdown, to the least
+//! loaded live worker), which starts right after that checkpoint: no record is delivered twice.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -17,7 +23,8 @@ use super::{ConsumerExit, ShardState, Shutdown, StatusBoard, WorkerConfig};
 use crate::backend::{ChildShard, StreamBackend};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::deaggregation::Deaggregator;
-use crate::lease::coordinator::HeldLease;
+use crate::lease::coordinator::LeaseCoordinator;
+use crate::lease::held::{HeldLease, HeldStatus};
 use crate::lease::{Lease, LeaseTable};
 use crate::processor::{
     BoxError, DeadLetterBatch, FailurePolicy, InitializationInput, ProcessRecordsInput,
@@ -34,12 +41,40 @@ pub(crate) struct ConsumerContext {
     pub status: Arc<StatusBoard>,
     pub deaggregator: Arc<Deaggregator>,
     pub shutdown: watch::Receiver<Shutdown>,
+    pub coordinator: Arc<LeaseCoordinator>,
 }
 
 /// Something that interrupted the consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Interrupt {
+    /// The lease is no longer ours.
     Lost,
+    /// Another worker asked for the lease.
+    Handoff,
+    /// The worker is shutting down.
     Shutdown,
+}
+
+/// Resolves when the lease is lost or asked for, or the worker shuts down.
+async fn interruption(
+    status: &mut watch::Receiver<HeldStatus>,
+    shutdown: &mut watch::Receiver<Shutdown>,
+) -> Interrupt {
+    loop {
+        match *status.borrow_and_update() {
+            HeldStatus::Lost => return Interrupt::Lost,
+            HeldStatus::HandoffRequested => return Interrupt::Handoff,
+            HeldStatus::Held => {}
+        }
+        if *shutdown.borrow_and_update() != Shutdown::Running {
+            return Interrupt::Shutdown;
+        }
+        tokio::select! {
+            biased;
+            changed = status.changed() => if changed.is_err() { return Interrupt::Lost },
+            changed = shutdown.changed() => if changed.is_err() { return Interrupt::Shutdown },
+        }
+    }
 }
 
 /// What the consumer loop reacts to next.
@@ -63,12 +98,12 @@ pub(crate) async fn run<F: ProcessorFactory>(
 ) -> ConsumerExit {
     let lease = held.lease().await;
     let shard_id = lease.key.clone();
-    let mut lost = held.lost_signal();
+    let mut status = held.watch();
 
     // 1. Parents first.
     ctx.status
         .update(&shard_id, |s| s.state = ShardState::WaitingOnParents);
-    if let Err(interrupt) = wait_for_parents(&mut ctx, &lease, &mut lost).await {
+    if let Err(interrupt) = wait_for_parents(&mut ctx, &lease, &mut status).await {
         return finish_without_processor(&ctx, &held, interrupt).await;
     }
     if lease.is_finished() {
@@ -90,7 +125,8 @@ pub(crate) async fn run<F: ProcessorFactory>(
         shard_id,
         processor,
         checkpointer,
-        lost,
+        held,
+        status,
         last_processed: None,
         records_since_checkpoint: 0,
         resume_after: match &lease.checkpoint {
@@ -105,7 +141,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
 async fn wait_for_parents(
     ctx: &mut ConsumerContext,
     lease: &Lease,
-    lost: &mut watch::Receiver<bool>,
+    status: &mut watch::Receiver<HeldStatus>,
 ) -> Result<(), Interrupt> {
     'outer: loop {
         let mut pending = None;
@@ -127,18 +163,10 @@ async fn wait_for_parents(
             return Ok(());
         };
         debug!(%parent, "waiting for parent shard to finish");
-        let sleep = tokio::time::sleep(ctx.config.parent_poll_interval);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => continue 'outer,
-                _ = lost.wait_for(|l| *l) => return Err(Interrupt::Lost),
-                changed = ctx.shutdown.changed() => {
-                    if changed.is_err() || *ctx.shutdown.borrow() != Shutdown::Running {
-                        return Err(Interrupt::Shutdown);
-                    }
-                }
-            }
+        tokio::select! {
+            biased;
+            interrupt = interruption(status, &mut ctx.shutdown) => return Err(interrupt),
+            _ = tokio::time::sleep(ctx.config.parent_poll_interval) => continue 'outer,
         }
     }
 }
@@ -150,12 +178,23 @@ async fn finish_without_processor(
 ) -> ConsumerExit {
     ctx.status
         .update(held.key(), |s| s.state = ShardState::Finished);
-    if let Interrupt::Shutdown = interrupt
-        && let Err(error) = held.release().await
-    {
-        debug!(%error, "release failed");
+    if interrupt != Interrupt::Lost {
+        let successor = successor(ctx, held);
+        if let Err(error) = held.release(successor.as_deref()).await {
+            debug!(%error, "release failed");
+        }
     }
     ConsumerExit::Released
+}
+
+/// Where a lease let go at shutdown goes: nowhere in particular when another worker asked for it
+/// (the release completes that handoff), else the least loaded live worker.
+fn successor(ctx: &ConsumerContext, held: &HeldLease) -> Option<String> {
+    if held.status() == HeldStatus::HandoffRequested {
+        None
+    } else {
+        ctx.coordinator.successor_for(held.key())
+    }
 }
 
 struct Consumer<P: RecordProcessor> {
@@ -163,7 +202,8 @@ struct Consumer<P: RecordProcessor> {
     shard_id: String,
     processor: P,
     checkpointer: Checkpointer,
-    lost: watch::Receiver<bool>,
+    held: Arc<HeldLease>,
+    status: watch::Receiver<HeldStatus>,
     /// The last user record processed successfully (or dead-lettered).
     last_processed: Option<ExtendedSequenceNumber>,
     records_since_checkpoint: u64,
@@ -219,13 +259,8 @@ impl<P: RecordProcessor> Consumer<P> {
         loop {
             let next = tokio::select! {
                 biased;
-                _ = self.lost.wait_for(|l| *l) => Next::Interrupt(Interrupt::Lost),
-                changed = self.ctx.shutdown.changed() => {
-                    if changed.is_err() || *self.ctx.shutdown.borrow() != Shutdown::Running {
-                        Next::Interrupt(Interrupt::Shutdown)
-                    } else {
-                        continue;
-                    }
+                interrupt = interruption(&mut self.status, &mut self.ctx.shutdown) => {
+                    Next::Interrupt(interrupt)
                 }
                 event = rx.recv() => Next::Event(event),
             };
@@ -258,6 +293,12 @@ impl<P: RecordProcessor> Consumer<P> {
                     self.ctx.status.update(&self.shard_id, |s| {
                         s.millis_behind_latest = millis_behind_latest;
                     });
+                    // A paused or cut-off worker stops here, before anyone may take over.
+                    if !batch.is_empty() && !self.held.is_valid() {
+                        warn!("the worker's claim on the lease went stale; stopping");
+                        self.held.mark_lost();
+                        return self.interrupted(Interrupt::Lost).await;
+                    }
                     let outcome = if batch.is_empty() {
                         BatchOutcome::Done
                     } else {
@@ -457,18 +498,10 @@ impl<P: RecordProcessor> Consumer<P> {
 
     /// Sleeps `delay` unless the lease is lost or a shutdown is requested.
     async fn pause(&mut self, delay: std::time::Duration) -> Option<Interrupt> {
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => return None,
-                _ = self.lost.wait_for(|l| *l) => return Some(Interrupt::Lost),
-                changed = self.ctx.shutdown.changed() => {
-                    if changed.is_err() || *self.ctx.shutdown.borrow() != Shutdown::Running {
-                        return Some(Interrupt::Shutdown);
-                    }
-                }
-            }
+        tokio::select! {
+            biased;
+            interrupt = interruption(&mut self.status, &mut self.ctx.shutdown) => Some(interrupt),
+            _ = tokio::time::sleep(delay) => None,
         }
     }
 
@@ -484,17 +517,22 @@ impl<P: RecordProcessor> Consumer<P> {
                     warn!(%error, "lease_lost failed");
                 }
             }
-            Interrupt::Shutdown => {
-                let held = self.checkpointer.held_lease().clone();
+            Interrupt::Handoff | Interrupt::Shutdown => {
+                let held = self.held.clone();
                 let immediate = *self.ctx.shutdown.borrow() == Shutdown::Immediate;
                 if immediate {
                     // No processor call, no checkpoint: the worker releases the lease.
                     info!("stopping immediately");
                 } else if !held.is_lost() {
-                    let result = AssertUnwindSafe(self.processor.shutdown_requested(
-                        ShutdownReason::WorkerShutdown,
-                        &mut self.checkpointer,
-                    ))
+                    let reason = if interrupt == Interrupt::Handoff {
+                        ShutdownReason::Handoff
+                    } else {
+                        ShutdownReason::WorkerShutdown
+                    };
+                    let result = AssertUnwindSafe(
+                        self.processor
+                            .shutdown_requested(reason, &mut self.checkpointer),
+                    )
                     .catch_unwind()
                     .await;
                     if let Err(error) = flatten(result) {
@@ -503,8 +541,9 @@ impl<P: RecordProcessor> Consumer<P> {
                     if self.ctx.config.checkpoint.is_automatic() {
                         let _ = self.checkpoint_processed().await;
                     }
-                    match held.release().await {
-                        Ok(()) => info!("lease released"),
+                    let successor = successor(&self.ctx, &held);
+                    match held.release(successor.as_deref()).await {
+                        Ok(()) => info!(?reason, ?successor, "lease handed over"),
                         Err(error) => warn!(%error, "could not release lease"),
                     }
                 }
@@ -583,6 +622,11 @@ impl<P: RecordProcessor> Consumer<P> {
                     }
                 }
             }
+        }
+        if self.held.status() == HeldStatus::HandoffRequested
+            && let Err(error) = self.held.release(None).await
+        {
+            debug!(%error, "could not complete the handoff of an ended shard");
         }
         info!(children = ?children, "shard ended");
         self.ctx.status.update(&self.shard_id, |s| {

@@ -4,19 +4,22 @@
 //!
 //! - syncs shards into leases at start, every `shard_sync_interval`, and right after a shard ends
 //!   ([`crate::shard_sync`]);
-//! - renews its leases on a task of its own, so slow scans or processors never delay renewals, and
-//!   scans the table to take leases ([`crate::lease::coordinator`]);
+//! - renews its claim (its heartbeat) on a task of its own, so slow scans or processors never
+//!   delay renewals, and scans the table to take, steal and receive leases
+//!   ([`crate::lease::coordinator`]);
 //! - runs one consumer task per held lease ([`consumer`]): wait for parents, initialize, read,
 //!   de-aggregate, process, checkpoint, and at the end of the shard create the children and record
-//!   `SHARD_END`.
+//!   `SHARD_END`; when another worker asks for the lease, finish the batch, checkpoint and hand
+//!   it over.
 //!
 //! [`WorkerHandle`] stops it: [`WorkerHandle::shutdown`] gracefully (in-flight batches finish,
-//! `shutdown_requested`, final checkpoint, leases released so others take over at once) or
-//! [`WorkerHandle::shutdown_now`] immediately (processing cancelled, leases released without a
-//! checkpoint).
+//! `shutdown_requested`, final checkpoint, each lease handed to a live worker, which starts
+//! right after that checkpoint) or [`WorkerHandle::shutdown_now`] immediately (processing
+//! cancelled, leases released without a checkpoint).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -26,7 +29,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::backend::StreamBackend;
 use crate::deaggregation::Deaggregator;
 use crate::lease::LeaseTable;
-use crate::lease::coordinator::{HeldLease, LeaseCoordinator};
+use crate::lease::coordinator::{LeaseCoordinator, LeaseStats};
+use crate::lease::held::{HeldLease, HeldStatus};
 use crate::processor::ProcessorFactory;
 use crate::record::ExtendedSequenceNumber;
 use crate::shard_sync::sync_shards;
@@ -90,6 +94,8 @@ pub struct WorkerStatus {
     pub shards: Vec<ShardStatus>,
     /// Shards whose lease this worker holds now.
     pub held_leases: Vec<String>,
+    /// What the worker's lease coordination did so far.
+    pub leases: LeaseStats,
 }
 
 #[derive(Debug, Default)]
@@ -163,6 +169,7 @@ impl WorkerHandle {
                 .iter()
                 .map(|h| h.key().to_owned())
                 .collect(),
+            leases: self.coordinator.stats(),
         }
     }
 }
@@ -264,18 +271,21 @@ impl<F: ProcessorFactory> Worker<F> {
     async fn run_inner(self) -> Result<(), WorkerError> {
         info!("worker starting");
         let mut shutdown_rx = self.shutdown.subscribe();
+        // A first proof of life before taking anything.
+        self.coordinator.renew().await;
         // Aborted if `run` is dropped, so a cancelled worker stops renewing and its leases expire.
         let mut renewer = AbortOnDrop(tokio::spawn(
             renew_loop(self.coordinator.clone(), self.shutdown.subscribe()).in_current_span(),
         ));
-        let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(String, ConsumerExit)>();
-        let mut consumers: JoinSet<()> = JoinSet::new();
-        let mut running: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
-        let mut stopped: HashSet<String> = HashSet::new();
+        let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(Arc<HeldLease>, ConsumerExit)>();
+        let mut consumers = Consumers::default();
         let deaggregator = Arc::new(Deaggregator::new(self.config.deaggregation));
 
-        let mut take_tick = tokio::time::interval(self.config.lease.take_interval);
+        let lease_config = self.config.lease.clone();
+        let mut take_tick = tokio::time::interval(lease_config.take_interval);
         take_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Handoffs this worker asked for are polled faster than the table is scanned.
+        let pending_poll = (lease_config.take_interval / 5).max(Duration::from_millis(10));
         let mut next_sync = Instant::now();
 
         loop {
@@ -283,43 +293,25 @@ impl<F: ProcessorFactory> Worker<F> {
                 break;
             }
             if Instant::now() >= next_sync {
-                match sync_shards(
-                    self.backend.as_ref(),
-                    self.table.as_ref(),
-                    &self.config.stream,
-                    self.config.initial_position,
-                )
-                .await
-                {
-                    Ok(report) if !report.created.is_empty() => {
-                        debug!(created = ?report.created, "shard sync created leases");
-                    }
-                    Ok(_) => {}
-                    Err(error) => warn!(%error, "shard sync failed; will retry"),
-                }
+                self.sync_shards().await;
                 next_sync = Instant::now() + self.config.shard_sync_interval;
             }
+            let polling = self.coordinator.has_pending();
             tokio::select! {
                 biased;
                 changed = shutdown_rx.changed() => {
                     if changed.is_err() { break; }
                     continue;
                 }
-                Some((shard, exit)) = exit_rx.recv() => {
-                    running.remove(&shard);
-                    match exit {
-                        ConsumerExit::ShardEnded => {
-                            self.coordinator.forget(&shard);
-                            // Children may be leasable now: sync and take at once.
-                            next_sync = Instant::now();
-                            take_tick.reset_immediately();
-                        }
-                        ConsumerExit::Released => self.coordinator.forget(&shard),
-                        ConsumerExit::Stopped => { stopped.insert(shard); }
+                Some((held, exit)) = exit_rx.recv() => {
+                    if consumers.exited(&self.coordinator, &held, exit) {
+                        // Children may be leasable now: sync and take at once.
+                        next_sync = Instant::now();
+                        take_tick.reset_immediately();
                     }
                     continue;
                 }
-                Some(joined) = consumers.join_next(), if !consumers.is_empty() => {
+                Some(joined) = consumers.set.join_next(), if !consumers.set.is_empty() => {
                     if let Err(error) = joined
                         && error.is_panic()
                     {
@@ -327,57 +319,121 @@ impl<F: ProcessorFactory> Worker<F> {
                     }
                     continue;
                 }
-                _ = take_tick.tick() => {}
-            }
-            match self.coordinator.scan_and_take().await {
-                Ok(scan) => {
-                    if !scan.taken.is_empty() {
-                        info!(taken = ?scan.taken.iter().map(|h| h.key()).collect::<Vec<_>>(), "took leases");
+                _ = take_tick.tick() => {
+                    match self.coordinator.scan().await {
+                        Ok(started) if !started.is_empty() => {
+                            info!(leases = ?started.iter().map(|h| h.key()).collect::<Vec<_>>(), "now holding");
+                        }
+                        Ok(_) => {}
+                        Err(error) => warn!(%error, "lease scan failed; will retry"),
                     }
                 }
-                Err(error) => warn!(%error, "lease scan failed; will retry"),
-            }
-            for held in self.coordinator.held() {
-                let key = held.key().to_owned();
-                if running.contains_key(&key) || stopped.contains(&key) {
-                    continue;
+                _ = tokio::time::sleep(pending_poll), if polling => {
+                    if let Err(error) = self.coordinator.poll_pending().await {
+                        debug!(%error, "polling requested handoffs failed; will retry");
+                    }
                 }
-                let abort = self.spawn_consumer(&mut consumers, held, &deaggregator, &exit_tx);
-                running.insert(key, abort);
             }
+            self.start_consumers(&mut consumers, &deaggregator, &exit_tx)
+                .await;
         }
 
         let mode = *shutdown_rx.borrow();
         info!(?mode, "worker shutting down");
         if mode == Shutdown::Graceful {
+            self.coordinator.begin_leaving().await;
             let deadline = Instant::now() + self.config.graceful_shutdown_timeout;
-            loop {
+            while !consumers.set.is_empty() {
                 tokio::select! {
-                    joined = consumers.join_next() => if joined.is_none() { break },
+                    biased;
+                    changed = shutdown_rx.changed() => {
+                        if changed.is_err() || *shutdown_rx.borrow() == Shutdown::Immediate {
+                            break;
+                        }
+                    }
+                    Some((held, exit)) = exit_rx.recv() => {
+                        consumers.exited(&self.coordinator, &held, exit);
+                    }
+                    joined = consumers.set.join_next() => if joined.is_none() { break },
                     _ = tokio::time::sleep_until(deadline) => {
                         warn!("graceful shutdown timed out; stopping immediately");
                         break;
                     }
-                    _ = shutdown_rx.changed() => {
-                        if *shutdown_rx.borrow() == Shutdown::Immediate { break; }
+                    // Keep noticing lost leases and passing on leases handed to us meanwhile.
+                    _ = take_tick.tick() => {
+                        if let Err(error) = self.coordinator.scan().await {
+                            debug!(%error, "lease scan failed during shutdown");
+                        }
                     }
                 }
             }
         }
-        consumers.abort_all();
-        while consumers.join_next().await.is_some() {}
-        // Release whatever is still held (stopped shards, consumers cut short).
-        for held in self.coordinator.held() {
-            if let Err(error) = held.release().await {
-                debug!(lease = held.key(), %error, "release at shutdown failed");
-            }
-        }
+        consumers.set.abort_all();
+        while consumers.set.join_next().await.is_some() {}
+        // Whatever is still held (stopped shards, consumers cut short) is let go here, and the
+        // heartbeat row removed.
+        self.coordinator.finish().await;
         self.shutdown.send_replace(Shutdown::Immediate);
-        if let Err(error) = (&mut renewer.0).await {
+        if let Err(error) = (&mut renewer.0).await
+            && !error.is_cancelled()
+        {
             return Err(WorkerError::Task(error.to_string()));
         }
         info!("worker stopped");
         Ok(())
+    }
+
+    /// Syncs shards into leases and removes finished leases no longer needed.
+    async fn sync_shards(&self) {
+        match sync_shards(
+            self.backend.as_ref(),
+            self.table.as_ref(),
+            &self.config.stream,
+            self.config.initial_position,
+        )
+        .await
+        {
+            Ok(report) => {
+                if !report.created.is_empty() {
+                    debug!(created = ?report.created, "shard sync created leases");
+                }
+                if !report.removed.is_empty() {
+                    debug!(removed = ?report.removed, "shard sync removed finished leases");
+                }
+            }
+            Err(error) => warn!(%error, "shard sync failed; will retry"),
+        }
+    }
+
+    /// Starts a consumer for every held lease without one; passes on the leases of stopped
+    /// shards that another worker asked for.
+    async fn start_consumers(
+        &self,
+        consumers: &mut Consumers,
+        deaggregator: &Arc<Deaggregator>,
+        exit_tx: &mpsc::UnboundedSender<(Arc<HeldLease>, ConsumerExit)>,
+    ) {
+        for held in self.coordinator.held() {
+            let key = held.key().to_owned();
+            if consumers.running.contains(&key) {
+                continue;
+            }
+            if let Some(stopped) = consumers.stopped.get(&key)
+                && Arc::ptr_eq(stopped, &held)
+            {
+                if held.status() == HeldStatus::HandoffRequested {
+                    info!(lease = %key, "handing over a stopped shard on request");
+                    if let Err(error) = held.release(None).await {
+                        debug!(lease = %key, %error, "handing over a stopped shard failed");
+                    }
+                    consumers.stopped.remove(&key);
+                    self.coordinator.forget(&held);
+                }
+                continue;
+            }
+            self.spawn_consumer(&mut consumers.set, held, deaggregator, exit_tx);
+            consumers.running.insert(key);
+        }
     }
 
     fn spawn_consumer(
@@ -385,10 +441,9 @@ impl<F: ProcessorFactory> Worker<F> {
         set: &mut JoinSet<()>,
         held: Arc<HeldLease>,
         deaggregator: &Arc<Deaggregator>,
-        exit_tx: &mpsc::UnboundedSender<(String, ConsumerExit)>,
-    ) -> tokio::task::AbortHandle {
-        let key = held.key().to_owned();
-        let span = info_span!("shard", shard_id = %key);
+        exit_tx: &mpsc::UnboundedSender<(Arc<HeldLease>, ConsumerExit)>,
+    ) {
+        let span = info_span!("shard", shard_id = %held.key());
         let ctx = consumer::ConsumerContext {
             config: self.config.clone(),
             backend: self.backend.clone(),
@@ -396,16 +451,17 @@ impl<F: ProcessorFactory> Worker<F> {
             status: self.status.clone(),
             deaggregator: deaggregator.clone(),
             shutdown: self.shutdown.subscribe(),
+            coordinator: self.coordinator.clone(),
         };
         let factory = self.factory.clone();
         let exit_tx = exit_tx.clone();
         set.spawn(
             async move {
-                let exit = consumer::run(ctx, factory, held).await;
-                let _ = exit_tx.send((key, exit));
+                let exit = consumer::run(ctx, factory, held.clone()).await;
+                let _ = exit_tx.send((held, exit));
             }
             .instrument(span),
-        )
+        );
     }
 }
 
@@ -418,16 +474,59 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// The worker's shard consumer tasks and what became of them.
+#[derive(Default)]
+struct Consumers {
+    set: JoinSet<()>,
+    /// Shards with a consumer running.
+    running: HashSet<String>,
+    /// Shards stopped by the failure policy, whose lease is kept until shutdown.
+    stopped: HashMap<String, Arc<HeldLease>>,
+}
+
+impl Consumers {
+    /// Records a consumer's exit. Returns whether its shard ended.
+    fn exited(
+        &mut self,
+        coordinator: &LeaseCoordinator,
+        held: &Arc<HeldLease>,
+        exit: ConsumerExit,
+    ) -> bool {
+        self.running.remove(held.key());
+        match exit {
+            ConsumerExit::ShardEnded => {
+                coordinator.forget(held);
+                true
+            }
+            ConsumerExit::Released => {
+                coordinator.forget(held);
+                false
+            }
+            ConsumerExit::Stopped => {
+                self.stopped.insert(held.key().to_owned(), held.clone());
+                false
+            }
+        }
+    }
+}
+
+/// Renews the worker's claim every renewal interval (sooner after a failure) until the worker
+/// stops.
 async fn renew_loop(coordinator: Arc<LeaseCoordinator>, mut shutdown: watch::Receiver<Shutdown>) {
-    let mut tick = tokio::time::interval(coordinator.config().renew_interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let interval = coordinator.config().renew_interval;
+    let mut next = Instant::now() + interval;
     loop {
         tokio::select! {
-            _ = tick.tick() => coordinator.renew_all().await,
+            biased;
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() == Shutdown::Immediate {
                     return;
                 }
+            }
+            _ = tokio::time::sleep_until(next) => {
+                let started = Instant::now();
+                let ok = coordinator.renew().await;
+                next = started + if ok { interval } else { interval / 4 };
             }
         }
     }

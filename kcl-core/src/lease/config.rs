@@ -1,0 +1,107 @@
+//! Lease timing and limits: [`LeaseConfig`] and how a worker proves it is alive ([`Renewal`]).
+//!
+//! Everything is derived from one number, the failover time: how long a lease may look untouched
+//! before other workers take it. The defaults follow Java KCL where it matters for compatibility
+//! (10 s failover, renewal every third of it) and differ where Java's choice is what its users
+//! complain about (a 20 s scan interval, so 20 to 40 s takeovers; no cooperative handoff).
+
+use std::time::Duration;
+
+/// How a worker shows the other workers that it is alive and still holds its leases.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Renewal {
+    /// One heartbeat row per worker in the lease table, written every `renew_interval` (the
+    /// default). Leases themselves are written only when they change hands or are checkpointed,
+    /// so the cost is one write per worker per interval however many leases it holds. Other
+    /// workers judge a lease expired when its owner's heartbeat stops changing.
+    #[default]
+    Heartbeat,
+    /// Every held lease is renewed (its counter incremented) every `renew_interval`, as Java KCL
+    /// does: one write per lease per interval. Use it while Java KCL workers share the same table
+    /// (a rolling migration), because they only understand per-lease counters.
+    PerLease,
+}
+
+/// Timing and limits of lease coordination.
+///
+/// Build it with [`LeaseConfig::with_failover`] (or [`Default`], 10 s) and adjust fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseConfig {
+    /// How long a worker's heartbeat (or, for owners without one, a lease's counter) may stay
+    /// unchanged before other workers consider its leases expired (Java KCL `failoverTimeMillis`,
+    /// default 10 s). Measured by each observer on its own monotonic clock.
+    pub failover_time: Duration,
+    /// How the worker renews its claim ([`Renewal::Heartbeat`] by default).
+    pub renewal: Renewal,
+    /// How often the heartbeat (or each lease) is renewed (default `failover_time / 3`).
+    pub renew_interval: Duration,
+    /// How often the lease table is scanned to notice expired, free, stolen and handed-over
+    /// leases (default `failover_time / 20`, 500 ms at the default failover). Takeover after a
+    /// crash takes at most `failover_time` plus one scan; a handoff about one scan.
+    pub take_interval: Duration,
+    /// The most leases one worker holds (default unlimited).
+    pub max_leases_for_worker: usize,
+    /// The most leases a worker asks other workers to hand over in one scan (default 32). A new
+    /// worker reaches its fair share in two scans while its deficit is at most this.
+    pub max_steals_per_cycle: usize,
+    /// How long a worker that asked for a lease waits for the owner to hand it over before taking
+    /// it without the owner's final checkpoint (default 30 s, as Java KCL 3.x). The wait ends
+    /// earlier if the owner is seen dead.
+    pub handoff_timeout: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self::with_failover(Duration::from_secs(10))
+    }
+}
+
+impl LeaseConfig {
+    /// Defaults derived from a failover time.
+    pub fn with_failover(failover_time: Duration) -> Self {
+        Self {
+            failover_time,
+            renewal: Renewal::default(),
+            renew_interval: failover_time / 3,
+            take_interval: failover_time / 20,
+            max_leases_for_worker: usize::MAX,
+            max_steals_per_cycle: 32,
+            handoff_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// How long before the failover time a worker stops using a lease it could not renew: half a
+    /// renewal interval, so it has stopped before any other worker may see the lease expire even
+    /// if the two clocks run at slightly different rates.
+    pub fn safety_margin(&self) -> Duration {
+        self.renew_interval / 2
+    }
+
+    /// How long after its last successful renewal a worker may still act on its leases.
+    pub fn validity(&self) -> Duration {
+        self.failover_time.saturating_sub(self.safety_margin())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_failover_time() {
+        let c = LeaseConfig::default();
+        assert_eq!(c.failover_time, Duration::from_secs(10));
+        assert_eq!(c.renewal, Renewal::Heartbeat);
+        assert_eq!(
+            c.renew_interval,
+            Duration::from_millis(3333) + Duration::from_nanos(333_333)
+        );
+        assert_eq!(c.take_interval, Duration::from_millis(500));
+        assert_eq!(c.max_leases_for_worker, usize::MAX);
+        // A worker stops using its leases before anyone may consider them expired.
+        assert!(c.validity() < c.failover_time);
+        assert!(c.validity() > c.renew_interval * 2);
+    }
+}

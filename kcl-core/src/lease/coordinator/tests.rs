@@ -1,0 +1,423 @@
+//! Coordinator unit tests on the in-memory table, under tokio's paused clock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::*;
+use crate::lease::{Expectation, InMemoryLeaseTable};
+use crate::record::{ExtendedSequenceNumber, SequenceNumber};
+
+const FAILOVER: Duration = Duration::from_secs(10);
+
+async fn table_with(keys: &[&str]) -> Arc<dyn LeaseTable> {
+    let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
+    for key in keys {
+        table
+            .create_if_absent(&Lease::new(*key, ExtendedSequenceNumber::TrimHorizon))
+            .await
+            .unwrap();
+    }
+    table
+}
+
+fn config() -> LeaseConfig {
+    LeaseConfig::with_failover(FAILOVER)
+}
+
+async fn worker(id: &str, table: &Arc<dyn LeaseTable>, config: LeaseConfig) -> LeaseCoordinator {
+    let c = LeaseCoordinator::new(id.into(), table.clone(), config);
+    assert!(c.renew().await, "first heartbeat");
+    c
+}
+
+fn keys(held: &[Arc<HeldLease>]) -> Vec<String> {
+    let mut keys: Vec<String> = held.iter().map(|h| h.key().to_owned()).collect();
+    keys.sort();
+    keys
+}
+
+async fn owner(table: &Arc<dyn LeaseTable>, key: &str) -> Option<String> {
+    table.get(key).await.unwrap().unwrap().owner
+}
+
+/// Advances the clock in renewal-sized steps, renewing `alive` workers and scanning `scanning`
+/// ones at every step, as their loops would.
+async fn run_for(total: Duration, alive: &[&LeaseCoordinator], scanning: &[&LeaseCoordinator]) {
+    let step = Duration::from_millis(500);
+    let mut elapsed = Duration::ZERO;
+    while elapsed < total {
+        tokio::time::advance(step).await;
+        elapsed += step;
+        for w in alive {
+            w.renew().await;
+        }
+        for w in scanning {
+            w.scan().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn takes_free_leases_up_to_the_fair_share() {
+    let table = table_with(&["a", "b", "c", "d"]).await;
+    let w1 = worker("w1", &table, config()).await;
+    // Alone, w1 takes everything.
+    assert_eq!(w1.scan().await.unwrap().len(), 4);
+    // A second worker counts both heartbeats: fair share 2, nothing free, so it asks w1 for two.
+    let w2 = worker("w2", &table, config()).await;
+    assert!(w2.scan().await.unwrap().is_empty());
+    assert_eq!(w2.stats().handoffs_requested, 2);
+    // A third scan by w2 asks for nothing more: the two pending handoffs count as its own.
+    w2.scan().await.unwrap();
+    assert_eq!(w2.stats().handoffs_requested, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_steal_is_a_handoff_the_owner_completes_after_its_checkpoint() {
+    let table = table_with(&["a", "b", "c", "d"]).await;
+    let w1 = worker("w1", &table, config()).await;
+    w1.scan().await.unwrap();
+    let w2 = worker("w2", &table, config()).await;
+    w2.scan().await.unwrap();
+    // The owner notices at its next scan; the two leases asked for are "handoff requested".
+    w1.scan().await.unwrap();
+    let asked: Vec<Arc<HeldLease>> = w1
+        .held()
+        .into_iter()
+        .filter(|h| h.status() == HeldStatus::HandoffRequested)
+        .collect();
+    assert_eq!(asked.len(), 2);
+    // Until the owner hands over, the requester does not start.
+    assert!(w2.poll_pending().await.unwrap().is_empty());
+    // The owner may still checkpoint (the marker names it), then hands over.
+    let position = ExtendedSequenceNumber::Sequence {
+        sequence: SequenceNumber::from_u128(42),
+        sub_sequence: 0,
+    };
+    for h in &asked {
+        h.write(&LeaseUpdate::checkpoint(position.clone(), None))
+            .await
+            .unwrap();
+        h.release(None).await.unwrap();
+        assert!(h.is_lost());
+    }
+    let received = w2.poll_pending().await.unwrap();
+    assert_eq!(keys(&received), keys(&asked));
+    for h in &received {
+        let lease = h.lease().await;
+        assert_eq!(lease.owner.as_deref(), Some("w2"));
+        assert_eq!(lease.checkpoint_owner, None);
+        assert_eq!(
+            lease.checkpoint, position,
+            "starts right after the checkpoint"
+        );
+    }
+    assert_eq!(w2.stats().handoffs_received, 2);
+    assert!(!w2.has_pending());
+    // Balanced: further scans move nothing.
+    w1.scan().await.unwrap();
+    w2.scan().await.unwrap();
+    assert_eq!(w1.held().len(), 2);
+    assert_eq!(w2.held().len(), 2);
+    assert_eq!(w2.stats().handoffs_requested, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_is_observed_on_the_local_clock() {
+    let table = table_with(&["a"]).await;
+    let dead = worker("dead", &table, config()).await;
+    dead.scan().await.unwrap();
+    let w = worker("w", &table, config()).await;
+    // First sighting: not expired, however old the heartbeat really is.
+    assert!(w.scan().await.unwrap().is_empty());
+    // The owner keeps renewing: never expired.
+    run_for(Duration::from_secs(30), &[&dead, &w], &[&w]).await;
+    assert!(w.held().is_empty());
+    assert_eq!(owner(&table, "a").await.as_deref(), Some("dead"));
+    // The owner stops: taken only after its heartbeat was still for the failover time.
+    run_for(FAILOVER - Duration::from_secs(1), &[&w], &[&w]).await;
+    assert!(w.held().is_empty());
+    run_for(Duration::from_secs(2), &[&w], &[&w]).await;
+    assert_eq!(keys(&w.held()), ["a"]);
+    assert_eq!(w.stats().taken_expired, 1);
+    let lease = table.get("a").await.unwrap().unwrap();
+    assert_eq!(lease.owner.as_deref(), Some("w"));
+    assert_eq!(lease.owner_switches_since_checkpoint, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zombie_stops_before_others_may_take_over_and_is_fenced_after() {
+    let table = table_with(&["a"]).await;
+    let zombie = worker("zombie", &table, config()).await;
+    zombie.scan().await.unwrap();
+    let held = zombie.held().pop().unwrap();
+    let w = worker("w", &table, config()).await;
+    w.scan().await.unwrap();
+    // The zombie is paused: no renewals. Its claim lapses before anyone may take the lease.
+    let mut advanced = Duration::ZERO;
+    while held.is_valid() {
+        run_for(Duration::from_millis(500), &[&w], &[&w]).await;
+        advanced += Duration::from_millis(500);
+        assert!(w.held().is_empty(), "taken while the owner could still act");
+    }
+    assert!(advanced < FAILOVER);
+    run_for(FAILOVER, &[&w], &[&w]).await;
+    assert_eq!(keys(&w.held()), ["a"]);
+    // The zombie resumes: its renewal drops the lease; a late checkpoint is refused.
+    zombie.renew().await;
+    assert!(held.is_lost());
+    let late = held
+        .write(&LeaseUpdate::checkpoint(
+            ExtendedSequenceNumber::Sequence {
+                sequence: SequenceNumber::from_u128(1),
+                sub_sequence: 0,
+            },
+            None,
+        ))
+        .await;
+    assert!(matches!(late, Err(HeldWriteError::Lost(_))), "{late:?}");
+    let lease = table.get("a").await.unwrap().unwrap();
+    assert_eq!(lease.checkpoint, ExtendedSequenceNumber::TrimHorizon);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_racing_a_take_is_rejected_by_the_store() {
+    let table = table_with(&["a"]).await;
+    let old = worker("old", &table, config()).await;
+    old.scan().await.unwrap();
+    let held = old.held().pop().unwrap();
+    // Someone takes the lease directly (as after an expiry the old owner did not notice).
+    let current = table.get("a").await.unwrap().unwrap();
+    table.take(&current, "new").await.unwrap();
+    let result = held
+        .write(&LeaseUpdate::checkpoint(
+            ExtendedSequenceNumber::ShardEnd,
+            None,
+        ))
+        .await;
+    assert!(matches!(result, Err(HeldWriteError::Lost(_))));
+    assert!(!table.get("a").await.unwrap().unwrap().is_finished());
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_lease_renewal_judges_by_the_lease_counter() {
+    let mut c = config();
+    c.renewal = Renewal::PerLease;
+    let table = table_with(&["a"]).await;
+    let dead = worker("dead", &table, c.clone()).await;
+    dead.scan().await.unwrap();
+    let w = worker("w", &table, c.clone()).await;
+    w.scan().await.unwrap();
+    // Renewals move the lease counter: never expired while they go on.
+    run_for(Duration::from_secs(30), &[&dead, &w], &[&w]).await;
+    assert!(w.held().is_empty());
+    assert!(
+        table.get("a").await.unwrap().unwrap().counter > 5,
+        "renewed per lease"
+    );
+    assert!(
+        table
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .all(|l| l.heartbeat_of().is_none())
+    );
+    run_for(FAILOVER + Duration::from_secs(1), &[&w], &[&w]).await;
+    assert_eq!(keys(&w.held()), ["a"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn finished_leases_and_blocked_children_are_not_taken() {
+    let table = table_with(&[]).await;
+    let mut parent = Lease::new("parent", ExtendedSequenceNumber::TrimHorizon);
+    parent.owner = Some("other".into());
+    table.create_if_absent(&parent).await.unwrap();
+    let child = Lease::new("child", ExtendedSequenceNumber::TrimHorizon).with_parents(["parent"]);
+    table.create_if_absent(&child).await.unwrap();
+    let done = Lease::new("done", ExtendedSequenceNumber::ShardEnd);
+    table.create_if_absent(&done).await.unwrap();
+    let w = worker("w", &table, config()).await;
+    let taken = w.scan().await.unwrap();
+    assert!(taken.is_empty(), "took {:?}", keys(&taken));
+    // Parent finishes: the child becomes available.
+    let p = table.get("parent").await.unwrap().unwrap();
+    table
+        .checkpoint(&p, ExtendedSequenceNumber::ShardEnd)
+        .await
+        .unwrap();
+    assert_eq!(keys(&w.scan().await.unwrap()), ["child"]);
+}
+
+/// A table whose writes fail while `failing` is set.
+#[derive(Debug)]
+struct Failing {
+    inner: Arc<dyn LeaseTable>,
+    failing: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl LeaseTable for Failing {
+    async fn create_if_absent(&self, l: &Lease) -> Result<bool, LeaseError> {
+        self.inner.create_if_absent(l).await
+    }
+    async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
+        self.inner.list().await
+    }
+    async fn get(&self, k: &str) -> Result<Option<Lease>, LeaseError> {
+        self.inner.get(k).await
+    }
+    async fn update(&self, k: &str, e: &Expectation, u: &LeaseUpdate) -> Result<Lease, LeaseError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(LeaseError::Unavailable("injected".into()));
+        }
+        self.inner.update(k, e, u).await
+    }
+    async fn delete(&self, k: &str, e: &Expectation) -> Result<(), LeaseError> {
+        self.inner.delete(k, e).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_cannot_renew_drops_its_leases_in_time() {
+    for renewal in [Renewal::Heartbeat, Renewal::PerLease] {
+        let mut c = config();
+        c.renewal = renewal;
+        let inner = table_with(&["a"]).await;
+        let failing = Arc::new(Failing {
+            inner,
+            failing: AtomicBool::new(false),
+        });
+        let table: Arc<dyn LeaseTable> = failing.clone();
+        let w = worker("w", &table, c.clone()).await;
+        w.scan().await.unwrap();
+        let held = w.held().pop().unwrap();
+        failing.failing.store(true, Ordering::SeqCst);
+        tokio::time::advance(c.renew_interval).await;
+        assert!(!w.renew().await);
+        assert!(
+            held.is_valid(),
+            "{renewal:?}: one failed renewal keeps the lease"
+        );
+        tokio::time::advance(c.validity() - c.renew_interval).await;
+        w.renew().await;
+        assert!(
+            held.is_lost(),
+            "{renewal:?}: past the validity the lease is dropped"
+        );
+        assert!(w.held().is_empty());
+        assert_eq!(w.stats().lost, 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaving_worker_hands_its_leases_to_the_least_loaded_live_worker() {
+    let table = table_with(&["a", "b", "c", "d"]).await;
+    let w1 = worker("w1", &table, config()).await;
+    w1.scan().await.unwrap();
+    let w2 = worker("w2", &table, config()).await;
+    let w3 = worker("w3", &table, config()).await;
+    // w2 takes one lease from w1 by a completed handoff; w3 holds nothing.
+    {
+        let a = table.get("a").await.unwrap().unwrap();
+        table.request_handoff(&a, "w2").await.unwrap();
+        w1.scan().await.unwrap();
+        let held = w1.held().into_iter().find(|h| h.key() == "a").unwrap();
+        held.release(None).await.unwrap();
+        w2.scan().await.unwrap();
+    }
+    assert_eq!(keys(&w2.held()), ["a"]);
+    w1.scan().await.unwrap();
+    // w1 leaves: its three leases go to w3 (0), w2 (1), then w3 again.
+    w1.begin_leaving().await;
+    let mut given = Vec::new();
+    for held in w1.held() {
+        let successor = w1.successor_for(held.key());
+        held.release(successor.as_deref()).await.unwrap();
+        given.push(successor.unwrap());
+    }
+    given.sort();
+    assert_eq!(given, ["w2", "w3", "w3"]);
+    // The others count w1 out as soon as it announced leaving.
+    let (_, live) = w2.candidates(&View::new(&table.list().await.unwrap()), Instant::now());
+    assert_eq!(live, 2);
+    w1.finish().await;
+    assert!(table.get("kcl-rs/worker/w1").await.unwrap().is_none());
+    // The successors find the leases in their names.
+    w2.scan().await.unwrap();
+    w3.scan().await.unwrap();
+    assert_eq!(w2.held().len() + w3.held().len(), 4);
+    assert_eq!(w3.held().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handoff_from_a_dead_owner_completes_after_the_failover_time() {
+    let table = table_with(&["a", "b"]).await;
+    let w1 = worker("w1", &table, config()).await;
+    w1.scan().await.unwrap();
+    let w2 = worker("w2", &table, config()).await;
+    w2.scan().await.unwrap();
+    assert!(w2.has_pending());
+    // w1 dies without handing over. w2 keeps waiting while w1 looks alive, then takes it.
+    run_for(FAILOVER - Duration::from_secs(1), &[&w2], &[&w2]).await;
+    assert!(w2.held().is_empty());
+    run_for(Duration::from_secs(2), &[&w2], &[&w2]).await;
+    assert_eq!(w2.stats().handoffs_forced, 1);
+    // ... and the other lease as expired.
+    assert_eq!(keys(&w2.held()), ["a", "b"]);
+    let lease = table
+        .get(&w2.held()[0].lease().await.key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.checkpoint_owner, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeat_rows_of_long_stopped_workers_are_removed() {
+    let table = table_with(&[]).await;
+    let gone = worker("gone", &table, config()).await;
+    let w = worker("w", &table, config()).await;
+    w.scan().await.unwrap();
+    drop(gone);
+    run_for(2 * FAILOVER - Duration::from_secs(1), &[&w], &[&w]).await;
+    assert!(table.get("kcl-rs/worker/gone").await.unwrap().is_some());
+    run_for(Duration::from_secs(2), &[&w], &[&w]).await;
+    assert!(table.get("kcl-rs/worker/gone").await.unwrap().is_none());
+    assert!(table.get("kcl-rs/worker/w").await.unwrap().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn leases_of_a_worker_whose_heartbeat_row_vanished_are_free_at_once() {
+    let table = table_with(&["a", "b"]).await;
+    let gone = worker("gone", &table, config()).await;
+    gone.scan().await.unwrap();
+    let w = worker("w", &table, config()).await;
+    w.scan().await.unwrap();
+    assert_eq!(w.stats().handoffs_requested, 1, "asked for its share");
+    // The worker left without letting its leases go (say its releases failed): its row is gone.
+    let row = table.get("kcl-rs/worker/gone").await.unwrap().unwrap();
+    table.delete(&row.key, &row.expectation()).await.unwrap();
+    tokio::time::advance(Duration::from_millis(500)).await;
+    w.renew().await;
+    w.scan().await.unwrap();
+    assert_eq!(
+        keys(&w.held()),
+        ["a", "b"],
+        "no failover wait for a departed worker"
+    );
+    // A worker never seen with a row (a Java KCL worker) is judged by its lease counter instead.
+    let table = table_with(&["j"]).await;
+    let j = table.get("j").await.unwrap().unwrap();
+    table.take(&j, "java-worker").await.unwrap();
+    let w = worker("w", &table, config()).await;
+    w.scan().await.unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    w.renew().await;
+    w.scan().await.unwrap();
+    assert!(
+        w.held().is_empty(),
+        "a Java lease is not taken before its counter is stale"
+    );
+    run_for(FAILOVER + Duration::from_secs(1), &[&w], &[&w]).await;
+    assert_eq!(keys(&w.held()), ["j"]);
+}

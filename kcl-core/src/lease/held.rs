@@ -1,0 +1,243 @@
+//! A lease this worker holds: the only way the worker writes to it.
+//!
+//! A [`HeldLease`] is shared by the coordinator (which notices from its scans that the lease was
+//! taken or that a handoff was requested) and the shard's consumer and checkpointer (which write
+//! checkpoints and finally release it). All writes go through one async mutex, conditional on the
+//! counter last written, so a renewal and a checkpoint never race each other into a spurious
+//! condition failure, and a worker that lost the lease can never overwrite the new owner's state.
+//!
+//! **Handoff.** When another worker asks for the lease (it writes itself as owner and this worker
+//! as `checkpoint_owner`, see [`super::LeaseTableExt::request_handoff`]), this worker's next write
+//! fails its condition. Seeing itself named as `checkpoint_owner`, the worker adopts the new
+//! counter and retries: it may still checkpoint the batch it is finishing, and its release clears
+//! the marker instead of the owner. Nothing else lets a former owner write.
+//!
+//! **Validity.** A lease may only be acted on while the worker's claim is fresh: its heartbeat
+//! (or, with [`super::Renewal::PerLease`], this lease's own last write) succeeded less than
+//! [`super::LeaseConfig::validity`] ago. The consumer checks [`HeldLease::is_valid`] before every
+//! batch, so a worker that was paused or cut off stops before anyone else may take over.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::liveness::Liveness;
+use super::{Lease, LeaseError, LeaseTable, LeaseTableExt, LeaseUpdate};
+
+/// Where a held lease stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeldStatus {
+    /// Ours to process and checkpoint.
+    Held,
+    /// Another worker asked for it: finish the batch, checkpoint, hand it over.
+    HandoffRequested,
+    /// No longer ours (taken, released, handed over, or our claim went stale).
+    Lost,
+}
+
+/// The outcome of a write to a held lease.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HeldWriteError {
+    /// The lease is no longer ours.
+    #[error("lease {0} is no longer held")]
+    Lost(String),
+    /// The store failed; the lease may still be held.
+    #[error(transparent)]
+    Store(LeaseError),
+}
+
+/// Why a single write attempt did not succeed.
+enum Attempt {
+    /// A handoff was requested; the lease now reflects the new owner's row. Retry.
+    Adopted,
+    Failed(HeldWriteError),
+}
+
+/// A lease this worker holds. See the [module docs](self).
+pub(crate) struct HeldLease {
+    key: String,
+    worker_id: String,
+    pub(crate) table: Arc<dyn LeaseTable>,
+    state: tokio::sync::Mutex<Lease>,
+    /// When the last successful write to this lease was sent.
+    written_at: Mutex<Instant>,
+    liveness: Arc<Liveness>,
+    status: watch::Sender<HeldStatus>,
+}
+
+impl std::fmt::Debug for HeldLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldLease")
+            .field("key", &self.key)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl HeldLease {
+    /// Holds `lease`, as last written or read by this worker at `written_at`.
+    pub(crate) fn new(
+        table: Arc<dyn LeaseTable>,
+        lease: Lease,
+        liveness: Arc<Liveness>,
+        written_at: Instant,
+    ) -> Arc<Self> {
+        let (status, _) = watch::channel(HeldStatus::Held);
+        Arc::new(Self {
+            key: lease.key.clone(),
+            worker_id: liveness.worker_id().to_owned(),
+            table,
+            state: tokio::sync::Mutex::new(lease),
+            written_at: Mutex::new(written_at),
+            liveness,
+            status,
+        })
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn status(&self) -> HeldStatus {
+        *self.status.borrow()
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.status() == HeldStatus::Lost
+    }
+
+    /// Whether the worker may still act on this lease: not lost, and the claim is fresh.
+    pub(crate) fn is_valid(&self) -> bool {
+        !self.is_lost() && self.liveness.is_valid(self.written_at())
+    }
+
+    pub(crate) fn mark_lost(&self) {
+        self.status.send_replace(HeldStatus::Lost);
+    }
+
+    /// Records that another worker asked for this lease (seen by a scan).
+    pub(crate) fn note_handoff_requested(&self) {
+        self.status.send_if_modified(|s| {
+            if *s == HeldStatus::Held {
+                *s = HeldStatus::HandoffRequested;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Follows the status.
+    pub(crate) fn watch(&self) -> watch::Receiver<HeldStatus> {
+        self.status.subscribe()
+    }
+
+    pub(crate) fn written_at(&self) -> Instant {
+        *self.written_at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) async fn lease(&self) -> Lease {
+        self.state.lock().await.clone()
+    }
+
+    /// Applies `update` to the held lease, conditional on the counter we hold.
+    pub(crate) async fn write(&self, update: &LeaseUpdate) -> Result<Lease, HeldWriteError> {
+        let mut lease = self.state.lock().await;
+        match self.attempt(&mut lease, update).await {
+            Ok(written) => Ok(written),
+            // The lease now carries the requesting worker's counter: one more try.
+            Err(Attempt::Adopted) => match self.attempt(&mut lease, update).await {
+                Ok(written) => Ok(written),
+                Err(Attempt::Adopted) => {
+                    self.mark_lost();
+                    Err(HeldWriteError::Lost(self.key.clone()))
+                }
+                Err(Attempt::Failed(error)) => Err(error),
+            },
+            Err(Attempt::Failed(error)) => Err(error),
+        }
+    }
+
+    /// Renews the lease (per-lease renewal) unless written within `min_age` or being handed over.
+    pub(crate) async fn renew(&self, min_age: std::time::Duration) -> Result<(), HeldWriteError> {
+        if self.status() != HeldStatus::Held || self.written_at().elapsed() < min_age {
+            return Ok(());
+        }
+        self.write(&LeaseUpdate::default()).await.map(|_| ())
+    }
+
+    /// Lets the lease go after the shard's last checkpoint: hands it over to the worker that asked
+    /// for it, or gives it to `successor`, or makes it unowned. Afterwards it is no longer held,
+    /// whatever the outcome.
+    pub(crate) async fn release(&self, successor: Option<&str>) -> Result<(), HeldWriteError> {
+        let mut lease = self.state.lock().await;
+        let mut adoptions = 0;
+        let result = loop {
+            if self.is_lost() {
+                break Err(HeldWriteError::Lost(self.key.clone()));
+            }
+            let update = if self.status() == HeldStatus::HandoffRequested {
+                LeaseUpdate::hand_over()
+            } else {
+                LeaseUpdate::release(&lease, successor)
+            };
+            match self.attempt(&mut lease, &update).await {
+                Ok(_) => break Ok(()),
+                Err(Attempt::Adopted) if adoptions == 0 => adoptions += 1,
+                Err(Attempt::Adopted) => break Err(HeldWriteError::Lost(self.key.clone())),
+                Err(Attempt::Failed(error)) => break Err(error),
+            }
+        };
+        self.mark_lost();
+        result
+    }
+
+    /// One conditional write of `update` on `lease` (the locked state).
+    async fn attempt(&self, lease: &mut Lease, update: &LeaseUpdate) -> Result<Lease, Attempt> {
+        if self.is_lost() {
+            return Err(Attempt::Failed(HeldWriteError::Lost(self.key.clone())));
+        }
+        let sent = Instant::now();
+        match self.table.write_reconciled(lease, update).await {
+            Ok(written) => {
+                *lease = written.clone();
+                *self.written_at.lock().unwrap_or_else(|p| p.into_inner()) = sent;
+                Ok(written)
+            }
+            Err(LeaseError::ConditionFailed { current, .. }) => {
+                let current = match current {
+                    Some(current) => Some(*current),
+                    None => self
+                        .table
+                        .get(&self.key)
+                        .await
+                        .map_err(|e| Attempt::Failed(HeldWriteError::Store(e)))?,
+                };
+                match current {
+                    Some(current) if self.is_asked_to_hand_over(&current) => {
+                        tracing::debug!(lease = %self.key, new_owner = ?current.owner, "handoff requested");
+                        *lease = current;
+                        self.note_handoff_requested();
+                        Err(Attempt::Adopted)
+                    }
+                    _ => {
+                        self.mark_lost();
+                        Err(Attempt::Failed(HeldWriteError::Lost(self.key.clone())))
+                    }
+                }
+            }
+            Err(LeaseError::NotFound(_)) => {
+                self.mark_lost();
+                Err(Attempt::Failed(HeldWriteError::Lost(self.key.clone())))
+            }
+            Err(other) => Err(Attempt::Failed(HeldWriteError::Store(other))),
+        }
+    }
+
+    /// Whether `current` is another worker's request that we hand this lease over.
+    fn is_asked_to_hand_over(&self, current: &Lease) -> bool {
+        !current.is_owned_by(&self.worker_id)
+            && current.checkpoint_owner.as_deref() == Some(self.worker_id.as_str())
+    }
+}

@@ -1,0 +1,253 @@
+//! This worker's own liveness: its heartbeat row and how long it may act on its leases.
+//!
+//! With [`Renewal::Heartbeat`] the worker increments the counter of its heartbeat row
+//! ([`Lease::worker_heartbeat`]) every renewal interval. The instant a successful heartbeat was
+//! *sent* bounds when any other worker can have seen it, so the worker may act on its leases until
+//! that instant plus [`LeaseConfig::validity`] (the failover time minus a safety margin): by then it
+//! has stopped, before any observer, counting on its own clock, may consider the heartbeat stale.
+//!
+//! The row also says whether the worker is *leaving* (graceful shutdown in progress): its owner is
+//! cleared while the counter keeps moving, so others stop counting it for balancing and never hand
+//! it leases, but do not consider its leases expired.
+//!
+//! With [`Renewal::PerLease`] there is no row; each lease's own last write is its proof of life.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::config::{LeaseConfig, Renewal};
+use super::{Expectation, Lease, LeaseError, LeaseTable, LeaseTableExt, LeaseUpdate};
+
+/// When this worker's claim on its leases was last renewed, and how long that lasts.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    worker_id: String,
+    renewal: Renewal,
+    validity: Duration,
+    /// Send instant of the last successful heartbeat (heartbeat mode).
+    heartbeat_sent: Mutex<Option<Instant>>,
+}
+
+impl Liveness {
+    pub(crate) fn new(worker_id: &str, config: &LeaseConfig) -> Self {
+        Self {
+            worker_id: worker_id.to_owned(),
+            renewal: config.renewal,
+            validity: config.validity(),
+            heartbeat_sent: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    fn last_heartbeat(&self) -> Option<Instant> {
+        *self
+            .heartbeat_sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record_heartbeat(&self, sent: Instant) {
+        let mut last = self
+            .heartbeat_sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|l| l < sent) {
+            *last = Some(sent);
+        }
+    }
+
+    /// Whether a lease last written at `lease_written_at` may still be acted on.
+    pub(crate) fn is_valid(&self, lease_written_at: Instant) -> bool {
+        let renewed = match self.renewal {
+            Renewal::Heartbeat => match self.last_heartbeat() {
+                Some(at) => at,
+                None => return false,
+            },
+            Renewal::PerLease => lease_written_at,
+        };
+        Instant::now() < renewed + self.validity
+    }
+
+    /// Whether the worker as a whole may take and hold leases now.
+    pub(crate) fn is_alive(&self) -> bool {
+        match self.renewal {
+            Renewal::Heartbeat => self
+                .last_heartbeat()
+                .is_some_and(|at| Instant::now() < at + self.validity),
+            Renewal::PerLease => true,
+        }
+    }
+}
+
+/// This worker's heartbeat row, as last written.
+#[derive(Debug, Default)]
+pub(crate) struct Heartbeat {
+    row: tokio::sync::Mutex<Option<Lease>>,
+}
+
+impl Heartbeat {
+    /// Writes one heartbeat (creating the row if needed); records success in `liveness`.
+    /// `leaving` clears the row's owner (graceful shutdown in progress).
+    pub(crate) async fn beat(
+        &self,
+        table: &dyn LeaseTable,
+        liveness: &Liveness,
+        leaving: bool,
+    ) -> Result<(), LeaseError> {
+        let mut row = self.row.lock().await;
+        let me = liveness.worker_id();
+        // At most three steps: create or read the row, then write it.
+        for _ in 0..3 {
+            let sent = Instant::now();
+            let Some(current) = row.as_ref() else {
+                let fresh = Lease::worker_heartbeat(me);
+                if table.create_if_absent(&fresh).await? {
+                    debug!("heartbeat row created");
+                    liveness.record_heartbeat(sent);
+                    *row = Some(fresh);
+                    if !leaving {
+                        return Ok(());
+                    }
+                } else {
+                    // Left by an earlier run with this worker id (or deleted and re-created
+                    // concurrently): adopt it with the next write.
+                    *row = table.get(&fresh.key).await?;
+                }
+                continue;
+            };
+            let owner = if leaving { None } else { Some(me.to_owned()) };
+            let update = LeaseUpdate {
+                owner: (current.owner != owner).then_some(owner),
+                ..LeaseUpdate::default()
+            };
+            match table.write_reconciled(current, &update).await {
+                Ok(written) => {
+                    liveness.record_heartbeat(sent);
+                    *row = Some(written);
+                    return Ok(());
+                }
+                Err(LeaseError::NotFound(_)) => {
+                    info!("heartbeat row was removed as stale; re-creating it");
+                    *row = None;
+                }
+                Err(LeaseError::ConditionFailed { current, .. }) => {
+                    warn!(
+                        worker_id = me,
+                        "heartbeat row changed by someone else: is this worker id used by two \
+                         processes at once?"
+                    );
+                    *row = current.map(|c| *c);
+                    if row.is_none() {
+                        *row = table.get(&Lease::worker_heartbeat(me).key).await?;
+                    }
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(LeaseError::Unavailable(
+            "heartbeat row kept changing under this worker".to_owned(),
+        ))
+    }
+
+    /// Deletes the heartbeat row (graceful shutdown, after every lease was let go).
+    pub(crate) async fn remove(&self, table: &dyn LeaseTable) -> Result<(), LeaseError> {
+        let mut row = self.row.lock().await;
+        let Some(current) = row.take() else {
+            return Ok(());
+        };
+        let expect = Expectation {
+            counter: Some(current.counter),
+            owner: Some(current.owner.clone()),
+        };
+        match table.delete(&current.key, &expect).await {
+            Ok(()) | Err(LeaseError::NotFound(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::InMemoryLeaseTable;
+
+    fn config() -> LeaseConfig {
+        LeaseConfig::with_failover(Duration::from_secs(10))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_is_valid_for_the_failover_time_minus_the_margin() {
+        let table = InMemoryLeaseTable::new();
+        let liveness = Liveness::new("w", &config());
+        assert!(!liveness.is_alive(), "no heartbeat yet");
+        let heartbeat = Heartbeat::default();
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        assert!(liveness.is_alive());
+        let row = table.get("kcl-rs/worker/w").await.unwrap().unwrap();
+        assert_eq!(row.owner.as_deref(), Some("w"));
+        assert!(row.is_finished(), "a heartbeat row never looks like work");
+        tokio::time::advance(config().validity() - Duration::from_millis(1)).await;
+        assert!(liveness.is_alive());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!liveness.is_alive());
+        // The next beat increments the counter and restores liveness.
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        assert!(liveness.is_alive());
+        assert_eq!(
+            table.get("kcl-rs/worker/w").await.unwrap().unwrap().counter,
+            1
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leaving_clears_the_owner_and_remove_deletes_the_row() {
+        let table = InMemoryLeaseTable::new();
+        let liveness = Liveness::new("w", &config());
+        let heartbeat = Heartbeat::default();
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        heartbeat.beat(&table, &liveness, true).await.unwrap();
+        let row = table.get("kcl-rs/worker/w").await.unwrap().unwrap();
+        assert_eq!(row.owner, None);
+        heartbeat.remove(&table).await.unwrap();
+        assert!(table.get("kcl-rs/worker/w").await.unwrap().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_row_left_by_an_earlier_run_is_adopted_and_a_removed_row_recreated() {
+        let table = InMemoryLeaseTable::new();
+        let mut old = Lease::worker_heartbeat("w");
+        old.counter = 41;
+        old.owner = None;
+        table.create_if_absent(&old).await.unwrap();
+        let liveness = Liveness::new("w", &config());
+        let heartbeat = Heartbeat::default();
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        let row = table.get("kcl-rs/worker/w").await.unwrap().unwrap();
+        assert_eq!((row.counter, row.owner.as_deref()), (42, Some("w")));
+        // Someone removed it as stale: the next beat re-creates it.
+        table
+            .delete(&row.key, &Expectation::default())
+            .await
+            .unwrap();
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        assert!(table.get("kcl-rs/worker/w").await.unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_lease_renewal_judges_each_lease_by_its_own_last_write() {
+        let mut c = config();
+        c.renewal = Renewal::PerLease;
+        let liveness = Liveness::new("w", &c);
+        assert!(liveness.is_alive());
+        let written = Instant::now();
+        assert!(liveness.is_valid(written));
+        tokio::time::advance(c.validity()).await;
+        assert!(!liveness.is_valid(written));
+    }
+}

@@ -1,0 +1,394 @@
+//! Lease-coordination scenarios, written once and run against every lease store.
+//!
+//! Each scenario runs several workers on one in-memory Kinesis model, each worker with its own
+//! lease-table handle from a [`Tables`] factory (its own SQLite connection, its own DynamoDB
+//! client), so the stores' real concurrency is exercised. The scenarios wait for events (records
+//! seen, leases moved), never for fixed times, so they run under tokio's paused clock for the
+//! in-memory and SQLite tables and in real time against a DynamoDB server.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kcl_core::lease::{LeaseConfig, LeaseTable};
+use kcl_core::model::{KinesisModel, ModelConfig};
+use kcl_core::shard_sync::InitialPosition;
+use kcl_core::worker::{CheckpointCadence, Worker, WorkerHandle, WorkerStatus};
+
+use crate::{Faults, Recorder, RecordingProcessor, assert_order_per_key};
+
+/// Opens a new handle on the shared lease table (one per worker).
+pub type Tables =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Arc<dyn LeaseTable>> + Send>> + Send + Sync>;
+
+/// Wraps a table that is shared as is (the in-memory table) into a [`Tables`] factory.
+pub fn shared(table: Arc<dyn LeaseTable>) -> Tables {
+    Arc::new(move || {
+        let table = table.clone();
+        Box::pin(async move { table })
+    })
+}
+
+const STREAM: &str = "orders";
+
+/// A worker started by a [`Cluster`].
+struct Member {
+    handle: WorkerHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Several workers of one application on one model and one lease table.
+pub struct Cluster {
+    /// The stream model.
+    pub model: Arc<KinesisModel>,
+    /// Everything the processors saw.
+    pub recorder: Arc<Recorder>,
+    tables: Tables,
+    lease: LeaseConfig,
+    /// Checkpoint cadence of the workers started from now on.
+    pub cadence: CheckpointCadence,
+    /// Bound for every wait (virtual or real time).
+    pub bound: Duration,
+    members: BTreeMap<String, Member>,
+}
+
+impl Cluster {
+    /// A stream of `shards` shards and no workers yet; `failover` sets the lease timings.
+    pub fn new(tables: Tables, shards: u32, failover: Duration) -> Self {
+        crate::init_tracing();
+        let model = KinesisModel::new(ModelConfig::new());
+        model.create_stream(STREAM, shards).expect("create stream");
+        Self {
+            model,
+            recorder: Recorder::new(),
+            tables,
+            lease: LeaseConfig::with_failover(failover),
+            cadence: CheckpointCadence {
+                every_records: Some(20),
+                every_interval: Some(Duration::from_secs(1)),
+            },
+            bound: failover * 60,
+            members: BTreeMap::new(),
+        }
+    }
+
+    /// Starts worker `name`.
+    pub async fn start(&mut self, name: &str) {
+        let table = (self.tables)().await;
+        let factory = RecordingProcessor::factory(name, self.recorder.clone(), Faults::default());
+        let worker = Worker::builder(factory)
+            .application_name("app")
+            .stream(STREAM)
+            .worker_id(name)
+            .backend(self.model.clone())
+            .lease_table(table)
+            .initial_position(InitialPosition::TrimHorizon)
+            .lease_config(self.lease.clone())
+            .checkpoint_cadence(self.cadence)
+            .shard_sync_interval(self.lease.failover_time)
+            .parent_poll_interval(self.lease.take_interval)
+            .build()
+            .expect("valid worker configuration");
+        let handle = worker.handle();
+        let task = tokio::spawn(async move { worker.run().await.expect("worker run") });
+        self.members
+            .insert(name.to_owned(), Member { handle, task });
+    }
+
+    /// Stops worker `name` gracefully and waits for it.
+    pub async fn stop(&mut self, name: &str) {
+        let member = self.members.remove(name).expect("running worker");
+        member.handle.shutdown();
+        crate::within(self.bound, "graceful shutdown", member.task)
+            .await
+            .expect("worker task");
+    }
+
+    /// Kills worker `name`: its task is aborted, nothing is released or checkpointed.
+    pub async fn kill(&mut self, name: &str) {
+        let member = self.members.remove(name).expect("running worker");
+        member.task.abort();
+        let _ = member.task.await;
+    }
+
+    /// Worker `name`'s status.
+    pub fn status(&self, name: &str) -> WorkerStatus {
+        self.members[name].handle.status()
+    }
+
+    /// How many leases worker `name` holds.
+    pub fn held(&self, name: &str) -> usize {
+        self.status(name).held_leases.len()
+    }
+
+    /// Waits until `done` holds, checking every scan interval.
+    pub async fn wait_for(&self, what: &str, mut done: impl FnMut(&Self) -> bool) {
+        let step = self.lease.take_interval;
+        crate::within(self.bound, what, async {
+            while !done(self) {
+                tokio::time::sleep(step).await;
+            }
+        })
+        .await;
+    }
+
+    /// Produces `count` records over `keys` partition keys, `per_step` every scan interval, so
+    /// production overlaps whatever the scenario does meanwhile. Returns the records produced.
+    pub fn produce_in_background(
+        &self,
+        keys: usize,
+        count: usize,
+        per_step: usize,
+    ) -> tokio::task::JoinHandle<Vec<(String, Bytes)>> {
+        let model = self.model.clone();
+        let step = self.lease.take_interval;
+        tokio::spawn(async move {
+            let mut produced = Vec::with_capacity(count);
+            while produced.len() < count {
+                let n = per_step.min(count - produced.len());
+                produced.extend(crate::produce(&model, STREAM, keys, n, produced.len()));
+                tokio::time::sleep(step).await;
+            }
+            produced
+        })
+    }
+
+    /// Waits until every record of `produced` was delivered at least once.
+    pub async fn wait_all_delivered(&self, produced: &[(String, Bytes)]) {
+        let want: HashSet<Bytes> = produced.iter().map(|(_, d)| d.clone()).collect();
+        crate::within(
+            self.bound,
+            "every record delivered",
+            self.recorder.wait_until(self.bound, |r| {
+                let seen: HashSet<Bytes> = r.seen().into_iter().map(|s| s.data).collect();
+                want.is_subset(&seen)
+            }),
+        )
+        .await;
+    }
+
+    /// Deliveries beyond the first of each record.
+    pub fn duplicates(&self) -> usize {
+        let seen = self.recorder.seen();
+        let distinct: HashSet<&Bytes> = seen.iter().map(|s| &s.data).collect();
+        seen.len() - distinct.len()
+    }
+
+    /// Stops every worker gracefully.
+    pub async fn stop_all(&mut self) {
+        let names: Vec<String> = self.members.keys().cloned().collect();
+        for name in names {
+            self.stop(&name).await;
+        }
+    }
+}
+
+/// A worker is killed mid-stream: the survivor takes its shards over after the failover time
+/// and processes every record; re-deliveries are confined to the dead worker's shards and
+/// bounded by the checkpoint cadence.
+pub async fn takeover_after_a_crash(tables: Tables, failover: Duration) {
+    let mut cluster = Cluster::new(tables, 4, failover);
+    cluster.start("w1").await;
+    cluster.start("w2").await;
+    cluster
+        .wait_for("two workers balanced", |c| {
+            c.held("w1") == 2 && c.held("w2") == 2
+        })
+        .await;
+    let producer = cluster.produce_in_background(20, 400, 10);
+    cluster
+        .recorder
+        .wait_until(cluster.bound, |r| r.seen().iter().any(|s| s.worker == "w1"))
+        .await;
+    let w1_shards: HashSet<String> = cluster.status("w1").held_leases.into_iter().collect();
+    cluster.kill("w1").await;
+    let produced = producer.await.expect("producer");
+    cluster.wait_all_delivered(&produced).await;
+    cluster
+        .wait_for("w2 holds every shard", |c| c.held("w2") == 4)
+        .await;
+    assert_order_per_key(&cluster.recorder, &produced);
+    let stats = cluster.status("w2").leases;
+    assert!(stats.taken_expired >= 2, "{stats:?}");
+    // Re-deliveries: only the dead worker's shards, at most one cadence (20 records) each
+    // beyond what w1 processed after its last checkpoint.
+    let seen = cluster.recorder.seen();
+    let mut first: BTreeMap<Bytes, &str> = BTreeMap::new();
+    let mut redelivered: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &seen {
+        if let Some(first_worker) = first.get(&s.data) {
+            assert_eq!(
+                *first_worker, "w1",
+                "a re-delivery not caused by the crash: {s:?}"
+            );
+            assert!(w1_shards.contains(&s.shard_id), "{s:?}");
+            *redelivered.entry(s.shard_id.as_str()).or_default() += 1;
+        } else {
+            first.insert(s.data.clone(), s.worker.as_str());
+        }
+    }
+    for (shard, n) in redelivered {
+        assert!(n <= 20 + 10, "{n} re-deliveries on {shard}");
+    }
+    cluster.stop_all().await;
+}
+
+/// Checkpoints so rare that only the final checkpoint of a handoff can prevent re-deliveries.
+fn rare_checkpoints() -> CheckpointCadence {
+    CheckpointCadence {
+        every_records: Some(100_000),
+        every_interval: Some(Duration::from_secs(3600)),
+    }
+}
+
+/// A worker shuts down gracefully mid-stream: its shards are handed to the other worker, which
+/// starts right after the final checkpoints: every record is delivered exactly once.
+pub async fn graceful_shutdown_hands_over_without_duplicates(tables: Tables, failover: Duration) {
+    let mut cluster = Cluster::new(tables, 4, failover);
+    cluster.cadence = rare_checkpoints();
+    cluster.start("w1").await;
+    cluster.start("w2").await;
+    cluster
+        .wait_for("two workers balanced", |c| {
+            c.held("w1") == 2 && c.held("w2") == 2
+        })
+        .await;
+    let producer = cluster.produce_in_background(20, 400, 10);
+    cluster
+        .recorder
+        .wait_until(cluster.bound, |r| r.seen().iter().any(|s| s.worker == "w1"))
+        .await;
+    cluster.stop("w1").await;
+    let produced = producer.await.expect("producer");
+    cluster.wait_all_delivered(&produced).await;
+    assert_eq!(cluster.held("w2"), 4);
+    assert_eq!(
+        cluster.duplicates(),
+        0,
+        "a graceful handoff delivered a record twice"
+    );
+    assert_order_per_key(&cluster.recorder, &produced);
+    // w2 found the leases in its name: nothing expired, nothing forced.
+    let stats = cluster.status("w2").leases;
+    assert_eq!(stats.taken_expired, 0, "{stats:?}");
+    assert_eq!(stats.handoffs_forced, 0, "{stats:?}");
+    cluster.stop_all().await;
+}
+
+/// A worker joins while records flow: it asks the busy worker for its fair share, which hands the
+/// shards over after checkpointing; no record is delivered twice and nothing moves afterwards.
+pub async fn a_joining_worker_gets_its_share_without_duplicates(
+    tables: Tables,
+    failover: Duration,
+) {
+    let mut cluster = Cluster::new(tables, 4, failover);
+    cluster.cadence = rare_checkpoints();
+    cluster.start("w1").await;
+    cluster
+        .wait_for("w1 holds every shard", |c| c.held("w1") == 4)
+        .await;
+    let producer = cluster.produce_in_background(20, 400, 10);
+    cluster
+        .recorder
+        .wait_until(cluster.bound, |r| r.seen().len() >= 40)
+        .await;
+    cluster.start("w2").await;
+    cluster
+        .wait_for("balanced after the join", |c| {
+            c.held("w1") == 2 && c.held("w2") == 2
+        })
+        .await;
+    let produced = producer.await.expect("producer");
+    cluster.wait_all_delivered(&produced).await;
+    assert_eq!(
+        cluster.duplicates(),
+        0,
+        "a rebalancing handoff delivered a record twice"
+    );
+    assert_order_per_key(&cluster.recorder, &produced);
+    let w2 = cluster.status("w2").leases;
+    assert_eq!(
+        (w2.handoffs_requested, w2.handoffs_received),
+        (2, 2),
+        "{w2:?}"
+    );
+    assert!(cluster.recorder.seen().iter().any(|s| s.worker == "w2"));
+    // Stable: no lease moves in the following scans.
+    let before = (cluster.status("w1").leases, cluster.status("w2").leases);
+    tokio::time::sleep(failover * 2).await;
+    let after = (cluster.status("w1").leases, cluster.status("w2").leases);
+    assert_eq!(before, after, "leases moved in a balanced cluster");
+    cluster.stop_all().await;
+}
+
+/// Shards are split and merged while two workers consume: children start only after all their
+/// parents finished, whichever worker held them, so per-key order holds; finished parents are
+/// removed from the table once their children made progress.
+pub async fn resharding_across_workers_keeps_order(tables: Tables, failover: Duration) {
+    let mut cluster = Cluster::new(tables.clone(), 2, failover);
+    cluster.start("w1").await;
+    cluster.start("w2").await;
+    cluster
+        .wait_for("two workers balanced", |c| {
+            c.held("w1") == 1 && c.held("w2") == 1
+        })
+        .await;
+    let producer = cluster.produce_in_background(40, 600, 10);
+    cluster
+        .recorder
+        .wait_until(cluster.bound, |r| r.seen().len() >= 60)
+        .await;
+    let shards = cluster.model.open_shard_ids(STREAM).expect("shards");
+    // Split both shards, then merge the two middle children (each from a different parent).
+    let mut children = Vec::new();
+    for shard in &shards {
+        let range = cluster
+            .model
+            .shards(STREAM)
+            .expect("shards")
+            .into_iter()
+            .find(|s| &s.shard_id == shard)
+            .expect("shard listed")
+            .hash_key_range;
+        let middle = range.start + (range.end - range.start) / 2;
+        children.extend(
+            cluster
+                .model
+                .split_shard(STREAM, shard, &middle.to_string())
+                .expect("split"),
+        );
+        cluster
+            .recorder
+            .wait_until(cluster.bound, |r| r.seen().len() >= 120)
+            .await;
+    }
+    let merged = cluster
+        .model
+        .merge_shards(STREAM, &children[1], &children[2])
+        .expect("merge");
+    let produced = producer.await.expect("producer");
+    cluster.wait_all_delivered(&produced).await;
+    assert_order_per_key(&cluster.recorder, &produced);
+    assert!(
+        cluster.recorder.seen().iter().any(|s| s.shard_id == merged),
+        "the merge child was processed"
+    );
+    // Finished parents go once their children made progress (shard sync runs every failover).
+    let table = (tables)().await;
+    let gone =
+        |key: &String, leases: &[kcl_core::lease::Lease]| !leases.iter().any(|l| &l.key == key);
+    crate::within(cluster.bound, "finished parents removed", async {
+        loop {
+            let leases = table.list().await.expect("list");
+            if shards.iter().all(|s| gone(s, &leases)) {
+                break;
+            }
+            tokio::time::sleep(failover).await;
+        }
+    })
+    .await;
+    cluster.stop_all().await;
+}
