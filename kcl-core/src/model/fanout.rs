@@ -336,7 +336,8 @@ impl Pushing {
             None => (Some(u64::MAX), Duration::ZERO),
         };
         let at_end_of_closed = !available && !shard.is_open();
-        if !(available && credit.is_some()) && !at_end_of_closed && !heartbeat_due {
+        let sendable = available && credit.is_some();
+        if !(sendable || at_end_of_closed || heartbeat_due) {
             // In debt: until the bucket has credit again; else until woken or the heartbeat.
             let wait = if available { refill } else { self.heartbeat };
             return Look::Wait(wait);
