@@ -9,7 +9,7 @@
 //!   five minutes), fails or stays silent longer than [`FanOutConfig::silence_timeout`].
 //! - `ResourceInUse` (the previous owner's subscription may still be open after a failover) and
 //!   transient errors back off exponentially with jitter ([`crate::retry`]).
-//! - Backpressure: the next event is not read until the [`super::PrefetchBudget`] has room, so
+//! - Backpressure: the next event is not read until the prefetch budget has room, so
 //!   the service's push is held back by HTTP/2 flow control and memory does not grow with lag.
 //! - Shard end: an event without continuation carries the children. A subscription idle for
 //!   [`FanOutConfig::idle_probe_interval`] is also checked with one `GetRecords` after the

@@ -7,7 +7,7 @@
 //!
 //! Polling (`GetRecords`) lives in [`polling`], enhanced fan-out (`SubscribeToShard`) in
 //! [`fanout`]; both produce the same events, so the consumer does not know which one feeds it.
-//! [`Retrieval`] chooses between them; [`spawn`] starts the chosen one for a shard.
+//! [`Retrieval`] chooses between them; `spawn` starts the chosen one for a shard.
 
 use std::sync::{Arc, Mutex};
 
