@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Consumer CPU benchmark: kcl-rs's record_sink (release, polling, SQLite leases) and the Python
 # peer async-kinesis 3.0.1 consume the same kinesis-local stream of RECORDS records (default
-# 200000, 4 shards, 100-byte records) one after the other; each writes one JSON line per record.
+# 100000, 4 shards, 100-byte records) one after the other; each writes one JSON line per record.
 # Prints one JSON line per consumer: wall time, CPU (user+system of the consumer process only),
 # records/s and CPU seconds per million records. See the README's benchmark section.
 #
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
-RECORDS=${1:-200000}
+RECORDS=${1:-100000}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 DIR=${KCL_BENCH_ENV:-$TARGET/bench-env}
 
