@@ -20,7 +20,9 @@ use kcl_core::processor::{
 use kcl_core::record::ExtendedSequenceNumber;
 use tokio::sync::Notify;
 
+pub mod counting;
 pub mod scenarios;
+pub mod sim;
 
 /// Sends the crate's tracing output to the test's captured output when `RUST_LOG` is set.
 pub fn init_tracing() {
@@ -35,6 +37,8 @@ pub fn init_tracing() {
 /// One record as a processor saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Seen {
+    /// When the processor got it (tokio's clock).
+    pub at: tokio::time::Instant,
     pub worker: String,
     pub shard_id: String,
     pub position: ExtendedSequenceNumber,
@@ -51,11 +55,25 @@ pub enum Call {
     LeaseLost,
 }
 
+/// A lifecycle call with when and where it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// When (tokio's clock).
+    pub at: tokio::time::Instant,
+    /// The worker.
+    pub worker: String,
+    /// The shard.
+    pub shard_id: String,
+    /// The call.
+    pub call: Call,
+}
+
 /// Everything the processors of a test saw.
 #[derive(Default, Debug)]
 pub struct Recorder {
     seen: Mutex<Vec<Seen>>,
     calls: Mutex<BTreeMap<String, Vec<Call>>>,
+    events: Mutex<Vec<Event>>,
     changed: Notify,
 }
 
@@ -77,12 +95,23 @@ impl Recorder {
             .unwrap_or_default()
     }
 
+    /// Every lifecycle call, in order, with its time, worker and shard.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap().clone()
+    }
+
     fn push(&self, seen: impl IntoIterator<Item = Seen>) {
         self.seen.lock().unwrap().extend(seen);
         self.changed.notify_waiters();
     }
 
-    fn call(&self, shard: &str, call: Call) {
+    fn call(&self, worker: &str, shard: &str, call: Call) {
+        self.events.lock().unwrap().push(Event {
+            at: tokio::time::Instant::now(),
+            worker: worker.to_owned(),
+            shard_id: shard.to_owned(),
+            call: call.clone(),
+        });
         self.calls
             .lock()
             .unwrap()
@@ -191,8 +220,11 @@ impl RecordProcessor for RecordingProcessor {
     type Error = BoxError;
 
     async fn initialize(&mut self, input: InitializationInput) -> Result<(), BoxError> {
-        self.recorder
-            .call(&self.shard_id, Call::Initialize(input.checkpoint));
+        self.recorder.call(
+            &self.worker,
+            &self.shard_id,
+            Call::Initialize(input.checkpoint),
+        );
         Ok(())
     }
 
@@ -214,7 +246,9 @@ impl RecordProcessor for RecordingProcessor {
             }
             return Err("injected failure".into());
         }
+        let at = tokio::time::Instant::now();
         self.recorder.push(input.records.iter().map(|r| Seen {
+            at,
             worker: self.worker.clone(),
             shard_id: self.shard_id.clone(),
             position: r.position(),
@@ -228,7 +262,8 @@ impl RecordProcessor for RecordingProcessor {
     }
 
     async fn lease_lost(&mut self) -> Result<(), BoxError> {
-        self.recorder.call(&self.shard_id, Call::LeaseLost);
+        self.recorder
+            .call(&self.worker, &self.shard_id, Call::LeaseLost);
         Ok(())
     }
 
@@ -237,7 +272,8 @@ impl RecordProcessor for RecordingProcessor {
         _input: ShardEndedInput,
         _checkpointer: &mut Checkpointer,
     ) -> Result<(), BoxError> {
-        self.recorder.call(&self.shard_id, Call::ShardEnded);
+        self.recorder
+            .call(&self.worker, &self.shard_id, Call::ShardEnded);
         Ok(())
     }
 
@@ -246,7 +282,8 @@ impl RecordProcessor for RecordingProcessor {
         _reason: ShutdownReason,
         _checkpointer: &mut Checkpointer,
     ) -> Result<(), BoxError> {
-        self.recorder.call(&self.shard_id, Call::Shutdown);
+        self.recorder
+            .call(&self.worker, &self.shard_id, Call::Shutdown);
         Ok(())
     }
 }

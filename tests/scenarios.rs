@@ -47,9 +47,12 @@ pub struct Cluster {
     /// Everything the processors saw.
     pub recorder: Arc<Recorder>,
     tables: Tables,
-    lease: LeaseConfig,
+    /// Lease timings of the workers started from now on.
+    pub lease: LeaseConfig,
     /// Checkpoint cadence of the workers started from now on.
     pub cadence: CheckpointCadence,
+    /// Shard sync interval of the workers started from now on (default: the failover time).
+    pub shard_sync_interval: Duration,
     /// Bound for every wait (virtual or real time).
     pub bound: Duration,
     members: BTreeMap<String, Member>,
@@ -70,6 +73,7 @@ impl Cluster {
                 every_records: Some(20),
                 every_interval: Some(Duration::from_secs(1)),
             },
+            shard_sync_interval: failover,
             bound: failover * 60,
             members: BTreeMap::new(),
         }
@@ -88,8 +92,8 @@ impl Cluster {
             .initial_position(InitialPosition::TrimHorizon)
             .lease_config(self.lease.clone())
             .checkpoint_cadence(self.cadence)
-            .shard_sync_interval(self.lease.failover_time)
-            .parent_poll_interval(self.lease.take_interval)
+            .shard_sync_interval(self.shard_sync_interval)
+            .parent_poll_interval(self.lease.scan_interval)
             .build()
             .expect("valid worker configuration");
         let handle = worker.handle();
@@ -126,7 +130,7 @@ impl Cluster {
 
     /// Waits until `done` holds, checking every scan interval.
     pub async fn wait_for(&self, what: &str, mut done: impl FnMut(&Self) -> bool) {
-        let step = self.lease.take_interval;
+        let step = self.lease.scan_interval;
         crate::within(self.bound, what, async {
             while !done(self) {
                 tokio::time::sleep(step).await;
@@ -144,7 +148,7 @@ impl Cluster {
         per_step: usize,
     ) -> tokio::task::JoinHandle<Vec<(String, Bytes)>> {
         let model = self.model.clone();
-        let step = self.lease.take_interval;
+        let step = self.lease.scan_interval;
         tokio::spawn(async move {
             let mut produced = Vec::with_capacity(count);
             while produced.len() < count {
@@ -177,6 +181,26 @@ impl Cluster {
         seen.len() - distinct.len()
     }
 
+    /// Starts `w1` and `w2`, waits until each holds half the shards, starts a producer (400
+    /// records over 20 keys, `per_step` every scan interval) and waits until `w1` processed some.
+    pub async fn two_balanced_workers_under_traffic(
+        &mut self,
+        per_step: usize,
+    ) -> tokio::task::JoinHandle<Vec<(String, Bytes)>> {
+        self.start("w1").await;
+        self.start("w2").await;
+        let half = self.model.open_shard_ids(STREAM).expect("shards").len() / 2;
+        self.wait_for("two workers balanced", |c| {
+            c.held("w1") == half && c.held("w2") == half
+        })
+        .await;
+        let producer = self.produce_in_background(20, 400, per_step);
+        self.recorder
+            .wait_until(self.bound, |r| r.seen().iter().any(|s| s.worker == "w1"))
+            .await;
+        producer
+    }
+
     /// Stops every worker gracefully.
     pub async fn stop_all(&mut self) {
         let names: Vec<String> = self.members.keys().cloned().collect();
@@ -191,18 +215,7 @@ impl Cluster {
 /// bounded by the checkpoint cadence.
 pub async fn takeover_after_a_crash(tables: Tables, failover: Duration) {
     let mut cluster = Cluster::new(tables, 4, failover);
-    cluster.start("w1").await;
-    cluster.start("w2").await;
-    cluster
-        .wait_for("two workers balanced", |c| {
-            c.held("w1") == 2 && c.held("w2") == 2
-        })
-        .await;
-    let producer = cluster.produce_in_background(20, 400, 10);
-    cluster
-        .recorder
-        .wait_until(cluster.bound, |r| r.seen().iter().any(|s| s.worker == "w1"))
-        .await;
+    let producer = cluster.two_balanced_workers_under_traffic(10).await;
     let w1_shards: HashSet<String> = cluster.status("w1").held_leases.into_iter().collect();
     cluster.kill("w1").await;
     let produced = producer.await.expect("producer");
@@ -249,18 +262,7 @@ fn rare_checkpoints() -> CheckpointCadence {
 pub async fn graceful_shutdown_hands_over_without_duplicates(tables: Tables, failover: Duration) {
     let mut cluster = Cluster::new(tables, 4, failover);
     cluster.cadence = rare_checkpoints();
-    cluster.start("w1").await;
-    cluster.start("w2").await;
-    cluster
-        .wait_for("two workers balanced", |c| {
-            c.held("w1") == 2 && c.held("w2") == 2
-        })
-        .await;
-    let producer = cluster.produce_in_background(20, 400, 10);
-    cluster
-        .recorder
-        .wait_until(cluster.bound, |r| r.seen().iter().any(|s| s.worker == "w1"))
-        .await;
+    let producer = cluster.two_balanced_workers_under_traffic(10).await;
     cluster.stop("w1").await;
     let produced = producer.await.expect("producer");
     cluster.wait_all_delivered(&produced).await;

@@ -1,15 +1,22 @@
 //! De-aggregation throughput on KPL-sized aggregates (51200-byte limit) of 100-byte user
 //! records, beside MD5 alone over the same protobuf bytes (the floor: every aggregate must be
-//! hashed).
+//! hashed), with both MD5 implementations: `md-5` one aggregate at a time, and the multi-buffer
+//! kernel (`kcl_core::deaggregation::multi_md5`, 16 or 8 aggregates per SIMD pass) that
+//! `deaggregate_batch_into` uses. Everything runs on one thread.
 //!
 //! ```text
+//! scripts/kpl/bench.sh          # this bench, then the official Python and Node libraries
 //! cargo bench -p kcl-core --bench deagg
-//! # also write the input for scripts/kpl/bench_python.py:
-//! KCL_DEAGG_BENCH_DUMP=/tmp/deagg-input.bin cargo bench -p kcl-core --bench deagg
 //! ```
 //!
-//! No criterion: MD5 and de-aggregation are timed in alternation, 40 rounds of 50 ms each, and the
-//! best round of each is reported (the machine may be shared).
+//! `KCL_DEAGG_BENCH_DUMP=FILE` also writes the input (distinct keys) for the Python and Node
+//! scripts as `[u32 big-endian length][bytes]` records; `KCL_DEAGG_BENCH_TSV=FILE` appends the
+//! results as tab-separated lines for `scripts/kpl/bench.sh`; `KCL_DEAGG_BENCH_ONLY=CASE` runs one
+//! case (`md5`, `md5_multi`, `floor_multi`, `deagg_into`, `deagg_batch`, `md5_avx2`) for 5 s per
+//! input, for a profiler.
+//!
+//! No criterion: the cases are timed in alternation, 40 rounds of 50 ms each (so all see the same
+//! machine load), and the best round of each is reported beside the median round.
 #![allow(missing_docs)]
 
 use std::hint::black_box;
@@ -17,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kcl_core::Bytes;
+use kcl_core::deaggregation::multi_md5::Kernel;
 use kcl_core::deaggregation::{Aggregator, DIGEST_LEN, Deaggregator, MAGIC, Outcome};
 use kcl_core::record::{Record, SequenceNumber};
 use md5::{Digest, Md5};
@@ -62,8 +70,7 @@ fn aggregates(distinct_keys: bool) -> Vec<Record> {
         .collect()
 }
 
-/// Time per call of `f`: the minimum over many short timed runs (the machine is shared, so the
-/// minimum is the least disturbed figure).
+/// Time per call of `f` over one round of about 50 ms.
 fn run_once(f: &mut impl FnMut()) -> Duration {
     let start = Instant::now();
     let mut iters = 0u32;
@@ -74,16 +81,27 @@ fn run_once(f: &mut impl FnMut()) -> Duration {
     start.elapsed() / iters
 }
 
-/// Measures the closures interleaved (so all see the same machine load); best of `ROUNDS` each.
-fn measure_all(fs: &mut [&mut dyn FnMut()]) -> Vec<Duration> {
+/// Best and median time per call of each closure over `ROUNDS` interleaved rounds.
+fn measure_all(fs: &mut [&mut dyn FnMut()]) -> Vec<(Duration, Duration)> {
     const ROUNDS: usize = 40;
-    let mut best = vec![Duration::MAX; fs.len()];
+    let mut times = vec![Vec::with_capacity(ROUNDS); fs.len()];
     for _ in 0..ROUNDS {
-        for (f, b) in fs.iter_mut().zip(best.iter_mut()) {
-            *b = (*b).min(run_once(f));
+        for (f, t) in fs.iter_mut().zip(times.iter_mut()) {
+            t.push(run_once(f));
         }
     }
-    best
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort();
+            (t[0], t[t.len() / 2])
+        })
+        .collect()
+}
+
+fn body(r: &Record) -> &[u8] {
+    let data: &Bytes = r.data();
+    &data[MAGIC.len()..data.len() - DIGEST_LEN]
 }
 
 fn main() {
@@ -96,9 +114,23 @@ fn main() {
         assert!(!out.is_empty());
         return;
     }
+    // `KCL_DEAGG_BENCH_ONLY=CASE` (a key of the TSV output) runs that case alone, for profilers.
+    let only = std::env::var("KCL_DEAGG_BENCH_ONLY").ok();
+    let kernel = Kernel::detect();
+    let mut tsv = std::env::var_os("KCL_DEAGG_BENCH_TSV").map(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open KCL_DEAGG_BENCH_TSV")
+    });
     println!(
-        "{:<34} {:>10} {:>12} {:>14} {:>9}",
-        "case", "MB/s", "records/s", "ns/aggregate", "vs MD5"
+        "multi-buffer MD5 kernel: {kernel:?} ({} lanes); one thread",
+        kernel.lanes()
+    );
+    println!(
+        "{:<38} {:>8} {:>8} {:>11} {:>9} {:>9}",
+        "case", "MB/s", "median", "records/s", "vs md-5", "vs multi"
     );
     for distinct in [true, false] {
         let input = aggregates(distinct);
@@ -126,6 +158,13 @@ fn main() {
                 other => panic!("unexpected {other:?}"),
             }
         }
+        out.clear();
+        let stats = d.deaggregate_batch_into(input.iter().cloned(), None, &mut out);
+        assert_eq!(stats.user_records as usize, user_records);
+        assert_eq!(stats.aggregates as usize, input.len());
+
+        let bodies: Vec<&[u8]> = input.iter().map(body).collect();
+        let mut digests = Vec::with_capacity(bodies.len());
 
         // The floor any API handing out `Record`s has: MD5, plus per user record the three
         // reference-count increments (partition key, data slice, sequence number) and the three
@@ -139,53 +178,91 @@ fn main() {
             })
             .collect();
         let mut floor_out: Vec<(Arc<str>, Bytes, SequenceNumber)> = Vec::with_capacity(1024);
-        let mut md5_only = || {
-            for r in &input {
-                let data: &Bytes = r.data();
-                let body = &data[MAGIC.len()..data.len() - DIGEST_LEN];
-                black_box(Md5::digest(black_box(body)));
+        let mut refcounts = |r: &Record, first: &Record, n: usize| {
+            let data: &Bytes = r.data();
+            floor_out.clear();
+            let pk: Arc<str> = Arc::from(first.partition_key());
+            for i in 0..n {
+                floor_out.push((
+                    pk.clone(),
+                    data.slice(i..i + USER_RECORD_BYTES),
+                    r.sequence_number().clone(),
+                ));
+            }
+            black_box(&floor_out);
+        };
+
+        let mut md5_single = || {
+            for b in &bodies {
+                black_box(Md5::digest(black_box(b)));
             }
         };
-        let mut floor = || {
+        let mut md5_multi = || {
+            digests.clear();
+            kernel.digests(black_box(&bodies), &mut digests);
+            black_box(&digests);
+        };
+        let mut floor_multi = || {
+            let mut digests = Vec::with_capacity(bodies.len());
+            kernel.digests(black_box(&bodies), &mut digests);
+            black_box(&digests);
             for (r, (first, n)) in input.iter().zip(&shapes) {
-                let data: &Bytes = r.data();
-                let body = &data[MAGIC.len()..data.len() - DIGEST_LEN];
-                black_box(Md5::digest(black_box(body)));
-                floor_out.clear();
-                let pk: Arc<str> = Arc::from(first.partition_key());
-                for i in 0..*n {
-                    floor_out.push((
-                        pk.clone(),
-                        data.slice(i..i + USER_RECORD_BYTES),
-                        r.sequence_number().clone(),
-                    ));
-                }
-                black_box(&floor_out);
+                refcounts(r, first, *n);
             }
         };
-        let mut deaggregate = || {
+        let mut deagg_single = || {
             for r in &input {
                 out.clear();
                 black_box(d.deaggregate_into(r.clone(), None, &mut out));
             }
         };
-        let times = measure_all(&mut [&mut md5_only, &mut floor, &mut deaggregate]);
-        let (md5, floor, deagg) = (times[0], times[1], times[2]);
+        // The 8-lane kernel, for machines without AVX-512 (shown when this one has both).
+        let show_avx2 = kernel == Kernel::Avx512 && Kernel::Avx2.is_available();
+        let mut avx2_digests = Vec::with_capacity(bodies.len());
+        let mut md5_avx2 = || {
+            avx2_digests.clear();
+            Kernel::Avx2.digests(black_box(&bodies), &mut avx2_digests);
+            black_box(&avx2_digests);
+        };
+        let mut out_batch = Vec::with_capacity(1024);
+        let mut deagg_batch = || {
+            // The worker's path: one GetRecords batch at a time (here: all the aggregates),
+            // user records cleared per batch.
+            out_batch.clear();
+            black_box(d.deaggregate_batch_into(input.iter().cloned(), None, &mut out_batch));
+        };
+        let keys = [
+            "md5",
+            "md5_multi",
+            "floor_multi",
+            "deagg_into",
+            "deagg_batch",
+            "md5_avx2",
+        ];
+        let mut cases: [&mut dyn FnMut(); 6] = [
+            &mut md5_single,
+            &mut md5_multi,
+            &mut floor_multi,
+            &mut deagg_single,
+            &mut deagg_batch,
+            &mut md5_avx2,
+        ];
+        if let Some(only) = &only {
+            // Profiling aid: run one case for a while, print nothing.
+            let i = keys.iter().position(|k| k == only).expect("unknown case");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                cases[i]();
+            }
+            continue;
+        }
+        let measured = if show_avx2 { 6 } else { 5 };
+        let times = measure_all(&mut cases[..measured]);
+        let (md5, multi) = (times[0].0, times[1].0);
         let label = if distinct {
             "distinct key per user record"
         } else {
             "10 shared partition keys"
-        };
-        let row = |name: &str, t: Duration, ratio: f64| {
-            let secs = t.as_secs_f64();
-            println!(
-                "{:<34} {:>10.1} {:>12.0} {:>14.0} {:>8.1}%",
-                name,
-                bytes as f64 / secs / 1e6,
-                user_records as f64 / secs,
-                secs * 1e9 / input.len() as f64,
-                ratio * 100.0
-            );
         };
         println!(
             "-- {label}: {} aggregates, {:.1} MB, {} user records of {USER_RECORD_BYTES} B",
@@ -193,16 +270,37 @@ fn main() {
             bytes as f64 / 1e6,
             user_records
         );
-        row("MD5 only", md5, 1.0);
-        row(
-            "floor: MD5 + refcounts",
-            floor,
-            md5.as_secs_f64() / floor.as_secs_f64(),
-        );
-        row(
-            "deaggregate_into",
-            deagg,
-            md5.as_secs_f64() / deagg.as_secs_f64(),
-        );
+        let names = [
+            "MD5 only, md-5 (one at a time)".to_string(),
+            format!("MD5 only, multi-buffer ({kernel:?})"),
+            "floor: multi-buffer MD5 + refcounts".to_string(),
+            "deaggregate_into (md-5)".to_string(),
+            "deaggregate_batch_into (multi-buffer)".to_string(),
+            "MD5 only, multi-buffer (Avx2)".to_string(),
+        ];
+        let mbs = |t: Duration| bytes as f64 / t.as_secs_f64() / 1e6;
+        for ((name, key), &(best, median)) in names.iter().zip(keys).zip(&times) {
+            println!(
+                "{:<38} {:>8.1} {:>8.1} {:>11.0} {:>8.1}% {:>8.1}%",
+                name,
+                mbs(best),
+                mbs(median),
+                user_records as f64 / best.as_secs_f64(),
+                md5.as_secs_f64() / best.as_secs_f64() * 100.0,
+                multi.as_secs_f64() / best.as_secs_f64() * 100.0,
+            );
+            if let Some(file) = tsv.as_mut() {
+                use std::io::Write;
+                writeln!(
+                    file,
+                    "rust\t{}\t{key}\t{name}\t{:.1}\t{:.1}\t{:.0}",
+                    if distinct { "distinct" } else { "shared" },
+                    mbs(best),
+                    mbs(median),
+                    user_records as f64 / best.as_secs_f64(),
+                )
+                .expect("write KCL_DEAGG_BENCH_TSV");
+            }
+        }
     }
 }

@@ -25,6 +25,8 @@
 //! | [`shard_sync`] | shard discovery and lease creation, lineage rules |
 //! | [`worker`] | the worker, its builder and configuration, per-shard consumers |
 #![deny(missing_docs)]
+// The only `unsafe` code is the SIMD kernels in `deaggregation::multi_md5`.
+#![deny(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -42,6 +44,7 @@ pub mod retry;
 pub mod shard_sync;
 pub mod worker;
 
+pub(crate) mod sync;
 pub(crate) mod time;
 
 pub use bytes::Bytes;

@@ -12,9 +12,13 @@
 //! - **Never backwards**: a shard with a leased descendant gets no lease: its records were
 //!   processed (children start only after their parents finished) or deliberately skipped (the
 //!   initial position was later than the shard).
-//! - **Cleanup**: a finished lease is deleted once every child has a lease that made progress
-//!   (its checkpoint is past the starting sentinel): from then on nobody needs it, neither the
-//!   children waiting for their parents nor the sync deciding what to create.
+//! - **Cleanup** ([`remove_finished_leases`]): a finished lease is deleted once every child has a
+//!   lease that made progress (its checkpoint is past the starting sentinel), and only after it
+//!   has been still for a while: from then on nobody needs it, neither the children waiting for
+//!   their parents nor the sync deciding what to create. The wait matters because creating a
+//!   lease cannot be conditional on its never having existed: a creator that read the table
+//!   before the lease finished (a sync, a parent's consumer retrying) could otherwise re-create
+//!   it after its deletion.
 //!
 //! Creation is idempotent (`create_if_absent`) and deletion conditional on the lease as read, so
 //! several workers may sync concurrently.
@@ -84,8 +88,6 @@ pub enum ShardSyncError {
 pub struct SyncReport {
     /// Leases created by this call (another worker may have created others).
     pub created: Vec<String>,
-    /// Finished leases deleted by this call.
-    pub removed: Vec<String>,
     /// Shards seen.
     pub shards: usize,
 }
@@ -199,16 +201,22 @@ pub async fn sync_shards(
             }
         }
     }
-    report.removed = remove_finished_leases(table, &leases).await?;
     Ok(report)
 }
 
-/// Deletes finished leases whose children all have leases that made progress. Returns the keys
-/// deleted. A lease changed since it was read (or already deleted) is left for the next sync.
-async fn remove_finished_leases(
+/// Deletes finished leases whose children all have leases that made progress and for which
+/// `settled` holds (the worker passes "unchanged for twice the failover time"). Returns the keys
+/// deleted. A lease changed since it was read (or already deleted) is left for the next call.
+pub async fn remove_finished_leases(
     table: &dyn LeaseTable,
-    leases: &HashMap<&str, &Lease>,
+    settled: impl Fn(&Lease) -> bool,
 ) -> Result<Vec<String>, ShardSyncError> {
+    let rows = table.list().await?;
+    let leases: HashMap<&str, &Lease> = rows
+        .iter()
+        .filter(|l| l.heartbeat_of().is_none())
+        .map(|l| (l.key.as_str(), l))
+        .collect();
     let mut children: HashMap<&str, Vec<&Lease>> = HashMap::new();
     for lease in leases.values() {
         for parent in &lease.parent_shard_ids {
@@ -224,7 +232,7 @@ async fn remove_finished_leases(
     let mut finished: Vec<&Lease> = leases
         .values()
         .copied()
-        .filter(|l| l.is_finished())
+        .filter(|l| l.is_finished() && settled(l))
         .collect();
     finished.sort_by(|a, b| a.key.cmp(&b.key));
     let mut removed = Vec::new();
@@ -251,4 +259,186 @@ async fn remove_finished_leases(
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{InMemoryLeaseTable, LeaseTableExt};
+    use crate::model::{KinesisModel, ModelConfig};
+    use crate::record::SequenceNumber;
+
+    const STREAM: &str = "s";
+
+    async fn keys(table: &InMemoryLeaseTable) -> Vec<String> {
+        let mut keys: Vec<String> = table
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.heartbeat_of().is_none())
+            .map(|l| l.key)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    async fn finish(table: &InMemoryLeaseTable, key: &str) {
+        let lease = table.get(key).await.unwrap().unwrap();
+        table
+            .checkpoint(&lease, ExtendedSequenceNumber::ShardEnd)
+            .await
+            .unwrap();
+    }
+
+    async fn progress(table: &InMemoryLeaseTable, key: &str) {
+        let lease = table.get(key).await.unwrap().unwrap();
+        let position = ExtendedSequenceNumber::Sequence {
+            sequence: SequenceNumber::from_u128(1),
+            sub_sequence: 0,
+        };
+        table.checkpoint(&lease, position).await.unwrap();
+    }
+
+    async fn sync(model: &KinesisModel, table: &InMemoryLeaseTable) -> Vec<String> {
+        sync_shards(model, table, STREAM, InitialPosition::TrimHorizon)
+            .await
+            .unwrap()
+            .created
+    }
+
+    fn middle(model: &KinesisModel, shard: &str) -> String {
+        let range = model
+            .shards(STREAM)
+            .unwrap()
+            .into_iter()
+            .find(|s| s.shard_id == shard)
+            .unwrap()
+            .hash_key_range;
+        (range.start + (range.end - range.start) / 2).to_string()
+    }
+
+    #[tokio::test]
+    async fn children_wait_for_their_parents_and_holes_are_repaired() {
+        let model = KinesisModel::new(ModelConfig::unlimited());
+        model.create_stream(STREAM, 2).unwrap();
+        let table = InMemoryLeaseTable::new();
+        // A heartbeat row in the table changes nothing.
+        table
+            .create_if_absent(&Lease::worker_heartbeat("w"))
+            .await
+            .unwrap();
+        assert_eq!(sync(&model, &table).await.len(), 2);
+        let [a, b] = model
+            .split_shard(
+                STREAM,
+                "shardId-000000000000",
+                &middle(&model, "shardId-000000000000"),
+            )
+            .unwrap();
+        // The parent is unfinished: its children get no lease yet.
+        assert!(sync(&model, &table).await.is_empty());
+        // The parent finished but its owner never created the children (a crash): repaired.
+        finish(&table, "shardId-000000000000").await;
+        let mut created = sync(&model, &table).await;
+        created.sort();
+        assert_eq!(created, [a.clone(), b.clone()]);
+        let child = table.get(&a).await.unwrap().unwrap();
+        assert_eq!(child.checkpoint, ExtendedSequenceNumber::TrimHorizon);
+        assert_eq!(child.parent_shard_ids, ["shardId-000000000000"]);
+        assert!(child.hash_key_range.is_some());
+        // Idempotent.
+        assert!(sync(&model, &table).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_merge_child_waits_for_both_parents() {
+        let model = KinesisModel::new(ModelConfig::unlimited());
+        model.create_stream(STREAM, 2).unwrap();
+        let table = InMemoryLeaseTable::new();
+        sync(&model, &table).await;
+        let child = model
+            .merge_shards(STREAM, "shardId-000000000000", "shardId-000000000001")
+            .unwrap();
+        finish(&table, "shardId-000000000000").await;
+        assert!(
+            sync(&model, &table).await.is_empty(),
+            "one parent still open"
+        );
+        finish(&table, "shardId-000000000001").await;
+        assert_eq!(sync(&model, &table).await, [child]);
+    }
+
+    #[tokio::test]
+    async fn finished_leases_go_once_children_progressed_and_settled_and_never_come_back() {
+        let model = KinesisModel::new(ModelConfig::unlimited());
+        model.create_stream(STREAM, 1).unwrap();
+        let table = InMemoryLeaseTable::new();
+        sync(&model, &table).await;
+        let parent = "shardId-000000000000";
+        let [a, b] = model
+            .split_shard(STREAM, parent, &middle(&model, parent))
+            .unwrap();
+        finish(&table, parent).await;
+        sync(&model, &table).await;
+        let always = |_: &Lease| true;
+        // Children not started yet: the parent stays.
+        assert!(
+            remove_finished_leases(&table, always)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        progress(&table, &a).await;
+        assert!(
+            remove_finished_leases(&table, always)
+                .await
+                .unwrap()
+                .is_empty(),
+            "one child still at TRIM_HORIZON"
+        );
+        progress(&table, &b).await;
+        // Not settled yet (the worker waits twice the failover time): stays.
+        assert!(
+            remove_finished_leases(&table, |_| false)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            remove_finished_leases(&table, always).await.unwrap(),
+            [parent]
+        );
+        // The shard is still in the stream, but a leased descendant means it is done.
+        assert!(sync(&model, &table).await.is_empty());
+        assert_eq!(keys(&table).await, [a, b]);
+    }
+
+    #[tokio::test]
+    async fn a_removed_child_is_not_re_created_while_its_finished_parent_remains() {
+        let model = KinesisModel::new(ModelConfig::unlimited());
+        model.create_stream(STREAM, 1).unwrap();
+        let table = InMemoryLeaseTable::new();
+        sync(&model, &table).await;
+        let root = "shardId-000000000000";
+        let [a, b] = model
+            .split_shard(STREAM, root, &middle(&model, root))
+            .unwrap();
+        finish(&table, root).await;
+        sync(&model, &table).await;
+        let [c, d] = model.split_shard(STREAM, &a, &middle(&model, &a)).unwrap();
+        progress(&table, &b).await;
+        finish(&table, &a).await;
+        sync(&model, &table).await;
+        progress(&table, &c).await;
+        progress(&table, &d).await;
+        // The root is not settled yet; its child `a` is: only `a` goes.
+        let removed = remove_finished_leases(&table, |l| l.key != root)
+            .await
+            .unwrap();
+        assert_eq!(removed, std::slice::from_ref(&a));
+        // `a` has a finished leased parent, but leased children: it stays gone.
+        assert!(sync(&model, &table).await.is_empty());
+        assert!(!keys(&table).await.contains(&a));
+    }
 }

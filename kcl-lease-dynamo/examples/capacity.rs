@@ -92,11 +92,16 @@ impl LeaseTable for Counting {
         expect: &Expectation,
         update: &LeaseUpdate,
     ) -> Result<Lease, LeaseError> {
-        let kind = kind_of(update);
+        let kind = if key.starts_with(kcl_core::lease::WORKER_KEY_PREFIX) {
+            "heartbeat"
+        } else {
+            kind_of(update)
+        };
         self.count(kind);
         let result = self.inner.update(key, expect, update).await;
         if result.is_err() {
             self.count(match kind {
+                "heartbeat" => "heartbeat (failed)",
                 "renew" => "renew (failed)",
                 "take" => "take (failed)",
                 "checkpoint" => "checkpoint (failed)",
@@ -265,7 +270,14 @@ async fn main() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let list = observer.list().await.unwrap();
+        // Shard leases only (the table also holds one heartbeat row per worker).
+        let list: Vec<Lease> = observer
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.heartbeat_of().is_none())
+            .collect();
         if list.len() == leases as usize && list.iter().all(|l| l.owner.is_some()) {
             break;
         }
@@ -384,7 +396,7 @@ async fn main() {
     );
     println!();
     println!(
-        "takeover of {held_by_first} released leases (graceful stop of w0, others take over): \
-         {takeover_calls:?}"
+        "graceful stop of w0 (its leases handed to the others, {held_by_first} released \
+         unowned), calls until the others hold them all: {takeover_calls:?}"
     );
 }

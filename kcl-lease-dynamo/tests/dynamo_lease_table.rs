@@ -28,72 +28,12 @@ use kcl_lease_dynamo::{Billing, DynamoLeaseTable, attributes};
 use tokio::net::TcpListener;
 
 // ------------------------------------------------------------------------------------------------
-// The contract suite, one ignored test per case.
-//
-// `kcl_core::lease_table_contract_tests!` cannot mark its tests `#[ignore]`, so the cases are
-// listed here; `contract_case_list_matches_kcl_core` fails when kcl-core adds a case this list
-// lacks.
+// The contract suite, one ignored test per case (they need a DynamoDB endpoint).
 
-macro_rules! contract_cases {
-    ($($case:ident),* $(,)?) => {
-        const CONTRACT_CASES: &[&str] = &[$(stringify!($case)),*];
-        mod contract {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                #[ignore = "needs a DynamoDB endpoint: run scripts/test.sh"]
-                async fn $case() {
-                    kcl_core::lease::contract::$case(super::fresh_table().await).await;
-                }
-            )*
-        }
-    };
-}
-
-contract_cases!(
-    create_if_absent_creates_once,
-    concurrent_creates_exactly_one_wins,
-    get_missing_is_none,
-    list_returns_all,
-    round_trip_every_field,
-    update_applies_lease_update_semantics,
-    update_stale_counter_fails_and_changes_nothing,
-    update_wrong_owner_fails_and_changes_nothing,
-    update_expecting_unowned,
-    update_without_expectation_is_unconditional,
-    update_missing_is_not_found,
-    update_keep_counter,
-    writes_touch_only_their_lease,
-    take_renew_checkpoint_release,
-    fencing_stops_a_zombie,
-    owner_switches_count_and_reset,
-    take_clears_handoff_marker,
-    prepare_then_commit_checkpoint,
-    delete_is_conditional,
-    delete_missing_is_not_found,
-    concurrent_takes_exactly_one_wins,
-    concurrent_takes_of_different_leases_all_win,
-    concurrent_writes_never_lose_an_update,
-);
-
-/// The case list above equals the one kcl-core's contract macro expands (read from its source).
-#[test]
-fn contract_case_list_matches_kcl_core() {
-    let source = include_str!("../../kcl-core/src/lease/contract.rs");
-    let start = source
-        .find("(@$mode:ident $make:expr) => {")
-        .expect("the case list of __lease_table_contract_cases! in kcl-core");
-    let list = &source[start..];
-    let list =
-        &list[list.find("@$mode $make;").expect("case list start") + "@$mode $make;".len()..];
-    let list = &list[..list.find(");").expect("case list end")];
-    let upstream: Vec<&str> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    assert_eq!(
-        upstream, CONTRACT_CASES,
-        "kcl-core's contract cases changed: update contract_cases! in this file"
+mod contract {
+    kcl_core::lease_table_contract_tests!(
+        super::fresh_table,
+        #[ignore = "needs a DynamoDB endpoint: run scripts/test.sh"]
     );
 }
 

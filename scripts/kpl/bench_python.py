@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
 """De-aggregation throughput of the official Python library (aws-kinesis-agg) on the same input as
-the Rust benchmark (kcl-core/benches/deagg.rs).
+the Rust benchmark (kcl-core/benches/deagg.rs); scripts/kpl/bench.sh runs all of them.
 
     KCL_DEAGG_BENCH_DUMP=/tmp/deagg-input.bin cargo bench -p kcl-core --bench deagg
-    "$KCL_KPL_PYTHON" scripts/kpl/bench_python.py /tmp/deagg-input.bin
+    "$KCL_KPL_PYTHON" scripts/kpl/bench_python.py /tmp/deagg-input.bin [--tsv OUT]
 
 The dump holds the aggregated records as [u32 big-endian length][bytes]. Records are passed in the
-boto3 shape (raw bytes, no base64), the cheapest path the library offers. Reports the best of
-several rounds, and hashlib MD5 alone over the same protobuf bytes for reference.
+boto3 shape (raw bytes, no base64), the cheapest path the library offers. Reports the best and the
+median of several rounds, and hashlib MD5 alone over the same protobuf bytes for reference.
+--tsv appends tab-separated result lines for scripts/kpl/bench_table.py.
 """
 
 import hashlib
+import platform
 import sys
 import time
+from importlib import metadata
 
 import aws_kinesis_agg.deaggregator as deagg
 
@@ -28,20 +31,35 @@ def load(path):
     return records
 
 
-def best_of(rounds, fn):
-    best = float("inf")
+def measure(rounds, fn):
+    """Best and median seconds per call over `rounds` rounds (each at least ~50 ms of calls)."""
+    times = []
+    result = None
     for _ in range(rounds):
+        iters = 0
         start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        while True:
+            result = fn()
+            iters += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= 0.05:
+                break
+        times.append(elapsed / iters)
+    times.sort()
+    return times[0], times[len(times) // 2], result
 
 
 def main():
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    tsv = None
+    if "--tsv" in args:
+        at = args.index("--tsv")
+        tsv = args[at + 1] if at + 1 < len(args) else None
+        del args[at:at + 2]
+    if len(args) != 1 or (tsv is None and "--tsv" in sys.argv):
         sys.stderr.write(__doc__)
         sys.exit(2)
-    aggregates = load(sys.argv[1])
+    aggregates = load(args[0])
     total = sum(len(a) for a in aggregates)
     boto3 = [{
         "SequenceNumber": str(49590338271490256608559692538361571095921575989130000000 + i),
@@ -58,13 +76,21 @@ def main():
             hashlib.md5(a[4:-16]).digest()
         return 0
 
-    t_md5, _ = best_of(10, run_md5)
-    t_deagg, user_records = best_of(5, run_deagg)
-    print("%-34s %10s %12s %14s" % ("case (aws-kinesis-agg, Python)", "MB/s", "records/s", "ns/aggregate"))
+    md5_best, md5_median, _ = measure(20, run_md5)
+    best, median, user_records = measure(10, run_deagg)
+    label = "aws-kinesis-agg %s, Python %s" % (metadata.version("aws-kinesis-agg"), platform.python_version())
+    print("%-38s %8s %8s %11s" % ("case (%s)" % label, "MB/s", "median", "records/s"))
     print("-- %d aggregates, %.1f MB, %d user records" % (len(aggregates), total / 1e6, user_records))
-    for name, t in (("hashlib MD5 only", t_md5), ("iter_deaggregate_records", t_deagg)):
-        print("%-34s %10.1f %12.0f %14.0f" % (name, total / t / 1e6, user_records / t, t * 1e9 / len(aggregates)))
-
+    lines = []
+    for key, name, b, m in (("md5", "hashlib MD5 only", md5_best, md5_median),
+                            ("deagg", "iter_deaggregate_records", best, median)):
+        print("%-38s %8.1f %8.1f %11.0f" % (name, total / b / 1e6, total / m / 1e6, user_records / b))
+        lines.append("\t".join(["python", "distinct", key, "%s (%s)" % (name, label),
+                                "%.1f" % (total / b / 1e6), "%.1f" % (total / m / 1e6),
+                                "%.0f" % (user_records / b)]))
+    if tsv:
+        with open(tsv, "a") as f:
+            f.write("\n".join(lines) + "\n")
 
 if __name__ == "__main__":
     main()

@@ -601,3 +601,80 @@ fn aggregator_limits_and_errors() {
     assert_eq!(second.explicit_hash_key.as_deref(), Some("7"));
     assert_eq!(Aggregator::default().max_size(), 51_200);
 }
+
+/// A mix of every kind of input: aggregates of many sizes (some with tags, shared and distinct
+/// keys), plain records, records with the magic that are too short, corrupt (one bit flipped in
+/// the body or the digest, truncated), undecodable or with a bad table index.
+fn mixed_batch(rng: &mut fastrand::Rng, n: usize) -> Vec<Record> {
+    (0..n)
+        .map(|i| {
+            let data: Vec<u8> = match rng.u8(..10) {
+                0 => format!("plain {i}").into_bytes(),
+                1 => [&MAGIC[..], &[0u8; 16][..rng.usize(..=16)]].concat(),
+                2 => message(vec![rec(0, None, b"a"), rec(3, None, b"b")], &["k"], &[]),
+                3 => frame(&[0x0A, 0x7F, 0x01]),
+                _ => {
+                    let max_size = [1024, 6000, DEFAULT_AGGREGATION_MAX_SIZE][rng.usize(..3)];
+                    let mut agg = Aggregator::new(max_size);
+                    let mut flushed = None;
+                    let count = rng.usize(1..400);
+                    for (pk, ehk, data) in random_inputs(rng, count) {
+                        if let Ok(Some(a)) = agg.try_add(&pk, ehk.as_deref(), data) {
+                            flushed = Some(a);
+                            break;
+                        }
+                    }
+                    let mut data = flushed.or_else(|| agg.flush()).unwrap().data.to_vec();
+                    match rng.u8(..8) {
+                        0 => {
+                            let at = rng.usize(MAGIC.len()..data.len());
+                            data[at] ^= 1 << rng.u8(..8);
+                        }
+                        1 => data.truncate(rng.usize(..data.len())),
+                        2 => {
+                            let at = data.len() - rng.usize(1..=DIGEST_LEN);
+                            data[at] ^= 1 << rng.u8(..8);
+                        }
+                        _ => {}
+                    }
+                    data
+                }
+            };
+            Record::new(
+                format!("outer-{i}"),
+                data,
+                SequenceNumber::from_u128(1000 + i as u128),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn batch_matches_one_record_at_a_time() {
+    let mut rng = fastrand::Rng::with_seed(0xBA7C4);
+    let narrow = HashKeyRange {
+        start: 0,
+        end: u128::MAX / 3,
+    };
+    for round in 0..40 {
+        let n = [0, 1, 2, 15, 16, 17, 63, 64, 65, 200][round % 10];
+        let input = mixed_batch(&mut rng, n);
+        for filter in [false, true] {
+            let d = Deaggregator::new(DeaggregationConfig {
+                filter_by_shard_hash_range: filter,
+            });
+            let mut want = vec![Record::new("earlier", "x", seq("1"))];
+            let mut want_stats = DeaggregationStats::default();
+            for r in input.iter().cloned() {
+                want_stats.add(&d.deaggregate_into(r, Some(&narrow), &mut want));
+            }
+            let mut got = vec![Record::new("earlier", "x", seq("1"))];
+            let stats = d.deaggregate_batch_into(input.iter().cloned(), Some(&narrow), &mut got);
+            assert_eq!(stats, want_stats, "round {round}, filter {filter}");
+            assert_eq!(got, want, "round {round}, filter {filter}");
+            let (alone, alone_stats) = d.deaggregate(input.iter().cloned(), Some(&narrow));
+            assert_eq!(alone_stats, want_stats);
+            assert_eq!(alone[..], want[1..]);
+        }
+    }
+}

@@ -1,13 +1,13 @@
 //! A small, allocation-light protobuf reader for the `AggregatedRecord` message.
 //!
 //! Why hand-written instead of `prost` decoding: the de-aggregator wants (a) user-record data
-//! as zero-copy slices of the fetched record (offsets, not owned buffers), (b) one shared
-//! `Arc<str>` per partition-key table entry rather than one `String` per table entry that is
-//! then copied again, and (c) no intermediate `Vec<RecordMessage>` between the wire bytes and the
-//! output `Vec<Record>`. The reader walks the body twice: [`scan`] reads the two key tables and
-//! counts the records (their order in the message is free in protobuf), then [`Records`] yields
-//! each record's indices and the byte range of its data. `prost` is still used for encoding and
-//! for cross-checks in tests.
+//! as zero-copy slices of the fetched record (offsets, not owned buffers), (b) key tables that
+//! borrow the message (the de-aggregator makes one shared `Arc<str>` per entry when a user record
+//! first takes it) rather than one `String` per table entry that is then copied again, and (c) no
+//! intermediate `Vec<RecordMessage>` between the wire bytes and the output `Vec<Record>`. The
+//! reader walks the body twice: [`scan`] reads the two key tables and counts the records (their
+//! order in the message is free in protobuf), then [`Records`] yields each record's indices and
+//! the byte range of its data. `prost` is still used for encoding and for cross-checks in tests.
 //!
 //! Strictness follows proto2: `required` fields must be present (`partition_key_index`, `data`,
 //! `Tag.key`), the last value wins for repeated occurrences of a singular field, unknown fields
@@ -16,6 +16,7 @@
 //! and a varint longer than 10 bytes or overflowing 64 bits is an error. Strings that are not
 //! valid UTF-8 are decoded lossily (U+FFFD), as protobuf-java does for proto2 strings.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -70,6 +71,14 @@ impl<'a> Reader<'a> {
         Self { buf, pos: 0 }
     }
 
+    /// The next byte, consumed.
+    #[inline]
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
     #[inline]
     fn at_end(&self) -> bool {
         self.pos >= self.buf.len()
@@ -85,6 +94,23 @@ impl<'a> Reader<'a> {
             return Ok(u64::from(b));
         }
         self.varint_slow()
+    }
+
+    /// A varint of at most two bytes (lengths below 16 KiB, indices below 16384), consumed;
+    /// `None` for anything else, with nothing consumed.
+    #[inline(always)]
+    fn short_varint(&mut self) -> Option<usize> {
+        let b0 = *self.buf.get(self.pos)?;
+        if b0 < 0x80 {
+            self.pos += 1;
+            return Some(usize::from(b0));
+        }
+        let b1 = *self.buf.get(self.pos + 1)?;
+        if b1 < 0x80 {
+            self.pos += 2;
+            return Some(usize::from(b0 & 0x7f) | usize::from(b1) << 7);
+        }
+        None
     }
 
     #[cold]
@@ -171,34 +197,65 @@ fn expect(message: &'static str, field: u64, wire_type: u8, want: u8) -> Result<
 
 /// Decodes a proto2 string: borrowed when valid UTF-8, lossily converted otherwise.
 #[inline]
-fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+fn text(bytes: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(bytes) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Ok(s) => Cow::Borrowed(s),
         Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// One entry of a key table: borrowed from the message when it is valid UTF-8 (no allocation
+/// until a user record takes it), owned when it had to be decoded lossily.
+#[derive(Debug)]
+pub(crate) struct TableKey<'a>(Cow<'a, str>);
+
+impl std::ops::Deref for TableKey<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<Arc<str>> for TableKey<'_> {
+    fn eq(&self, other: &Arc<str>) -> bool {
+        *self.0 == **other
     }
 }
 
 /// The key tables of an aggregated record and the number of records it holds.
 #[derive(Debug, Default)]
-pub(crate) struct Tables {
-    /// `partition_key_table`, one shared string per entry.
-    pub(crate) partition_keys: Vec<Arc<str>>,
-    /// `explicit_hash_key_table`, one shared string per entry.
-    pub(crate) explicit_hash_keys: Vec<Arc<str>>,
+pub(crate) struct Tables<'a> {
+    /// `partition_key_table`.
+    pub(crate) partition_keys: Vec<TableKey<'a>>,
+    /// `explicit_hash_key_table`.
+    pub(crate) explicit_hash_keys: Vec<TableKey<'a>>,
     /// How many `records` entries the message holds.
     pub(crate) records: usize,
 }
 
 /// First pass: reads the key tables, counts the records, validates the top-level framing.
-pub(crate) fn scan(body: &[u8]) -> Result<Tables, DecodeError> {
+pub(crate) fn scan(body: &[u8]) -> Result<Tables<'_>, DecodeError> {
     let mut tables = Tables::default();
     let mut r = Reader::new(body);
-    while let Some((field, wire_type)) = r.key()? {
+    loop {
+        // Fast path: a record (field 3, length-delimited) with a short length prefix.
+        let mut peek = r;
+        if peek.byte() == Some(0x1A)
+            && let Some(len) = peek.short_varint()
+            && len <= peek.buf.len() - peek.pos
+        {
+            r.pos = peek.pos + len;
+            tables.records += 1;
+            continue;
+        }
+        let Some((field, wire_type)) = r.key()? else {
+            break;
+        };
         match field {
             1 | 2 => {
                 expect("AggregatedRecord", field, wire_type, LEN)?;
                 let range = r.len_delimited()?;
-                let s: Arc<str> = Arc::from(text(&body[range]));
+                let s = TableKey(text(&body[range]));
                 if field == 1 {
                     tables.partition_keys.push(s);
                 } else {
@@ -232,6 +289,19 @@ pub(crate) struct Records<'a> {
     failed: bool,
 }
 
+/// A user record in the encoding every known aggregator writes, read by
+/// [`Records::next_canonical`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Canonical {
+    pub(crate) partition_key_index: usize,
+    /// `usize::MAX` when absent.
+    pub(crate) explicit_hash_key_index: usize,
+    /// Start of the data within the body.
+    pub(crate) start: usize,
+    /// End of the data within the body.
+    pub(crate) end: usize,
+}
+
 impl<'a> Records<'a> {
     /// Iterates over the records of `body` (which [`scan`] accepted).
     pub(crate) fn new(body: &'a [u8]) -> Self {
@@ -241,6 +311,52 @@ impl<'a> Records<'a> {
         }
     }
 
+    /// The fast path for the encoding every known aggregator writes: when the next top-level
+    /// field is a record holding exactly `partition_key_index`, optionally
+    /// `explicit_hash_key_index`, then `data`, in that order, with varints of at most two bytes,
+    /// it is consumed and returned. Otherwise `None` and nothing is consumed: the iterator's
+    /// `next` then reads whatever comes (a table entry to skip, another encoding of a record, the
+    /// end, an error), to the result it would have had anyway.
+    #[inline(always)]
+    pub(crate) fn next_canonical(&mut self) -> Option<Canonical> {
+        if self.failed {
+            return None;
+        }
+        let mut r = self.reader;
+        if r.byte()? != 0x1A {
+            return None;
+        }
+        let len = r.short_varint()?;
+        let end = r.pos.checked_add(len).filter(|&end| end <= r.buf.len())?;
+        // The record message is `r.buf[r.pos..end]`; read it in place.
+        if r.byte()? != 0x08 {
+            return None;
+        }
+        let partition_key_index = r.short_varint()?;
+        let mut key = r.byte()?;
+        let mut explicit_hash_key_index = usize::MAX;
+        if key == 0x10 {
+            explicit_hash_key_index = r.short_varint()?;
+            key = r.byte()?;
+        }
+        if key != 0x1A {
+            return None;
+        }
+        let data_len = r.short_varint()?;
+        let start = r.pos;
+        if start > end || end - start != data_len {
+            return None;
+        }
+        self.reader.pos = end;
+        Some(Canonical {
+            partition_key_index,
+            explicit_hash_key_index,
+            start,
+            end,
+        })
+    }
+
+    #[inline]
     fn next_record(&mut self) -> Result<Option<RawRecord>, DecodeError> {
         let body = self.reader.buf;
         loop {
@@ -259,6 +375,7 @@ impl<'a> Records<'a> {
 impl Iterator for Records<'_> {
     type Item = Result<RawRecord, DecodeError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
@@ -274,8 +391,8 @@ impl Iterator for Records<'_> {
     }
 }
 
-/// Parses one `Record` message occupying `range` of `body`; the data range returned is relative
-/// to `body`.
+/// Parses one `Record` message occupying `range` of `body`, field by field (any order,
+/// repeated fields, unknown fields, tags); the data range returned is relative to `body`.
 fn parse_record(body: &[u8], range: Range<usize>) -> Result<RawRecord, DecodeError> {
     let offset = range.start;
     let msg = &body[range];

@@ -37,10 +37,14 @@ pub struct LeaseConfig {
     pub renewal: Renewal,
     /// How often the heartbeat (or each lease) is renewed (default `failover_time / 3`).
     pub renew_interval: Duration,
-    /// How often the lease table is scanned to notice expired, free, stolen and handed-over
-    /// leases (default `failover_time / 20`, 500 ms at the default failover). Takeover after a
-    /// crash takes at most `failover_time` plus one scan; a handoff about one scan.
-    pub take_interval: Duration,
+    /// How often the lease table is scanned while things change: workers joining or leaving,
+    /// leases moving, handoffs under way (default `failover_time / 20`, 500 ms at the default
+    /// failover). A handoff takes about one such scan.
+    pub scan_interval: Duration,
+    /// How often the table is scanned while nothing changes (default `failover_time / 6`). A
+    /// scan is also made exactly when a lease would expire, so takeover after a crash takes at
+    /// most `failover_time` plus one idle scan. This interval sets the read cost at rest.
+    pub idle_scan_interval: Duration,
     /// The most leases one worker holds (default unlimited).
     pub max_leases_for_worker: usize,
     /// The most leases a worker asks other workers to hand over in one scan (default 32). A new
@@ -65,7 +69,8 @@ impl LeaseConfig {
             failover_time,
             renewal: Renewal::default(),
             renew_interval: failover_time / 3,
-            take_interval: failover_time / 20,
+            scan_interval: failover_time / 20,
+            idle_scan_interval: failover_time / 6,
             max_leases_for_worker: usize::MAX,
             max_steals_per_cycle: 32,
             handoff_timeout: Duration::from_secs(30),
@@ -77,6 +82,11 @@ impl LeaseConfig {
     /// if the two clocks run at slightly different rates.
     pub fn safety_margin(&self) -> Duration {
         self.renew_interval / 2
+    }
+
+    /// How long after a change the table counts as unsettled (scanned every `scan_interval`).
+    pub fn settle_time(&self) -> Duration {
+        self.idle_scan_interval * 2
     }
 
     /// How long after its last successful renewal a worker may still act on its leases.
@@ -98,7 +108,11 @@ mod tests {
             c.renew_interval,
             Duration::from_millis(3333) + Duration::from_nanos(333_333)
         );
-        assert_eq!(c.take_interval, Duration::from_millis(500));
+        assert_eq!(c.scan_interval, Duration::from_millis(500));
+        assert_eq!(
+            c.idle_scan_interval,
+            Duration::from_millis(1666) + Duration::from_nanos(666_666)
+        );
         assert_eq!(c.max_leases_for_worker, usize::MAX);
         // A worker stops using its leases before anyone may consider them expired.
         assert!(c.validity() < c.failover_time);

@@ -34,15 +34,32 @@ use crate::record::{ExtendedSequenceNumber, HashKeyRange, SequenceNumber};
 
 /// Expands to one `#[tokio::test]` per contract case, each calling `$make` for a fresh, empty table.
 ///
+/// Attributes after the factory are put on every test, e.g. to mark them ignored when they need
+/// a server:
+///
 /// ```ignore
 /// kcl_core::lease_table_contract_tests!(|| async { kcl_core::lease::InMemoryLeaseTable::new() });
+/// kcl_core::lease_table_contract_tests!(fresh_table, #[ignore = "needs a DynamoDB endpoint"]);
 /// ```
 ///
 /// Invoke it inside a module (`mod contract { ... }`) to group the test names.
 #[macro_export]
 macro_rules! lease_table_contract_tests {
-    ($make:expr $(,)?) => {
-        $crate::__lease_table_contract_cases!(@tests $make);
+    ($make:expr $(, #[$attr:meta])* $(,)?) => {
+        $crate::__lease_table_contract_cases!(@tests [$(#[$attr])*] $make);
+    };
+}
+
+/// One contract test with the given attributes (used by [`lease_table_contract_tests!`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __lease_table_contract_case {
+    ([$(#[$attr:meta])*], $make:expr, $case:ident) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn $case() {
+            $crate::lease::contract::$case(($make)().await).await;
+        }
     };
 }
 
@@ -50,22 +67,19 @@ macro_rules! lease_table_contract_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __lease_table_contract_cases {
-    (@tests $make:expr; $($case:ident),* $(,)?) => {
+    (@tests $attrs:tt $make:expr; $($case:ident),* $(,)?) => {
         $(
-            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $case() {
-                $crate::lease::contract::$case(($make)().await).await;
-            }
+            $crate::__lease_table_contract_case!($attrs, $make, $case);
         )*
     };
-    (@run $make:expr; $($case:ident),* $(,)?) => {
+    (@run $attrs:tt $make:expr; $($case:ident),* $(,)?) => {
         $(
             ::std::eprintln!("lease table contract: {}", ::std::stringify!($case));
             $crate::lease::contract::$case(($make)().await).await;
         )*
     };
-    (@$mode:ident $make:expr) => {
-        $crate::__lease_table_contract_cases!(@$mode $make;
+    (@$mode:ident $attrs:tt $make:expr) => {
+        $crate::__lease_table_contract_cases!(@$mode $attrs $make;
             create_if_absent_creates_once,
             concurrent_creates_exactly_one_wins,
             get_missing_is_none,
@@ -104,7 +118,7 @@ where
     Fut: Future<Output = T>,
     T: LeaseTable + 'static,
 {
-    crate::__lease_table_contract_cases!(@run make);
+    crate::__lease_table_contract_cases!(@run [] make);
 }
 
 /// A table plus something that must live as long as it (a temporary directory, a container

@@ -26,10 +26,22 @@
 //!
 //! # Taking and balancing
 //!
-//! Every `take_interval` the worker scans the table and decides with [`balance`](super::balance):
-//! free (unowned, expired, or in its name) leases first, longest unattended first, up to its fair
-//! share; when nothing is free, it asks the most loaded worker, but only one holding at least two
-//! more leases than itself, so no lease is ever passed back and forth.
+//! At every scan the worker decides with [`balance`](super::balance): free (unowned, expired, or
+//! in its name) leases first, longest unattended first, up to its fair share; when nothing is
+//! free, it asks the most loaded worker, but only one holding at least two more leases than
+//! itself, so no lease is ever passed back and forth.
+//!
+//! # How often: scanning at rest and while things change
+//!
+//! Scans are the read cost, so a worker scans every `idle_scan_interval` while the table is
+//! settled and every `scan_interval` while it is not: for `settle_time` after any change of
+//! membership (a heartbeat row appearing, leaving or vanishing), of owners or handoff markers, or
+//! of the set of leases, and while its own handoff requests are pending. A scan is also made at
+//! the exact moment an observed lease would expire, so a takeover never waits for the next idle
+//! scan. Two rules make sure that whoever must react to a handoff is already scanning fast: a new
+//! worker asks for leases only once its heartbeat row has been visible for an idle interval (every
+//! other worker has seen it appear), and a leaving worker announces itself and keeps processing
+//! for an idle interval before it hands its leases over.
 //!
 //! # Handoff without duplicates
 //!
@@ -89,6 +101,44 @@ struct StatCounters {
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How fast to scan: when the table last changed and when a lease may expire next.
+#[derive(Debug)]
+struct Pace {
+    /// A digest of the table's structure (keys, owners, markers, finished, membership).
+    fingerprint: u64,
+    /// When the structure last changed.
+    last_change: Instant,
+    /// The earliest moment an observed lease of another worker may expire.
+    next_expiry: Option<Instant>,
+}
+
+impl Pace {
+    /// Records the structure of a scan; returns whether it changed.
+    fn observe(&mut self, view: &View<'_>, now: Instant) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for (key, lease) in &view.leases {
+            (
+                key,
+                &lease.owner,
+                &lease.checkpoint_owner,
+                lease.is_finished(),
+            )
+                .hash(&mut hasher);
+        }
+        for (worker, hb) in &view.heartbeats {
+            (worker, hb.owner.is_some()).hash(&mut hasher);
+        }
+        let fingerprint = hasher.finish();
+        let changed = fingerprint != self.fingerprint;
+        if changed {
+            self.fingerprint = fingerprint;
+            self.last_change = now;
+        }
+        changed
+    }
 }
 
 /// A handoff this worker asked for and is waiting on.
@@ -189,6 +239,10 @@ pub(crate) struct LeaseCoordinator {
     /// Workers whose heartbeat row was seen and has since disappeared (they left, or their row
     /// was removed as stale), with leases still in their name: those leases are free.
     departed: Mutex<Departed>,
+    pace: Mutex<Pace>,
+    /// Since when other workers can see this one (its first heartbeat); it asks for leases only
+    /// an idle scan interval later.
+    visible_since: Mutex<Option<Instant>>,
     stats: StatCounters,
 }
 
@@ -207,6 +261,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl LeaseCoordinator {
     pub(crate) fn new(worker_id: String, table: Arc<dyn LeaseTable>, config: LeaseConfig) -> Self {
         let liveness = Arc::new(Liveness::new(&worker_id, &config));
+        let visible_since = (config.renewal == Renewal::PerLease).then(Instant::now);
         Self {
             worker_id,
             table,
@@ -219,6 +274,12 @@ impl LeaseCoordinator {
             observer: Mutex::new(Observer::default()),
             successors: Mutex::new(BTreeMap::new()),
             departed: Mutex::new(Departed::default()),
+            pace: Mutex::new(Pace {
+                fingerprint: 0,
+                last_change: Instant::now(),
+                next_expiry: None,
+            }),
+            visible_since: Mutex::new(visible_since),
             stats: StatCounters::default(),
         }
     }
@@ -283,12 +344,24 @@ impl LeaseCoordinator {
                     self.drop_all("heartbeat not renewed within the failover time");
                 }
                 let leaving = self.leaving.load(Ordering::SeqCst);
+                let sent = Instant::now();
+                let epoch = self.liveness.epoch();
                 match self
                     .heartbeat
                     .beat(self.table.as_ref(), &self.liveness, leaving)
                     .await
                 {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        if self.liveness.epoch() != epoch {
+                            // The heartbeat ended a lapse (it waited out a pause): whatever was
+                            // held before is void already; say so to the consumers. The others
+                            // took this worker for dead: it counts as newly joined again.
+                            self.drop_all("heartbeat renewed only after a lapse");
+                            *lock(&self.visible_since) = Some(sent);
+                        }
+                        lock(&self.visible_since).get_or_insert(sent);
+                        true
+                    }
                     Err(error) => {
                         warn!(%error, "heartbeat failed; will retry");
                         false
@@ -335,6 +408,9 @@ impl LeaseCoordinator {
         lock(&self.observer).observe(&rows, now);
         let view = View::new(&rows);
         lock(&self.departed).update(&view);
+        lock(&self.pace).observe(&view, now);
+        let next_expiry = self.next_expiry(&view);
+        lock(&self.pace).next_expiry = next_expiry;
 
         self.reconcile_held(&view);
         let mut started = Vec::new();
@@ -371,6 +447,10 @@ impl LeaseCoordinator {
             max_steals_per_cycle: self.config.max_steals_per_cycle,
         };
         let plan = balance::plan(&candidates, limits, |n| fastrand::usize(..n));
+        // A new worker asks for leases only once every other worker has had an idle scan to see
+        // it appear (and so scans fast when the request comes).
+        let may_steal = lock(&self.visible_since)
+            .is_some_and(|at| now.saturating_duration_since(at) >= self.config.idle_scan_interval);
         for lease in plan.take {
             let expired = lease.owner.as_deref().is_some_and(|o| o != self.worker_id);
             if let Some(held) = self.take(lease).await? {
@@ -380,8 +460,10 @@ impl LeaseCoordinator {
                 started.push(held);
             }
         }
-        for lease in plan.steal {
-            self.request_handoff(lease).await?;
+        if may_steal {
+            for lease in plan.steal {
+                self.request_handoff(lease).await?;
+            }
         }
         self.remove_stale_heartbeats(&view, now).await;
         Ok(started)
@@ -407,6 +489,75 @@ impl LeaseCoordinator {
             }
         }
         Ok(started)
+    }
+
+    /// When to scan next: soon while the table is unsettled or handoffs are pending, at the
+    /// idle interval otherwise, and never after the moment a lease may expire.
+    pub(crate) fn next_scan_at(&self) -> Instant {
+        let now = Instant::now();
+        let pace = lock(&self.pace);
+        let unsettled = self.leaving.load(Ordering::SeqCst)
+            || self.has_pending()
+            || now.saturating_duration_since(pace.last_change) < self.config.settle_time();
+        let interval = if unsettled {
+            self.config.scan_interval
+        } else {
+            self.config.idle_scan_interval
+        };
+        let next = now + interval;
+        match pace.next_expiry {
+            // Only a moment still ahead: a deadline already passed was handled by this scan.
+            Some(expiry) if expiry > now && expiry < next => expiry,
+            _ => next,
+        }
+    }
+
+    /// The earliest moment a lease of another live worker, as observed, may expire.
+    fn next_expiry(&self, view: &View<'_>) -> Option<Instant> {
+        let observer = lock(&self.observer);
+        let departed = lock(&self.departed);
+        // Expired strictly after the failover time: look a millisecond later.
+        let deadline = |key: &str| {
+            observer
+                .since(key)
+                .map(|since| since + self.config.failover_time + Duration::from_millis(1))
+        };
+        let mut next: Option<Instant> = None;
+        for lease in view.leases.values() {
+            let Some(owner) = lease.owner.as_deref() else {
+                continue;
+            };
+            if owner == self.worker_id || lease.is_finished() || departed.contains(owner) {
+                continue;
+            }
+            let key = match view.heartbeats.get(owner) {
+                Some(hb) => hb.key.as_str(),
+                None => lease.key.as_str(),
+            };
+            if let Some(at) = deadline(key) {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        next.filter(|at| *at > Instant::now())
+    }
+
+    /// How long, as this worker observed, the row `key` has not changed (zero if never seen).
+    pub(crate) fn quiet_for(&self, key: &str) -> Duration {
+        lock(&self.observer).unchanged_for(key, Instant::now())
+    }
+
+    /// Tests: pretend the other workers have seen this one long enough for it to ask for leases.
+    #[cfg(test)]
+    pub(crate) fn backdate_visibility(&self) {
+        let at = Instant::now()
+            .checked_sub(self.config.idle_scan_interval)
+            .unwrap_or_else(Instant::now);
+        *lock(&self.visible_since) = Some(at);
+    }
+
+    /// Whether a live worker that is not leaving can take this worker's leases.
+    pub(crate) fn has_successors(&self) -> bool {
+        !lock(&self.successors).is_empty()
     }
 
     /// Where a gracefully stopping worker sends `key`: the least loaded live worker that is not
@@ -455,7 +606,11 @@ impl LeaseCoordinator {
             }
         }
         match self.table.list().await {
-            Ok(rows) => self.release_strays(&View::new(&rows)).await,
+            Ok(rows) => {
+                let view = View::new(&rows);
+                self.release_strays(&view).await;
+                self.return_pending(&view).await;
+            }
             Err(error) => debug!(%error, "final scan failed"),
         }
         lock(&self.pending).clear();
@@ -673,7 +828,7 @@ impl LeaseCoordinator {
     /// Only workers whose heartbeat moved within a renewal interval (plus a scan) count, so a
     /// lease is not sent to a worker that died a moment ago.
     fn remember_successors(&self, view: &View<'_>, now: Instant) {
-        let fresh = self.config.renew_interval + self.config.take_interval;
+        let fresh = self.config.renew_interval + self.config.idle_scan_interval;
         let mut successors: BTreeMap<String, usize> = BTreeMap::new();
         {
             let observer = lock(&self.observer);
@@ -717,10 +872,14 @@ impl LeaseCoordinator {
     async fn release_strays(&self, view: &View<'_>) {
         let held: BTreeSet<String> = self.held().iter().map(|h| h.key().to_owned()).collect();
         for lease in view.leases.values() {
-            // Finished leases stay with their last owner, as Java KCL leaves them.
+            // Finished leases stay with their last owner, as Java KCL leaves them. A lease whose
+            // handoff to this worker is still under way is left until it completes (the previous
+            // owner is finishing a batch: passing the lease on now could start a third worker
+            // beside it); completed, it is held and passed on at the end.
             if !lease.is_owned_by(&self.worker_id)
                 || held.contains(&lease.key)
                 || lease.is_finished()
+                || lease.checkpoint_owner.is_some()
             {
                 continue;
             }
@@ -728,6 +887,35 @@ impl LeaseCoordinator {
             let update = LeaseUpdate::release(lease, successor.as_deref());
             if let Err(error) = self.table.write_reconciled(lease, &update).await {
                 debug!(lease = %lease.key, %error, "could not pass on a lease while leaving");
+            }
+        }
+    }
+
+    /// At the very end of a shutdown: handoffs asked for and still not completed go back to the
+    /// worker that was asked, the marker still naming it (it keeps processing; its next write
+    /// adopts the lease again).
+    async fn return_pending(&self, view: &View<'_>) {
+        for lease in view.leases.values() {
+            let Some(previous) = lease.checkpoint_owner.as_deref() else {
+                continue;
+            };
+            if !lease.is_owned_by(&self.worker_id) {
+                continue;
+            }
+            // Back in the previous owner's name, the marker still naming it: it never stopped
+            // holding the lease, and its next write adopts it and clears the marker.
+            let update = LeaseUpdate {
+                owner: Some(Some(previous.to_owned())),
+                increment_owner_switches: true,
+                ..LeaseUpdate::default()
+            };
+            match self.table.write_reconciled(lease, &update).await {
+                Ok(_) => {
+                    debug!(lease = %lease.key, to = previous, "returned a handoff not completed")
+                }
+                Err(error) => {
+                    debug!(lease = %lease.key, %error, "could not return a pending handoff")
+                }
             }
         }
     }

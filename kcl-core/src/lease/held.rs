@@ -19,11 +19,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::liveness::Liveness;
 use super::{Lease, LeaseError, LeaseTable, LeaseTableExt, LeaseUpdate};
+use crate::sync::{Signal, Watch};
 
 /// Where a held lease stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +63,9 @@ pub(crate) struct HeldLease {
     /// When the last successful write to this lease was sent.
     written_at: Mutex<Instant>,
     liveness: Arc<Liveness>,
-    status: watch::Sender<HeldStatus>,
+    /// The worker's liveness epoch when the lease was acquired: a lapse since voids it.
+    epoch: u64,
+    status: Arc<Signal<HeldStatus>>,
 }
 
 impl std::fmt::Debug for HeldLease {
@@ -83,13 +85,14 @@ impl HeldLease {
         liveness: Arc<Liveness>,
         written_at: Instant,
     ) -> Arc<Self> {
-        let (status, _) = watch::channel(HeldStatus::Held);
+        let status = Signal::new(HeldStatus::Held);
         Arc::new(Self {
             key: lease.key.clone(),
             worker_id: liveness.worker_id().to_owned(),
             table,
             state: tokio::sync::Mutex::new(lease),
             written_at: Mutex::new(written_at),
+            epoch: liveness.epoch(),
             liveness,
             status,
         })
@@ -100,7 +103,7 @@ impl HeldLease {
     }
 
     pub(crate) fn status(&self) -> HeldStatus {
-        *self.status.borrow()
+        self.status.get()
     }
 
     pub(crate) fn is_lost(&self) -> bool {
@@ -109,16 +112,16 @@ impl HeldLease {
 
     /// Whether the worker may still act on this lease: not lost, and the claim is fresh.
     pub(crate) fn is_valid(&self) -> bool {
-        !self.is_lost() && self.liveness.is_valid(self.written_at())
+        !self.is_lost() && self.liveness.is_valid(self.epoch, self.written_at())
     }
 
     pub(crate) fn mark_lost(&self) {
-        self.status.send_replace(HeldStatus::Lost);
+        self.status.set(HeldStatus::Lost);
     }
 
     /// Records that another worker asked for this lease (seen by a scan).
     pub(crate) fn note_handoff_requested(&self) {
-        self.status.send_if_modified(|s| {
+        self.status.update(|s| {
             if *s == HeldStatus::Held {
                 *s = HeldStatus::HandoffRequested;
                 true
@@ -129,8 +132,8 @@ impl HeldLease {
     }
 
     /// Follows the status.
-    pub(crate) fn watch(&self) -> watch::Receiver<HeldStatus> {
-        self.status.subscribe()
+    pub(crate) fn watch(&self) -> Watch<HeldStatus> {
+        self.status.watch()
     }
 
     pub(crate) fn written_at(&self) -> Instant {
@@ -147,14 +150,26 @@ impl HeldLease {
         match self.attempt(&mut lease, update).await {
             Ok(written) => Ok(written),
             // The lease now carries the requesting worker's counter: one more try.
-            Err(Attempt::Adopted) => match self.attempt(&mut lease, update).await {
-                Ok(written) => Ok(written),
-                Err(Attempt::Adopted) => {
-                    self.mark_lost();
-                    Err(HeldWriteError::Lost(self.key.clone()))
-                }
-                Err(Attempt::Failed(error)) => Err(error),
-            },
+            Err(Attempt::Adopted) => {
+                let retry = self.with_marker_cleared(&lease, update);
+                self.retry_adopted(&mut lease, &retry).await
+            }
+            Err(Attempt::Failed(error)) => Err(error),
+        }
+    }
+
+    /// The one retry after adopting the counter of a row naming us as `checkpoint_owner`.
+    async fn retry_adopted(
+        &self,
+        lease: &mut Lease,
+        update: &LeaseUpdate,
+    ) -> Result<Lease, HeldWriteError> {
+        match self.attempt(lease, update).await {
+            Ok(written) => Ok(written),
+            Err(Attempt::Adopted) => {
+                self.mark_lost();
+                Err(HeldWriteError::Lost(self.key.clone()))
+            }
             Err(Attempt::Failed(error)) => Err(error),
         }
     }
@@ -215,10 +230,15 @@ impl HeldLease {
                         .map_err(|e| Attempt::Failed(HeldWriteError::Store(e)))?,
                 };
                 match current {
-                    Some(current) if self.is_asked_to_hand_over(&current) => {
-                        tracing::debug!(lease = %self.key, new_owner = ?current.owner, "handoff requested");
+                    Some(current) if self.is_named_by_marker(&current) => {
+                        if current.is_owned_by(&self.worker_id) {
+                            // A request given back before it completed: still ours.
+                            tracing::debug!(lease = %self.key, "handoff request withdrawn");
+                        } else {
+                            tracing::debug!(lease = %self.key, new_owner = ?current.owner, "handoff requested");
+                            self.note_handoff_requested();
+                        }
                         *lease = current;
-                        self.note_handoff_requested();
                         Err(Attempt::Adopted)
                     }
                     _ => {
@@ -235,9 +255,22 @@ impl HeldLease {
         }
     }
 
-    /// Whether `current` is another worker's request that we hand this lease over.
-    fn is_asked_to_hand_over(&self, current: &Lease) -> bool {
-        !current.is_owned_by(&self.worker_id)
-            && current.checkpoint_owner.as_deref() == Some(self.worker_id.as_str())
+    /// Whether `current` names this worker as `checkpoint_owner`: another worker asked for the
+    /// lease and waits for this one to hand it over, or gave a request back (the lease is in
+    /// this worker's name again). Either way nobody else processes it while the marker stands.
+    fn is_named_by_marker(&self, current: &Lease) -> bool {
+        current.checkpoint_owner.as_deref() == Some(self.worker_id.as_str())
+    }
+
+    /// `update`, clearing a withdrawn request's marker when the lease is back in our name.
+    fn with_marker_cleared(&self, lease: &Lease, update: &LeaseUpdate) -> LeaseUpdate {
+        let mut update = update.clone();
+        if lease.is_owned_by(&self.worker_id)
+            && lease.checkpoint_owner.as_deref() == Some(self.worker_id.as_str())
+            && update.checkpoint_owner.is_none()
+        {
+            update.checkpoint_owner = Some(None);
+        }
+        update
     }
 }

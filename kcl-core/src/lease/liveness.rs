@@ -11,6 +11,11 @@
 //! it leases, but do not consider its leases expired.
 //!
 //! With [`Renewal::PerLease`] there is no row; each lease's own last write is its proof of life.
+//!
+//! **Epochs.** A heartbeat whose reply comes back more than the validity after the previous one
+//! was sent (the worker was paused or cut off in between) starts a new epoch. A lease is only valid in the epoch it
+//! was acquired in, so a lapse invalidates every lease held before it at once, even when the
+//! heartbeat that ends the lapse is written before anyone got round to dropping them.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,8 +32,8 @@ pub(crate) struct Liveness {
     worker_id: String,
     renewal: Renewal,
     validity: Duration,
-    /// Send instant of the last successful heartbeat (heartbeat mode).
-    heartbeat_sent: Mutex<Option<Instant>>,
+    /// Send instant of the last successful heartbeat (heartbeat mode) and the current epoch.
+    heartbeat: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Liveness {
@@ -37,7 +42,7 @@ impl Liveness {
             worker_id: worker_id.to_owned(),
             renewal: config.renewal,
             validity: config.validity(),
-            heartbeat_sent: Mutex::new(None),
+            heartbeat: Mutex::new((None, 0)),
         }
     }
 
@@ -45,30 +50,49 @@ impl Liveness {
         &self.worker_id
     }
 
-    fn last_heartbeat(&self) -> Option<Instant> {
-        *self
-            .heartbeat_sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, u64)> {
+        self.heartbeat.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn last_heartbeat(&self) -> Option<Instant> {
+        self.state().0
+    }
+
+    /// The current epoch (see the module docs).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.state().1
+    }
+
+    /// Records a heartbeat sent at `sent` whose reply came back now. It extends the claim from
+    /// `sent` (it cannot have landed earlier), but only continues the epoch if the reply came
+    /// back before the previous heartbeat's validity ran out: a heartbeat held up in a paused
+    /// process may land after others saw the previous one go stale and took over.
     fn record_heartbeat(&self, sent: Instant) {
-        let mut last = self
-            .heartbeat_sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if last.is_none_or(|l| l < sent) {
-            *last = Some(sent);
+        let received = Instant::now();
+        let mut state = self.state();
+        match state.0 {
+            Some(last) if last >= sent => {}
+            Some(last) => {
+                if received >= last + self.validity {
+                    state.1 += 1;
+                }
+                state.0 = Some(sent);
+            }
+            None => state.0 = Some(sent),
         }
     }
 
-    /// Whether a lease last written at `lease_written_at` may still be acted on.
-    pub(crate) fn is_valid(&self, lease_written_at: Instant) -> bool {
+    /// Whether a lease acquired in `epoch` and last written at `lease_written_at` may still be
+    /// acted on.
+    pub(crate) fn is_valid(&self, epoch: u64, lease_written_at: Instant) -> bool {
         let renewed = match self.renewal {
-            Renewal::Heartbeat => match self.last_heartbeat() {
-                Some(at) => at,
-                None => return false,
-            },
+            Renewal::Heartbeat => {
+                let (last, current) = *self.state();
+                match last {
+                    Some(at) if current == epoch => at,
+                    _ => return false,
+                }
+            }
             Renewal::PerLease => lease_written_at,
         };
         Instant::now() < renewed + self.validity
@@ -106,7 +130,11 @@ impl Heartbeat {
         for _ in 0..3 {
             let sent = Instant::now();
             let Some(current) = row.as_ref() else {
-                let fresh = Lease::worker_heartbeat(me);
+                // A random first counter: a row deleted as stale and created again by a worker
+                // with the same id must never look unchanged to a worker that saw the old one
+                // (the ABA problem), or that worker would think the new one dead.
+                let mut fresh = Lease::worker_heartbeat(me);
+                fresh.counter = fastrand::u64(..1 << 62);
                 if table.create_if_absent(&fresh).await? {
                     debug!("heartbeat row created");
                     liveness.record_heartbeat(sent);
@@ -199,10 +227,42 @@ mod tests {
         // The next beat increments the counter and restores liveness.
         heartbeat.beat(&table, &liveness, false).await.unwrap();
         assert!(liveness.is_alive());
-        assert_eq!(
-            table.get("kcl-rs/worker/w").await.unwrap().unwrap().counter,
-            1
-        );
+        let renewed = table.get("kcl-rs/worker/w").await.unwrap().unwrap();
+        assert_eq!(renewed.counter, row.counter + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_after_a_lapse_starts_a_new_epoch() {
+        let table = InMemoryLeaseTable::new();
+        let liveness = Liveness::new("w", &config());
+        let heartbeat = Heartbeat::default();
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        let acquired = (liveness.epoch(), Instant::now());
+        tokio::time::advance(config().renew_interval).await;
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        assert!(liveness.is_valid(acquired.0, acquired.1), "renewed in time");
+        // Paused past the validity; the next heartbeat succeeds at once (say it re-created a row
+        // removed meanwhile): leases from before the lapse stay invalid.
+        tokio::time::advance(config().failover_time * 3).await;
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        assert!(liveness.is_alive());
+        assert!(!liveness.is_valid(acquired.0, acquired.1));
+        assert!(liveness.is_valid(liveness.epoch(), Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_held_up_past_the_validity_starts_a_new_epoch() {
+        let table = crate::lease::test_table::FaultyTable::default();
+        let liveness = Liveness::new("w", &config());
+        let heartbeat = Heartbeat::default();
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        let epoch = liveness.epoch();
+        tokio::time::advance(config().renew_interval).await;
+        // Sent in time, but it reaches the store (and replies) only after the previous one's
+        // validity ran out: others may have taken over meanwhile.
+        table.set_delay(config().failover_time);
+        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        assert_ne!(liveness.epoch(), epoch);
     }
 
     #[tokio::test(start_paused = true)]
@@ -246,8 +306,8 @@ mod tests {
         let liveness = Liveness::new("w", &c);
         assert!(liveness.is_alive());
         let written = Instant::now();
-        assert!(liveness.is_valid(written));
+        assert!(liveness.is_valid(0, written));
         tokio::time::advance(c.validity()).await;
-        assert!(!liveness.is_valid(written));
+        assert!(!liveness.is_valid(0, written));
     }
 }

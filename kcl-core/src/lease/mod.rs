@@ -40,6 +40,8 @@ pub(crate) mod held;
 pub(crate) mod liveness;
 pub mod memory;
 mod observer;
+#[cfg(test)]
+pub(crate) mod test_table;
 
 #[cfg(feature = "contract-tests")]
 pub mod contract;

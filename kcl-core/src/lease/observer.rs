@@ -64,6 +64,11 @@ impl Observer {
         }
     }
 
+    /// When (on our clock) the row `key` was first seen as it is now.
+    pub(crate) fn since(&self, key: &str) -> Option<Instant> {
+        self.seen.get(key).map(|o| o.since)
+    }
+
     /// How long the row `key` has looked unchanged (zero if never seen).
     pub(crate) fn unchanged_for(&self, key: &str, now: Instant) -> Duration {
         self.seen

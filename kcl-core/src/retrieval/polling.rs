@@ -192,6 +192,7 @@ impl PollingTask {
                 }
                 let delay = backoff.next().unwrap_or(self.config.error_backoff.max);
                 tokio::select! {
+                    biased;
                     _ = tokio::time::sleep(delay) => false,
                     _ = self.events.closed() => true,
                 }

@@ -209,7 +209,8 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
         let derived = LeaseConfig::with_failover(failover);
         self.lease.failover_time = derived.failover_time;
         self.lease.renew_interval = derived.renew_interval;
-        self.lease.take_interval = derived.take_interval;
+        self.lease.scan_interval = derived.scan_interval;
+        self.lease.idle_scan_interval = derived.idle_scan_interval;
         self
     }
 
@@ -297,10 +298,16 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
                 "must be positive and shorter than two thirds of the failover time",
             ));
         }
-        if lease.take_interval.is_zero() || lease.take_interval >= lease.failover_time {
+        if lease.scan_interval.is_zero() || lease.scan_interval > lease.idle_scan_interval {
             return Err(invalid(
-                "lease_config.take_interval",
-                "must be positive and shorter than the failover time",
+                "lease_config.scan_interval",
+                "must be positive and not longer than idle_scan_interval",
+            ));
+        }
+        if lease.idle_scan_interval >= lease.failover_time {
+            return Err(invalid(
+                "lease_config.idle_scan_interval",
+                "must be shorter than the failover time",
             ));
         }
         if lease.max_leases_for_worker == 0 {

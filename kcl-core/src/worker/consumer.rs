@@ -16,7 +16,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::{ConsumerExit, ShardState, Shutdown, StatusBoard, WorkerConfig};
@@ -32,6 +31,7 @@ use crate::processor::{
 };
 use crate::record::{ExtendedSequenceNumber, Record};
 use crate::retrieval::{RetrievalEvent, starting_position};
+use crate::sync::Watch;
 
 /// Shared state a consumer needs.
 pub(crate) struct ConsumerContext {
@@ -40,7 +40,7 @@ pub(crate) struct ConsumerContext {
     pub table: Arc<dyn LeaseTable>,
     pub status: Arc<StatusBoard>,
     pub deaggregator: Arc<Deaggregator>,
-    pub shutdown: watch::Receiver<Shutdown>,
+    pub shutdown: Watch<Shutdown>,
     pub coordinator: Arc<LeaseCoordinator>,
 }
 
@@ -56,23 +56,20 @@ enum Interrupt {
 }
 
 /// Resolves when the lease is lost or asked for, or the worker shuts down.
-async fn interruption(
-    status: &mut watch::Receiver<HeldStatus>,
-    shutdown: &mut watch::Receiver<Shutdown>,
-) -> Interrupt {
+async fn interruption(status: &mut Watch<HeldStatus>, shutdown: &mut Watch<Shutdown>) -> Interrupt {
     loop {
-        match *status.borrow_and_update() {
+        match status.get_and_update() {
             HeldStatus::Lost => return Interrupt::Lost,
             HeldStatus::HandoffRequested => return Interrupt::Handoff,
             HeldStatus::Held => {}
         }
-        if *shutdown.borrow_and_update() != Shutdown::Running {
+        if shutdown.get_and_update().stops_consumers() {
             return Interrupt::Shutdown;
         }
         tokio::select! {
             biased;
-            changed = status.changed() => if changed.is_err() { return Interrupt::Lost },
-            changed = shutdown.changed() => if changed.is_err() { return Interrupt::Shutdown },
+            _ = status.changed() => {}
+            _ = shutdown.changed() => {}
         }
     }
 }
@@ -109,6 +106,11 @@ pub(crate) async fn run<F: ProcessorFactory>(
     if lease.is_finished() {
         return ConsumerExit::ShardEnded;
     }
+    // Waiting may have taken long (a paused worker): no user code for a lease no longer ours.
+    if !held.is_valid() {
+        held.mark_lost();
+        return finish_without_processor(&ctx, &held, Interrupt::Lost).await;
+    }
 
     // 2. Processor.
     ctx.status
@@ -141,7 +143,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
 async fn wait_for_parents(
     ctx: &mut ConsumerContext,
     lease: &Lease,
-    status: &mut watch::Receiver<HeldStatus>,
+    status: &mut Watch<HeldStatus>,
 ) -> Result<(), Interrupt> {
     'outer: loop {
         let mut pending = None;
@@ -203,7 +205,7 @@ struct Consumer<P: RecordProcessor> {
     processor: P,
     checkpointer: Checkpointer,
     held: Arc<HeldLease>,
-    status: watch::Receiver<HeldStatus>,
+    status: Watch<HeldStatus>,
     /// The last user record processed successfully (or dead-lettered).
     last_processed: Option<ExtendedSequenceNumber>,
     records_since_checkpoint: u64,
@@ -277,13 +279,11 @@ impl<P: RecordProcessor> Consumer<P> {
                 }) => {
                     let fetched = records.len();
                     batch.clear();
-                    for record in records {
-                        self.ctx.deaggregator.deaggregate_into(
-                            record,
-                            hash_range.as_ref(),
-                            &mut batch,
-                        );
-                    }
+                    self.ctx.deaggregator.deaggregate_batch_into(
+                        records,
+                        hash_range.as_ref(),
+                        &mut batch,
+                    );
                     if let Some(after) = &self.resume_after {
                         batch.retain(|r| r.position() > *after);
                         if !batch.is_empty() {
@@ -519,7 +519,7 @@ impl<P: RecordProcessor> Consumer<P> {
             }
             Interrupt::Handoff | Interrupt::Shutdown => {
                 let held = self.held.clone();
-                let immediate = *self.ctx.shutdown.borrow() == Shutdown::Immediate;
+                let immediate = self.ctx.shutdown.get() == Shutdown::Immediate;
                 if immediate {
                     // No processor call, no checkpoint: the worker releases the lease.
                     info!("stopping immediately");
@@ -556,33 +556,7 @@ impl<P: RecordProcessor> Consumer<P> {
     }
 
     async fn shard_end(&mut self, child_shards: Vec<ChildShard>) -> ConsumerExit {
-        // Children first, so a crash after SHARD_END cannot leave them without leases.
-        let mut children: Vec<String> = Vec::new();
-        for child in &child_shards {
-            let lease = Lease::new(child.shard_id.clone(), ExtendedSequenceNumber::TrimHorizon)
-                .with_parents(child.parent_shards.iter().cloned())
-                .with_hash_key_range(child.hash_key_range);
-            let mut delays = self.ctx.config.polling.error_backoff.schedule();
-            loop {
-                match self.ctx.table.create_if_absent(&lease).await {
-                    Ok(created) => {
-                        if created {
-                            info!(child = %child.shard_id, "created child lease");
-                        }
-                        break;
-                    }
-                    Err(error) => {
-                        warn!(child = %child.shard_id, %error, "could not create child lease; retrying");
-                        let delay = delays.next().unwrap_or_default();
-                        if let Some(interrupt) = self.pause(delay).await {
-                            return self.interrupted(interrupt).await;
-                        }
-                    }
-                }
-            }
-            children.push(child.shard_id.clone());
-        }
-
+        let children: Vec<String> = child_shards.iter().map(|c| c.shard_id.clone()).collect();
         // Records processed before the end count: the SHARD_END write covers them.
         self.checkpointer.permit(ExtendedSequenceNumber::ShardEnd);
         let mut delays = self.ctx.config.failure_policy.backoff().schedule();
@@ -623,6 +597,11 @@ impl<P: RecordProcessor> Consumer<P> {
                 }
             }
         }
+        // Children only now: the SHARD_END write above is fenced, so a worker that lost the lease
+        // (a zombie resuming long after the shard was finished and its finished leases cleaned
+        // up) never re-creates a child lease. A crash between the two writes leaves a hole that
+        // shard sync repairs: it creates the leases of children whose parents all finished.
+        self.create_child_leases(&child_shards).await;
         if self.held.status() == HeldStatus::HandoffRequested
             && let Err(error) = self.held.release(None).await
         {
@@ -634,6 +613,65 @@ impl<P: RecordProcessor> Consumer<P> {
             s.last_checkpoint = Some(ExtendedSequenceNumber::ShardEnd);
         });
         ConsumerExit::ShardEnded
+    }
+
+    /// Whether every parent of `child` other than this shard holds a finished lease.
+    async fn other_parents_finished(&mut self, child: &ChildShard) -> bool {
+        for parent in child.parent_shards.iter().filter(|p| **p != self.shard_id) {
+            match self.ctx.table.get(parent).await {
+                Ok(Some(lease)) if lease.is_finished() => {}
+                Ok(_) => return false,
+                Err(error) => {
+                    debug!(%parent, %error, "could not read the other parent; leaving the child to it");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Creates the leases of the children whose every other parent has finished too: a merge
+    /// child is created by whichever parent ends last (each writes `SHARD_END` before looking at
+    /// the other, so at least one sees both finished). A child lease therefore never exists
+    /// before all its parents finished, which is what lets a missing parent lease mean
+    /// "finished and cleaned up". Idempotent; a few attempts; shard sync repairs the rest.
+    async fn create_child_leases(&mut self, child_shards: &[ChildShard]) {
+        for child in child_shards {
+            // Only while the claim holds: a worker paused here must not create a child that was
+            // processed, finished and removed meanwhile.
+            if !self.held.is_valid() {
+                debug!("claim no longer valid; leaving the children to shard sync");
+                return;
+            }
+            if !self.other_parents_finished(child).await {
+                debug!(child = %child.shard_id, "another parent has not finished; it creates the child");
+                continue;
+            }
+            let lease = Lease::new(child.shard_id.clone(), ExtendedSequenceNumber::TrimHorizon)
+                .with_parents(child.parent_shards.iter().cloned())
+                .with_hash_key_range(child.hash_key_range);
+            let mut delays = self.ctx.config.polling.error_backoff.schedule().take(4);
+            loop {
+                match self.ctx.table.create_if_absent(&lease).await {
+                    Ok(created) => {
+                        if created {
+                            info!(child = %child.shard_id, "created child lease");
+                        }
+                        break;
+                    }
+                    Err(error) => match delays.next() {
+                        Some(delay) if self.held.is_valid() => {
+                            warn!(child = %child.shard_id, %error, "could not create child lease; retrying");
+                            tokio::time::sleep(delay).await;
+                        }
+                        _ => {
+                            warn!(child = %child.shard_id, %error, "could not create child lease; shard sync will");
+                            break;
+                        }
+                    },
+                }
+            }
+        }
     }
 }
 

@@ -21,9 +21,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backend::StreamBackend;
@@ -33,7 +33,8 @@ use crate::lease::coordinator::{LeaseCoordinator, LeaseStats};
 use crate::lease::held::{HeldLease, HeldStatus};
 use crate::processor::ProcessorFactory;
 use crate::record::ExtendedSequenceNumber;
-use crate::shard_sync::sync_shards;
+use crate::shard_sync::{remove_finished_leases, sync_shards};
+use crate::sync::{Signal, Watch};
 
 mod config;
 mod consumer;
@@ -44,8 +45,20 @@ pub use config::{CheckpointCadence, ConfigError, WorkerBuilder, WorkerConfig};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Shutdown {
     Running,
+    /// A graceful shutdown was asked for: the worker announces it is leaving while its
+    /// consumers keep processing, so the workers taking over are scanning fast when it hands
+    /// over.
+    Requested,
+    /// Consumers finish their batch, checkpoint and hand over.
     Graceful,
     Immediate,
+}
+
+impl Shutdown {
+    /// Whether consumers should stop.
+    pub(crate) fn stops_consumers(self) -> bool {
+        matches!(self, Self::Graceful | Self::Immediate)
+    }
 }
 
 /// What a shard consumer is doing.
@@ -128,7 +141,7 @@ impl StatusBoard {
 #[derive(Clone, Debug)]
 pub struct WorkerHandle {
     worker_id: String,
-    shutdown: Arc<watch::Sender<Shutdown>>,
+    shutdown: Arc<Signal<Shutdown>>,
     status: Arc<StatusBoard>,
     coordinator: Arc<LeaseCoordinator>,
 }
@@ -138,9 +151,9 @@ impl WorkerHandle {
     /// `shutdown_requested`, a final checkpoint is written and leases are released.
     /// [`Worker::run`] returns when it is done.
     pub fn shutdown(&self) {
-        self.shutdown.send_if_modified(|s| {
+        self.shutdown.update(|s| {
             if *s == Shutdown::Running {
-                *s = Shutdown::Graceful;
+                *s = Shutdown::Requested;
                 true
             } else {
                 false
@@ -150,7 +163,7 @@ impl WorkerHandle {
 
     /// Stops at once: processing is cancelled and leases are released without a checkpoint.
     pub fn shutdown_now(&self) {
-        self.shutdown.send_replace(Shutdown::Immediate);
+        self.shutdown.set(Shutdown::Immediate);
     }
 
     /// The worker id.
@@ -190,7 +203,7 @@ pub struct Worker<F: ProcessorFactory> {
     backend: Arc<dyn StreamBackend>,
     table: Arc<dyn LeaseTable>,
     coordinator: Arc<LeaseCoordinator>,
-    shutdown: Arc<watch::Sender<Shutdown>>,
+    shutdown: Arc<Signal<Shutdown>>,
     status: Arc<StatusBoard>,
 }
 
@@ -231,14 +244,14 @@ impl<F: ProcessorFactory> Worker<F> {
             table.clone(),
             config.lease.clone(),
         ));
-        let (shutdown, _) = watch::channel(Shutdown::Running);
+        let shutdown = Signal::new(Shutdown::Running);
         Self {
             config: Arc::new(config),
             factory: Arc::new(factory),
             backend,
             table,
             coordinator,
-            shutdown: Arc::new(shutdown),
+            shutdown,
             status: Arc::new(StatusBoard::default()),
         }
     }
@@ -270,26 +283,24 @@ impl<F: ProcessorFactory> Worker<F> {
 
     async fn run_inner(self) -> Result<(), WorkerError> {
         info!("worker starting");
-        let mut shutdown_rx = self.shutdown.subscribe();
+        let mut shutdown_rx = self.shutdown.watch();
         // A first proof of life before taking anything.
         self.coordinator.renew().await;
         // Aborted if `run` is dropped, so a cancelled worker stops renewing and its leases expire.
         let mut renewer = AbortOnDrop(tokio::spawn(
-            renew_loop(self.coordinator.clone(), self.shutdown.subscribe()).in_current_span(),
+            renew_loop(self.coordinator.clone(), self.shutdown.watch()).in_current_span(),
         ));
         let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(Arc<HeldLease>, ConsumerExit)>();
         let mut consumers = Consumers::default();
         let deaggregator = Arc::new(Deaggregator::new(self.config.deaggregation));
 
-        let lease_config = self.config.lease.clone();
-        let mut take_tick = tokio::time::interval(lease_config.take_interval);
-        take_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // Handoffs this worker asked for are polled faster than the table is scanned.
-        let pending_poll = (lease_config.take_interval / 5).max(Duration::from_millis(10));
+        let pending_poll = (self.config.lease.scan_interval / 5).max(Duration::from_millis(10));
+        let mut next_scan = Instant::now();
         let mut next_sync = Instant::now();
 
         loop {
-            if *shutdown_rx.borrow() != Shutdown::Running {
+            if shutdown_rx.get_and_update() != Shutdown::Running {
                 break;
             }
             if Instant::now() >= next_sync {
@@ -299,15 +310,12 @@ impl<F: ProcessorFactory> Worker<F> {
             let polling = self.coordinator.has_pending();
             tokio::select! {
                 biased;
-                changed = shutdown_rx.changed() => {
-                    if changed.is_err() { break; }
-                    continue;
-                }
+                _ = shutdown_rx.changed() => continue,
                 Some((held, exit)) = exit_rx.recv() => {
                     if consumers.exited(&self.coordinator, &held, exit) {
                         // Children may be leasable now: sync and take at once.
                         next_sync = Instant::now();
-                        take_tick.reset_immediately();
+                        next_scan = Instant::now();
                     }
                     continue;
                 }
@@ -319,7 +327,7 @@ impl<F: ProcessorFactory> Worker<F> {
                     }
                     continue;
                 }
-                _ = take_tick.tick() => {
+                _ = tokio::time::sleep_until(next_scan) => {
                     match self.coordinator.scan().await {
                         Ok(started) if !started.is_empty() => {
                             info!(leases = ?started.iter().map(|h| h.key()).collect::<Vec<_>>(), "now holding");
@@ -327,6 +335,7 @@ impl<F: ProcessorFactory> Worker<F> {
                         Ok(_) => {}
                         Err(error) => warn!(%error, "lease scan failed; will retry"),
                     }
+                    next_scan = self.coordinator.next_scan_at();
                 }
                 _ = tokio::time::sleep(pending_poll), if polling => {
                     if let Err(error) = self.coordinator.poll_pending().await {
@@ -338,34 +347,31 @@ impl<F: ProcessorFactory> Worker<F> {
                 .await;
         }
 
-        let mode = *shutdown_rx.borrow();
-        info!(?mode, "worker shutting down");
-        if mode == Shutdown::Graceful {
+        info!(mode = ?shutdown_rx.get(), "worker shutting down");
+        if shutdown_rx.get() == Shutdown::Requested {
+            // Announce, keep processing while the others notice (they then scan fast), and only
+            // then let the consumers hand over: the shards pause for about one fast scan.
             self.coordinator.begin_leaving().await;
-            let deadline = Instant::now() + self.config.graceful_shutdown_timeout;
-            while !consumers.set.is_empty() {
-                tokio::select! {
-                    biased;
-                    changed = shutdown_rx.changed() => {
-                        if changed.is_err() || *shutdown_rx.borrow() == Shutdown::Immediate {
-                            break;
-                        }
-                    }
-                    Some((held, exit)) = exit_rx.recv() => {
-                        consumers.exited(&self.coordinator, &held, exit);
-                    }
-                    joined = consumers.set.join_next() => if joined.is_none() { break },
-                    _ = tokio::time::sleep_until(deadline) => {
-                        warn!("graceful shutdown timed out; stopping immediately");
-                        break;
-                    }
-                    // Keep noticing lost leases and passing on leases handed to us meanwhile.
-                    _ = take_tick.tick() => {
-                        if let Err(error) = self.coordinator.scan().await {
-                            debug!(%error, "lease scan failed during shutdown");
-                        }
-                    }
+            if self.coordinator.has_successors() {
+                let until = Instant::now() + self.config.lease.idle_scan_interval;
+                self.drive(&mut consumers, &mut exit_rx, &mut shutdown_rx, until)
+                    .await;
+            }
+            self.shutdown.update(|s| {
+                let graceful = *s == Shutdown::Requested;
+                if graceful {
+                    *s = Shutdown::Graceful;
                 }
+                graceful
+            });
+        }
+        if shutdown_rx.get_and_update() == Shutdown::Graceful {
+            let deadline = Instant::now() + self.config.graceful_shutdown_timeout;
+            let done = self
+                .drive(&mut consumers, &mut exit_rx, &mut shutdown_rx, deadline)
+                .await;
+            if !done && shutdown_rx.get() != Shutdown::Immediate {
+                warn!("graceful shutdown timed out; stopping immediately");
             }
         }
         consumers.set.abort_all();
@@ -373,7 +379,7 @@ impl<F: ProcessorFactory> Worker<F> {
         // Whatever is still held (stopped shards, consumers cut short) is let go here, and the
         // heartbeat row removed.
         self.coordinator.finish().await;
-        self.shutdown.send_replace(Shutdown::Immediate);
+        self.shutdown.set(Shutdown::Immediate);
         if let Err(error) = (&mut renewer.0).await
             && !error.is_cancelled()
         {
@@ -383,7 +389,45 @@ impl<F: ProcessorFactory> Worker<F> {
         Ok(())
     }
 
-    /// Syncs shards into leases and removes finished leases no longer needed.
+    /// While leaving: records consumer exits and keeps scanning (to notice lost leases and pass
+    /// on leases handed over meanwhile) until every consumer is done (`true`), `until`, or an
+    /// immediate shutdown.
+    async fn drive(
+        &self,
+        consumers: &mut Consumers,
+        exit_rx: &mut mpsc::UnboundedReceiver<(Arc<HeldLease>, ConsumerExit)>,
+        shutdown_rx: &mut Watch<Shutdown>,
+        until: Instant,
+    ) -> bool {
+        let mut next_scan = self.coordinator.next_scan_at();
+        loop {
+            if shutdown_rx.get_and_update() == Shutdown::Immediate {
+                return false;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown_rx.changed() => {}
+                Some((held, exit)) = exit_rx.recv() => {
+                    consumers.exited(&self.coordinator, &held, exit);
+                }
+                joined = consumers.set.join_next() => {
+                    if joined.is_none() {
+                        return true;
+                    }
+                }
+                _ = tokio::time::sleep_until(until) => return false,
+                _ = tokio::time::sleep_until(next_scan) => {
+                    if let Err(error) = self.coordinator.scan().await {
+                        debug!(%error, "lease scan failed during shutdown");
+                    }
+                    next_scan = self.coordinator.next_scan_at();
+                }
+            }
+        }
+    }
+
+    /// Syncs shards into leases and removes finished leases no longer needed (once they have been
+    /// still for twice the failover time, see [`remove_finished_leases`]).
     async fn sync_shards(&self) {
         match sync_shards(
             self.backend.as_ref(),
@@ -397,11 +441,17 @@ impl<F: ProcessorFactory> Worker<F> {
                 if !report.created.is_empty() {
                     debug!(created = ?report.created, "shard sync created leases");
                 }
-                if !report.removed.is_empty() {
-                    debug!(removed = ?report.removed, "shard sync removed finished leases");
-                }
             }
             Err(error) => warn!(%error, "shard sync failed; will retry"),
+        }
+        let grace = self.config.lease.failover_time * 2;
+        let settled = |lease: &crate::lease::Lease| self.coordinator.quiet_for(&lease.key) > grace;
+        match remove_finished_leases(self.table.as_ref(), settled).await {
+            Ok(removed) if !removed.is_empty() => {
+                debug!(?removed, "removed finished leases");
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "removing finished leases failed; will retry"),
         }
     }
 
@@ -450,7 +500,7 @@ impl<F: ProcessorFactory> Worker<F> {
             table: self.table.clone(),
             status: self.status.clone(),
             deaggregator: deaggregator.clone(),
-            shutdown: self.shutdown.subscribe(),
+            shutdown: self.shutdown.watch(),
             coordinator: self.coordinator.clone(),
         };
         let factory = self.factory.clone();
@@ -512,14 +562,14 @@ impl Consumers {
 
 /// Renews the worker's claim every renewal interval (sooner after a failure) until the worker
 /// stops.
-async fn renew_loop(coordinator: Arc<LeaseCoordinator>, mut shutdown: watch::Receiver<Shutdown>) {
+async fn renew_loop(coordinator: Arc<LeaseCoordinator>, mut shutdown: Watch<Shutdown>) {
     let interval = coordinator.config().renew_interval;
     let mut next = Instant::now() + interval;
     loop {
         tokio::select! {
             biased;
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() == Shutdown::Immediate {
+            _ = shutdown.changed() => {
+                if shutdown.get() == Shutdown::Immediate {
                     return;
                 }
             }

@@ -1,9 +1,8 @@
 //! Coordinator unit tests on the in-memory table, under tokio's paused clock.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use super::*;
-use crate::lease::{Expectation, InMemoryLeaseTable};
+use crate::lease::InMemoryLeaseTable;
+use crate::lease::test_table::FaultyTable;
 use crate::record::{ExtendedSequenceNumber, SequenceNumber};
 
 const FAILOVER: Duration = Duration::from_secs(10);
@@ -62,8 +61,16 @@ async fn takes_free_leases_up_to_the_fair_share() {
     let w1 = worker("w1", &table, config()).await;
     // Alone, w1 takes everything.
     assert_eq!(w1.scan().await.unwrap().len(), 4);
-    // A second worker counts both heartbeats: fair share 2, nothing free, so it asks w1 for two.
+    // A second worker counts both heartbeats: fair share 2, nothing free, so it asks w1 for two
+    // (once w1 has had time to see it appear).
     let w2 = worker("w2", &table, config()).await;
+    assert!(w2.scan().await.unwrap().is_empty());
+    assert_eq!(
+        w2.stats().handoffs_requested,
+        0,
+        "not before it has been seen"
+    );
+    w2.backdate_visibility();
     assert!(w2.scan().await.unwrap().is_empty());
     assert_eq!(w2.stats().handoffs_requested, 2);
     // A third scan by w2 asks for nothing more: the two pending handoffs count as its own.
@@ -77,6 +84,7 @@ async fn a_steal_is_a_handoff_the_owner_completes_after_its_checkpoint() {
     let w1 = worker("w1", &table, config()).await;
     w1.scan().await.unwrap();
     let w2 = worker("w2", &table, config()).await;
+    w2.backdate_visibility();
     w2.scan().await.unwrap();
     // The owner notices at its next scan; the two leases asked for are "handoff requested".
     w1.scan().await.unwrap();
@@ -248,50 +256,21 @@ async fn finished_leases_and_blocked_children_are_not_taken() {
     assert_eq!(keys(&w.scan().await.unwrap()), ["child"]);
 }
 
-/// A table whose writes fail while `failing` is set.
-#[derive(Debug)]
-struct Failing {
-    inner: Arc<dyn LeaseTable>,
-    failing: AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl LeaseTable for Failing {
-    async fn create_if_absent(&self, l: &Lease) -> Result<bool, LeaseError> {
-        self.inner.create_if_absent(l).await
-    }
-    async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
-        self.inner.list().await
-    }
-    async fn get(&self, k: &str) -> Result<Option<Lease>, LeaseError> {
-        self.inner.get(k).await
-    }
-    async fn update(&self, k: &str, e: &Expectation, u: &LeaseUpdate) -> Result<Lease, LeaseError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(LeaseError::Unavailable("injected".into()));
-        }
-        self.inner.update(k, e, u).await
-    }
-    async fn delete(&self, k: &str, e: &Expectation) -> Result<(), LeaseError> {
-        self.inner.delete(k, e).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_worker_that_cannot_renew_drops_its_leases_in_time() {
     for renewal in [Renewal::Heartbeat, Renewal::PerLease] {
         let mut c = config();
         c.renewal = renewal;
-        let inner = table_with(&["a"]).await;
-        let failing = Arc::new(Failing {
-            inner,
-            failing: AtomicBool::new(false),
-        });
+        let failing = Arc::new(FaultyTable::default());
+        failing
+            .create_if_absent(&Lease::new("a", ExtendedSequenceNumber::TrimHorizon))
+            .await
+            .unwrap();
         let table: Arc<dyn LeaseTable> = failing.clone();
         let w = worker("w", &table, c.clone()).await;
         w.scan().await.unwrap();
         let held = w.held().pop().unwrap();
-        failing.failing.store(true, Ordering::SeqCst);
+        failing.set_failing(true);
         tokio::time::advance(c.renew_interval).await;
         assert!(!w.renew().await);
         assert!(
@@ -355,6 +334,7 @@ async fn a_handoff_from_a_dead_owner_completes_after_the_failover_time() {
     let w1 = worker("w1", &table, config()).await;
     w1.scan().await.unwrap();
     let w2 = worker("w2", &table, config()).await;
+    w2.backdate_visibility();
     w2.scan().await.unwrap();
     assert!(w2.has_pending());
     // w1 dies without handing over. w2 keeps waiting while w1 looks alive, then takes it.
@@ -392,6 +372,7 @@ async fn leases_of_a_worker_whose_heartbeat_row_vanished_are_free_at_once() {
     let gone = worker("gone", &table, config()).await;
     gone.scan().await.unwrap();
     let w = worker("w", &table, config()).await;
+    w.backdate_visibility();
     w.scan().await.unwrap();
     assert_eq!(w.stats().handoffs_requested, 1, "asked for its share");
     // The worker left without letting its leases go (say its releases failed): its row is gone.
@@ -420,4 +401,75 @@ async fn leases_of_a_worker_whose_heartbeat_row_vanished_are_free_at_once() {
     );
     run_for(FAILOVER + Duration::from_secs(1), &[&w], &[&w]).await;
     assert_eq!(keys(&w.held()), ["j"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn scans_are_fast_while_things_change_and_at_expiry_otherwise_idle() {
+    let c = config();
+    let table = table_with(&["a", "b"]).await;
+    let w1 = worker("w1", &table, c.clone()).await;
+    w1.scan().await.unwrap();
+    // The table just changed (w1 appeared and took both): fast scans.
+    assert_eq!(w1.next_scan_at() - Instant::now(), c.scan_interval);
+    run_for(c.settle_time() + Duration::from_secs(1), &[&w1], &[&w1]).await;
+    // Settled: idle scans.
+    assert_eq!(w1.next_scan_at() - Instant::now(), c.idle_scan_interval);
+    // Another worker appears: w1 scans fast again; the newcomer asks for a lease only once an
+    // idle interval has passed since it became visible.
+    let w2 = worker("w2", &table, c.clone()).await;
+    w1.scan().await.unwrap();
+    assert_eq!(w1.next_scan_at() - Instant::now(), c.scan_interval);
+    w2.scan().await.unwrap();
+    assert_eq!(w2.stats().handoffs_requested, 0);
+    tokio::time::advance(c.idle_scan_interval).await;
+    w2.renew().await;
+    w2.scan().await.unwrap();
+    assert_eq!(w2.stats().handoffs_requested, 1);
+    // w2 dies; once settled, w1's next scan is scheduled for the moment w2's heartbeat, as
+    // observed, is older than the failover time (not a whole idle interval later).
+    let w3 = worker("w3", &table, c.clone()).await;
+    drop((w2, w3));
+    run_for(c.failover_time - Duration::from_secs(1), &[&w1], &[&w1]).await;
+    let next = w1.next_scan_at() - Instant::now();
+    assert!(next < c.idle_scan_interval, "next scan in {next:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_withdrawn_at_shutdown_leaves_the_owner_holding_its_lease() {
+    let table = table_with(&["a", "b"]).await;
+    let owner = worker("owner", &table, config()).await;
+    owner.scan().await.unwrap();
+    let asker = worker("asker", &table, config()).await;
+    asker.backdate_visibility();
+    asker.scan().await.unwrap();
+    assert!(asker.has_pending());
+    // The asker shuts down before the owner handed over: the request goes back.
+    asker.finish().await;
+    let marked = table
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.checkpoint_owner.as_deref() == Some("owner"))
+        .count();
+    assert_eq!(
+        marked, 1,
+        "the lease is back in the owner's name, the marker naming it"
+    );
+    // The owner never noticed; its next checkpoint adopts the lease and clears the marker.
+    let position = ExtendedSequenceNumber::Sequence {
+        sequence: SequenceNumber::from_u128(5),
+        sub_sequence: 0,
+    };
+    for h in owner.held() {
+        h.write(&LeaseUpdate::checkpoint(position.clone(), None))
+            .await
+            .unwrap();
+        assert_eq!(h.status(), HeldStatus::Held);
+        let lease = table.get(h.key()).await.unwrap().unwrap();
+        assert_eq!(lease.owner.as_deref(), Some("owner"));
+        assert_eq!(lease.checkpoint_owner, None);
+        assert_eq!(lease.checkpoint, position);
+    }
+    assert_eq!(owner.held().len(), 2, "nothing lost");
 }
