@@ -5,6 +5,10 @@
 #
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 # Env:   KCL_TEST_ENV=DIR           where helper tools are installed (default target/test-env)
+#        AWS_ENDPOINT_URL_KINESIS    run the Kinesis tests against this server instead of starting
+#                                    kinesis-local (the TLS/HTTP2 check then needs
+#                                    KCL_TEST_KINESIS_TLS_ENDPOINT and KCL_TEST_TLS_CERT too)
+#        AWS_ENDPOINT_URL_DYNAMODB   likewise for DynamoDB (instead of moto)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -25,6 +29,11 @@ fi
 log "installing moto (DynamoDB API, pinned) for the kcl-lease-dynamo tests"
 scripts/servers/moto.sh install "$ENV_DIR/moto"
 
+if [ -z "${AWS_ENDPOINT_URL_KINESIS:-}" ]; then
+  log "installing kinesis-local (Kinesis API, pinned) for the AWS backend and end-to-end tests"
+  scripts/servers/kinesis.sh install "$ENV_DIR/kinesis"
+fi
+
 # ---- build first, so servers started later do not compete with the compiler -----------------
 log "building tests"
 if cargo nextest --version >/dev/null 2>&1; then
@@ -35,13 +44,38 @@ else
   cargo test --workspace --no-run
 fi
 
+log "building the record_sink example (the end-to-end tests run it as a black box)"
+cargo build -p kcl-examples --example record_sink
+KCL_RECORD_SINK=${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/record_sink
+export KCL_RECORD_SINK
+
 # ---- servers (loopback only), stopped on exit ------------------------------------------------
+STOPS=()
+stop_servers() {
+  local stop
+  for stop in "${STOPS[@]}"; do eval "$stop" || true; done
+}
+trap stop_servers EXIT
+
 if [ -z "${AWS_ENDPOINT_URL_DYNAMODB:-}" ] && [ "${KCL_TEST_DYNAMODB:-}" != docker ]; then
   log "starting the DynamoDB test server (moto on 127.0.0.1)"
+  STOPS+=("scripts/servers/moto.sh stop '$ENV_DIR/moto'")
   AWS_ENDPOINT_URL_DYNAMODB=$(scripts/servers/moto.sh start "$ENV_DIR/moto" | tail -n 1)
   export AWS_ENDPOINT_URL_DYNAMODB
-  trap 'scripts/servers/moto.sh stop "$ENV_DIR/moto"' EXIT
 fi
+
+if [ -z "${AWS_ENDPOINT_URL_KINESIS:-}" ]; then
+  log "starting the Kinesis test server (kinesis-local on 127.0.0.1)"
+  STOPS+=("scripts/servers/kinesis.sh stop '$ENV_DIR/kinesis'")
+  AWS_ENDPOINT_URL_KINESIS=$(scripts/servers/kinesis.sh start "$ENV_DIR/kinesis" | tail -n 1)
+  export AWS_ENDPOINT_URL_KINESIS
+  # The same server over TLS (HTTP/2), with the test certificate.
+  KCL_TEST_KINESIS_TLS_ENDPOINT=$(cat "$ENV_DIR/kinesis/endpoint-tls")
+  KCL_TEST_TLS_CERT=$ROOT/scripts/servers/tls/test-cert.pem
+  export KCL_TEST_KINESIS_TLS_ENDPOINT KCL_TEST_TLS_CERT
+fi
+export AWS_REGION=${AWS_REGION:-us-east-1}
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test}
 
 # ---- run ------------------------------------------------------------------------------------
 log "running tests (including those needing the helper tools)"

@@ -410,3 +410,6 @@ impl kcl_core::backend::StreamBackend for CountingBackend {
         result
     }
 }
+
+pub mod faults;
+pub mod kinesis;

@@ -7,7 +7,8 @@
 //! backend they talk to.
 //!
 //! Enhanced fan-out (stream consumers and `SubscribeToShard`) is part of the trait as provided
-//! methods that answer [`BackendError::Unsupported`] until a backend implements them.
+//! methods that answer [`BackendError::Unsupported`] for backends without it; the model and the
+//! AWS backend implement them.
 
 use std::fmt;
 use std::sync::Arc;

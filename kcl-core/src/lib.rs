@@ -30,6 +30,8 @@
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod backend;
 pub mod checkpoint;
 pub mod deaggregation;

@@ -1,5 +1,5 @@
 //! `impl StreamBackend for KinesisModel`: the read side (`ListShards`, `GetShardIterator`,
-//! `GetRecords`, `DescribeStreamSummary`).
+//! `GetRecords`, `DescribeStreamSummary`) and enhanced fan-out (in `fanout.rs`).
 
 use async_trait::async_trait;
 use tokio::time::Instant;
@@ -8,7 +8,7 @@ use super::token::{IteratorClaims, ListClaims};
 use super::{KinesisModel, lock};
 use crate::backend::{
     BackendError, GetRecordsOutput, ListShardsPage, ListShardsRequest, ShardIterator,
-    StartingPosition, StreamBackend, StreamDescription,
+    StartingPosition, StreamBackend, StreamConsumer, StreamDescription, Subscription,
 };
 use crate::time;
 
@@ -221,5 +221,30 @@ impl StreamBackend for KinesisModel {
         limit: u32,
     ) -> Result<GetRecordsOutput, BackendError> {
         self.get_records_now(iterator, limit)
+    }
+
+    async fn register_stream_consumer(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        self.register_consumer_now(stream, consumer_name)
+    }
+
+    async fn describe_stream_consumer(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        self.describe_consumer_now(stream, consumer_name)
+    }
+
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: StartingPosition,
+    ) -> Result<Subscription, BackendError> {
+        self.subscribe_now(consumer_arn, shard_id, &position)
     }
 }

@@ -29,6 +29,11 @@ pub const MIB: u64 = 1024 * 1024;
 /// | `max_put_records_bytes` | 5 MiB | bytes (data plus partition keys) of one `PutRecords` call |
 /// | `max_open_shards` | 10000 | open shards per stream (a sanity cap standing in for the account quota) |
 /// | `limit_scaling` | true | `UpdateShardCount` may at most double or halve the open shard count |
+/// | `fanout_bytes_per_second` | 2 MiB | per-shard push rate of each registered consumer (enhanced fan-out), independent of polling readers and other consumers |
+/// | `max_consumers_per_stream` | 20 | registered consumers per stream |
+/// | `consumer_registration_time` | 5 s | time a new consumer stays `CREATING` before it is `ACTIVE` |
+/// | `subscription_lifetime` | 5 min | a `SubscribeToShard` stream ends after this long |
+/// | `subscription_heartbeat` | 1 s | an idle subscription sends an empty event this often |
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ModelConfig {
@@ -61,6 +66,17 @@ pub struct ModelConfig {
     pub max_open_shards: Option<u32>,
     /// Whether `UpdateShardCount` is limited to between half and double the open shard count.
     pub limit_scaling: bool,
+    /// Per-shard push rate of each registered fan-out consumer in bytes per second (`None`:
+    /// unlimited).
+    pub fanout_bytes_per_second: Option<u64>,
+    /// Largest number of registered consumers per stream (`None`: unlimited).
+    pub max_consumers_per_stream: Option<u32>,
+    /// How long a newly registered consumer is `CREATING`.
+    pub consumer_registration_time: Duration,
+    /// How long one `SubscribeToShard` subscription lasts.
+    pub subscription_lifetime: Duration,
+    /// How often an idle subscription sends an empty event.
+    pub subscription_heartbeat: Duration,
 }
 
 impl Default for ModelConfig {
@@ -80,6 +96,11 @@ impl Default for ModelConfig {
             max_put_records_bytes: Some(5 * MIB),
             max_open_shards: Some(10_000),
             limit_scaling: true,
+            fanout_bytes_per_second: Some(2 * MIB),
+            max_consumers_per_stream: Some(20),
+            consumer_registration_time: Duration::from_secs(5),
+            subscription_lifetime: Duration::from_secs(5 * 60),
+            subscription_heartbeat: Duration::from_secs(1),
         }
     }
 }
@@ -107,6 +128,8 @@ impl ModelConfig {
             max_put_records_bytes: None,
             max_open_shards: None,
             limit_scaling: false,
+            fanout_bytes_per_second: None,
+            max_consumers_per_stream: None,
             ..Self::default()
         }
     }
@@ -167,6 +190,25 @@ impl ModelConfig {
     /// Sets the largest number of open shards per stream.
     pub fn with_max_open_shards(mut self, max: Option<u32>) -> Self {
         self.max_open_shards = max;
+        self
+    }
+
+    /// Sets the fan-out push rate per consumer and shard (bytes per second; `None`: unlimited).
+    pub fn with_fanout_rate(mut self, bytes: Option<u64>) -> Self {
+        self.fanout_bytes_per_second = bytes;
+        self
+    }
+
+    /// Sets how long a new consumer stays `CREATING`.
+    pub fn with_consumer_registration_time(mut self, time: Duration) -> Self {
+        self.consumer_registration_time = time;
+        self
+    }
+
+    /// Sets how long a subscription lasts and how often an idle one sends an empty event.
+    pub fn with_subscription_timing(mut self, lifetime: Duration, heartbeat: Duration) -> Self {
+        self.subscription_lifetime = lifetime;
+        self.subscription_heartbeat = heartbeat;
         self
     }
 

@@ -57,6 +57,22 @@ impl TokenBucket {
         self.level >= NANOS_PER_SECOND
     }
 
+    /// Whole units available (0 when empty or in debt), as of the last refill.
+    pub(crate) fn level_units(&self) -> u64 {
+        u64::try_from(self.level / NANOS_PER_SECOND).unwrap_or(0)
+    }
+
+    /// Time until the bucket holds one unit again, as of the last refill.
+    pub(crate) fn time_until_credit(&self) -> Duration {
+        let missing = NANOS_PER_SECOND - self.level;
+        if missing <= 0 || self.rate <= 0 {
+            return Duration::ZERO;
+        }
+        // `missing` unit-nanoseconds at `rate` units per second take missing / rate nanoseconds.
+        let nanos = (missing + self.rate - 1) / self.rate;
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
     /// Takes `units`, possibly going into debt.
     pub(crate) fn charge(&mut self, units: u64) {
         self.level = self

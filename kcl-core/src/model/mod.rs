@@ -26,7 +26,7 @@
 //! * Shard iterators of every [`StartingPosition`], expiring
 //!   after 5 minutes; they are opaque sealed strings, so forged or garbled ones are
 //!   `InvalidArgument`. `AT_TIMESTAMP` starts at the first record that arrived at or after the
-//!   time (a time in the future starts at the tip); `AT_SEQUENCE_NUMBER` /
+//!   time (a time in the future is `InvalidArgument`, as in Kinesis); `AT_SEQUENCE_NUMBER` /
 //!   `AFTER_SEQUENCE_NUMBER` accept any number between the shard's starting number and its
 //!   ending number (or the stream's newest number while open), else `InvalidArgument`; a
 //!   position whose records were trimmed reads from the trim horizon.
@@ -47,14 +47,22 @@
 //!   `stream.rs`. Shard times for the timestamp filters are the instants the model created and
 //!   closed the shards.
 //! * `DescribeStreamSummary` ([`describe_stream`](crate::backend::StreamBackend::describe_stream)).
+//! * Enhanced fan-out (`fanout.rs`): `RegisterStreamConsumer` (`CREATING` for
+//!   `consumer_registration_time`, then `ACTIVE`; a name registered twice is `ResourceInUse`; at
+//!   most 20 consumers), `DescribeStreamConsumer`, [`KinesisModel::deregister_stream_consumer`],
+//!   and `SubscribeToShard`: records pushed as they are appended, an empty event every second
+//!   while idle, 2 MiB/s per consumer and shard in a bucket of its own (independent of
+//!   `GetRecords` readers and other consumers), one subscription per consumer and shard
+//!   (`ResourceInUse` until the first ends or is dropped), subscriptions ending after 5 minutes,
+//!   each event's continuation the last record delivered, and at the end of a closed shard a last
+//!   event without continuation that carries the children.
 //!
 //! # What is not modelled
 //!
 //! * Resharding timing: splits and merges complete instantly, the stream never shows
 //!   `UPDATING`, and there is no limit on resharding operations per day.
-//! * Enhanced fan-out (`RegisterStreamConsumer`, `SubscribeToShard`): not yet. The design leaves
-//!   room: shard reads are a function of (position, caps) in `shard.rs`, and per-consumer limits
-//!   would sit next to the shared `ReadLimiter`.
+//! * Fan-out timing: the service's event cadence and sizes are not published; the model sends an
+//!   event per wake-up with what the consumer's bucket allows (at most 10000 records).
 //! * On-demand capacity mode, encryption, tags, stream ARNs beyond a made-up one, account-level
 //!   limits (shard quotas, control-plane call rates; only a per-stream open-shard cap), IAM.
 //! * Sequence numbers do not encode the shard; an `AT_SEQUENCE_NUMBER` taken from another shard
@@ -63,6 +71,25 @@
 //!   injection (fault injection belongs to a wrapper around the backend).
 //! * Record sizes for limits are data plus partition key (the service's accounting is similar
 //!   but not published exactly).
+//!
+//! # Differences from kinesis-local
+//!
+//! The conformance suite (`tests/backend_conformance.rs`) runs the same behavioural tests on the
+//! model and on kinesis-local 0.6.2 (kinesis-mock). Both pass; where the emulator departs from
+//! the API reference the tests assert the emulator's behaviour for it and the reference's for
+//! the model:
+//!
+//! * `ListShards` with `AT_TRIM_HORIZON` or `AT_TIMESTAMP`: kinesis-local lists every retained
+//!   shard, including those created later; the model lists the shards open at that time.
+//! * `SubscribeToShard` on a closed shard: kinesis-local pushes the records but never sends the
+//!   last event without continuation (its continuation is never null), so the subscription runs
+//!   until it expires; the model ends it with the children. Fan-out retrieval copes with both
+//!   (a `GetRecords` probe once a subscription is idle).
+//! * `SubscribeToShard` refused with `ResourceInUse`: kinesis-local answers with a stream whose
+//!   first event is the error, the model with an error at once (retrieval handles both), and
+//!   kinesis-local keeps a dropped subscription for a moment after its client went away.
+//! * Shard ids, sequence numbers and ARNs have the real formats in both; kinesis-local's
+//!   sequence numbers encode the shard, the model's do not (see below).
 //!
 //! All limits are in [`ModelConfig`]; [`ModelConfig::unlimited`] switches them off.
 //!
@@ -102,6 +129,7 @@
 
 mod backend_impl;
 mod config;
+mod fanout;
 mod limits;
 mod sequence;
 mod shard;
@@ -353,8 +381,10 @@ impl KinesisModel {
             arrival: now,
             size: write.size,
         });
+        let shard_id = shard.id.clone();
+        stream.changed.notify_waiters();
         Ok(PutRecordOutput {
-            shard_id: shard.id.clone(),
+            shard_id,
             sequence_number,
         })
     }
@@ -581,7 +611,14 @@ impl KinesisModel {
         Ok(match position {
             StartingPosition::TrimHorizon => shard.start(),
             StartingPosition::Latest => shard.end(),
-            StartingPosition::AtTimestamp(at) => shard.seek_time(*at),
+            StartingPosition::AtTimestamp(at) => {
+                if *at > time::system_now() {
+                    return Err(BackendError::InvalidArgument(format!(
+                        "timestamp {at:?} is in the future"
+                    )));
+                }
+                shard.seek_time(*at)
+            }
             StartingPosition::AtSequenceNumber(seq)
             | StartingPosition::AfterSequenceNumber(seq) => {
                 let upper = match &shard.ending_sequence {

@@ -155,6 +155,12 @@ impl ShardState {
         self.trimmed + index as u64
     }
 
+    /// The record at `position`, if retained.
+    pub(crate) fn record_at(&self, position: u64) -> Option<&Record> {
+        let index = usize::try_from(position.checked_sub(self.trimmed)?).ok()?;
+        self.records.get(index).map(|r| &r.record)
+    }
+
     /// Arrival time of the record at `position`, if retained.
     pub(crate) fn arrival_at(&self, position: u64) -> Option<Instant> {
         let index = usize::try_from(position.checked_sub(self.trimmed)?).ok()?;

@@ -4,11 +4,15 @@
 //! Resharding is instant: the parent closes and its children open in the same call (Kinesis
 //! takes seconds with the stream `UPDATING`; the model's status stays `ACTIVE`).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::config::ModelConfig;
+use super::fanout::ConsumerState;
 use super::limits::{ReadLimiter, WriteLimiter};
 use super::sequence::SequenceAllocator;
 use super::shard::{ShardState, shard_index};
@@ -33,6 +37,10 @@ pub(crate) struct StreamState {
     open: Vec<usize>,
     /// Sequence numbers of the stream.
     pub(crate) sequences: SequenceAllocator,
+    /// Registered enhanced fan-out consumers, by name.
+    pub(crate) consumers: BTreeMap<String, ConsumerState>,
+    /// Woken whenever records are appended or a shard closes (fan-out subscriptions wait on it).
+    pub(crate) changed: Arc<Notify>,
 }
 
 /// Splits the key space into `count` ranges as Kinesis does: each of `floor(2^128 / count)` keys,
@@ -73,6 +81,8 @@ impl StreamState {
             shards: Vec::new(),
             open: Vec::new(),
             sequences: SequenceAllocator::new(stamp),
+            consumers: BTreeMap::new(),
+            changed: Arc::new(Notify::new()),
         };
         for range in uniform_ranges(u128::from(shard_count)) {
             stream.add_shard(range, None, None, now, config)?;
@@ -127,6 +137,7 @@ impl StreamState {
             shard.closed_at = Some(now);
         }
         self.open.retain(|&i| i != index);
+        self.changed.notify_waiters();
         Ok(())
     }
 

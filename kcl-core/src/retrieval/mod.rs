@@ -5,20 +5,113 @@
 //! `PrefetchBudget` of records and bytes that the consumer gives back once a batch is processed,
 //! so memory does not grow with lag.
 //!
-//! Polling (`GetRecords`) lives in [`polling`]; enhanced fan-out will produce the same events, so
-//! the consumer does not know which one feeds it.
+//! Polling (`GetRecords`) lives in [`polling`], enhanced fan-out (`SubscribeToShard`) in
+//! [`fanout`]; both produce the same events, so the consumer does not know which one feeds it.
+//! [`Retrieval`] chooses between them; `spawn` starts the chosen one for a shard.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use crate::backend::{BackendError, ChildShard, StartingPosition};
+use crate::backend::{BackendError, ChildShard, StartingPosition, StreamBackend};
 use crate::record::{ExtendedSequenceNumber, Record};
 
+pub mod fanout;
 pub mod polling;
 
+pub use fanout::FanOutConfig;
 pub use polling::PollingConfig;
+
+/// How records are read: polling `GetRecords` (settings in the worker's [`PollingConfig`]) or
+/// enhanced fan-out (`SubscribeToShard`, a dedicated 2 MiB/s per shard for this application).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Retrieval {
+    /// `GetRecords` with a bounded prefetch (the default).
+    #[default]
+    Polling,
+    /// Enhanced fan-out through a registered stream consumer.
+    FanOut(FanOutConfig),
+}
+
+/// Keeps a retriever's task running; aborts it when dropped.
+pub(crate) struct Retriever {
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Retriever {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts reading `shard_id` from `start` with the retrieval the worker is configured for.
+/// Returns the events (in order), the budget the consumer gives processed batches back to, and
+/// the guard of the task.
+pub(crate) fn spawn(
+    config: &crate::worker::WorkerConfig,
+    backend: Arc<dyn StreamBackend>,
+    shard_id: &str,
+    start: StartingPosition,
+) -> (
+    mpsc::Receiver<RetrievalEvent>,
+    Arc<PrefetchBudget>,
+    Retriever,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    let (budget, task) = match &config.retrieval {
+        Retrieval::Polling => {
+            let polling = &config.polling;
+            let budget = Arc::new(PrefetchBudget::new(
+                polling.max_prefetch_records,
+                polling.max_prefetch_bytes,
+            ));
+            let task = polling::PollingTask {
+                backend,
+                stream: config.stream.clone(),
+                shard_id: shard_id.to_owned(),
+                start,
+                config: polling.clone(),
+                budget: budget.clone(),
+                events: tx,
+            };
+            (
+                budget,
+                tokio::spawn(tracing::Instrument::in_current_span(task.run())),
+            )
+        }
+        Retrieval::FanOut(fanout) => {
+            let budget = Arc::new(PrefetchBudget::new(
+                fanout.max_prefetch_records,
+                fanout.max_prefetch_bytes,
+            ));
+            let task = fanout::FanOutTask {
+                backend,
+                stream: config.stream.clone(),
+                consumer_name: fanout
+                    .consumer_name
+                    .clone()
+                    .unwrap_or_else(|| config.application_name.clone()),
+                shard_id: shard_id.to_owned(),
+                start,
+                config: fanout.clone(),
+                budget: budget.clone(),
+                events: tx,
+            };
+            (
+                budget,
+                tokio::spawn(tracing::Instrument::in_current_span(task.run())),
+            )
+        }
+    };
+    (
+        rx,
+        budget,
+        Retriever {
+            task: task.abort_handle(),
+        },
+    )
+}
 
 /// What a retriever tells the shard consumer.
 #[derive(Debug)]

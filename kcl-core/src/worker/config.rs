@@ -11,7 +11,7 @@ use crate::deaggregation::DeaggregationConfig;
 use crate::lease::LeaseConfig;
 use crate::lease::LeaseTable;
 use crate::processor::{FailurePolicy, ProcessorFactory};
-use crate::retrieval::PollingConfig;
+use crate::retrieval::{PollingConfig, Retrieval};
 use crate::shard_sync::InitialPosition;
 
 use super::Worker;
@@ -93,6 +93,8 @@ pub struct WorkerConfig {
     pub lease: LeaseConfig,
     /// Polling retrieval settings.
     pub polling: PollingConfig,
+    /// Polling or enhanced fan-out (default polling).
+    pub retrieval: Retrieval,
     /// Automatic checkpoint cadence.
     pub checkpoint: CheckpointCadence,
     /// What to do with failed batches.
@@ -118,6 +120,7 @@ pub struct WorkerBuilder<F> {
     initial_position: InitialPosition,
     lease: LeaseConfig,
     polling: PollingConfig,
+    retrieval: Retrieval,
     checkpoint: CheckpointCadence,
     failure_policy: FailurePolicy,
     shard_sync_interval: Duration,
@@ -148,6 +151,7 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
             initial_position: InitialPosition::default(),
             lease: LeaseConfig::default(),
             polling: PollingConfig::default(),
+            retrieval: Retrieval::default(),
             checkpoint: CheckpointCadence::default(),
             failure_policy: FailurePolicy::default(),
             shard_sync_interval: Duration::from_secs(60),
@@ -213,6 +217,14 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
     /// Polling retrieval settings.
     pub fn polling(mut self, config: PollingConfig) -> Self {
         self.polling = config;
+        self
+    }
+
+    /// How records are read (default [`Retrieval::Polling`]); e.g.
+    /// `Retrieval::FanOut(FanOutConfig::default())` for enhanced fan-out through a stream
+    /// consumer named after the application.
+    pub fn retrieval(mut self, retrieval: Retrieval) -> Self {
+        self.retrieval = retrieval;
         self
     }
 
@@ -340,6 +352,44 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
                 "initial must be positive and not above max",
             ));
         }
+        let retrieval = match self.retrieval {
+            Retrieval::Polling => Retrieval::Polling,
+            Retrieval::FanOut(fanout) => {
+                if let Some(name) = &fanout.consumer_name {
+                    validate_name("fanout.consumer_name", name, 128)?;
+                }
+                if fanout.max_prefetch_records == 0 {
+                    return Err(invalid("fanout.max_prefetch_records", "must be at least 1"));
+                }
+                if fanout.max_prefetch_bytes < 1024 {
+                    return Err(invalid(
+                        "fanout.max_prefetch_bytes",
+                        "must be at least 1024",
+                    ));
+                }
+                if fanout.error_backoff.initial.is_zero()
+                    || fanout.error_backoff.max < fanout.error_backoff.initial
+                {
+                    return Err(invalid(
+                        "fanout.error_backoff",
+                        "initial must be positive and not above max",
+                    ));
+                }
+                if fanout.silence_timeout.is_zero() {
+                    return Err(invalid("fanout.silence_timeout", "must be positive"));
+                }
+                if fanout.idle_probe_interval == Some(Duration::ZERO) {
+                    return Err(invalid("fanout.idle_probe_interval", "must be positive"));
+                }
+                if fanout.activation_poll_interval.is_zero() {
+                    return Err(invalid(
+                        "fanout.activation_poll_interval",
+                        "must be positive",
+                    ));
+                }
+                Retrieval::FanOut(fanout.for_worker())
+            }
+        };
         if self.checkpoint.every_records == Some(0) {
             return Err(invalid(
                 "checkpoint_cadence.every_records",
@@ -374,6 +424,7 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
             initial_position: self.initial_position,
             lease,
             polling,
+            retrieval,
             checkpoint: self.checkpoint,
             failure_policy: self.failure_policy,
             shard_sync_interval: self.shard_sync_interval,

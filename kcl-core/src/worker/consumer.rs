@@ -16,7 +16,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use super::{ConsumerExit, ShardState, Shutdown, StatusBoard, WorkerConfig};
@@ -31,8 +30,7 @@ use crate::processor::{
     ProcessorFactory, RecordProcessor, ShardEndedInput, ShardInfo, ShutdownReason,
 };
 use crate::record::{ExtendedSequenceNumber, Record};
-use crate::retrieval::polling::PollingTask;
-use crate::retrieval::{PrefetchBudget, RetrievalEvent, starting_position};
+use crate::retrieval::{RetrievalEvent, starting_position};
 use crate::sync::Watch;
 
 /// Shared state a consumer needs.
@@ -248,23 +246,12 @@ impl<P: RecordProcessor> Consumer<P> {
         ) else {
             return ConsumerExit::ShardEnded;
         };
-        let polling = &self.ctx.config.polling;
-        let budget = Arc::new(PrefetchBudget::new(
-            polling.max_prefetch_records,
-            polling.max_prefetch_bytes,
-        ));
-        let (tx, mut rx) = mpsc::channel(16);
-        let task = PollingTask {
-            backend: self.ctx.backend.clone(),
-            stream: self.ctx.config.stream.clone(),
-            shard_id: self.shard_id.clone(),
+        let (mut rx, budget, _retriever) = crate::retrieval::spawn(
+            &self.ctx.config,
+            self.ctx.backend.clone(),
+            &self.shard_id,
             start,
-            config: polling.clone(),
-            budget: budget.clone(),
-            events: tx,
-        };
-        let retriever = tokio::spawn(tracing::Instrument::in_current_span(task.run()));
-        let _abort = AbortOnDrop(retriever.abort_handle());
+        );
         self.ctx
             .status
             .update(&self.shard_id, |s| s.state = ShardState::Processing);
@@ -703,13 +690,5 @@ fn flatten<E: Into<BoxError>>(
                 .unwrap_or_else(|| "non-string panic payload".to_owned());
             Err(format!("processor panicked: {message}").into())
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -1,0 +1,411 @@
+//! The worker with enhanced fan-out retrieval on the in-memory model, under tokio's paused clock.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kcl_core::backend::{
+    BackendError, ConsumerStatus, GetRecordsOutput, ListShardsPage, ListShardsRequest,
+    ShardIterator, StartingPosition, StreamBackend, StreamConsumer, StreamDescription,
+    Subscription,
+};
+use kcl_core::lease::{InMemoryLeaseTable, LeaseTable};
+use kcl_core::model::{KinesisModel, ModelConfig};
+use kcl_core::processor::{BoxError, ProcessorFactory, RecordProcessor, ShardInfo};
+use kcl_core::record::ExtendedSequenceNumber;
+use kcl_core::retrieval::{FanOutConfig, Retrieval};
+use kcl_core::shard_sync::InitialPosition;
+use kcl_core::worker::{Worker, WorkerBuilder, WorkerHandle};
+use kcl_tests::{
+    Call, Faults, Recorder, RecordingFactory, RecordingProcessor, assert_order_per_key, produce,
+    within,
+};
+
+const STREAM: &str = "orders";
+const APP: &str = "fanout-app";
+const LONG: Duration = Duration::from_secs(1800);
+
+fn model(shards: u32, config: ModelConfig) -> Arc<KinesisModel> {
+    let model = KinesisModel::new(config);
+    model.create_stream(STREAM, shards).unwrap();
+    model
+}
+
+struct Running {
+    handle: WorkerHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.handle.shutdown();
+        within(LONG, "graceful shutdown", self.task).await.unwrap();
+    }
+}
+
+fn start_with<F: ProcessorFactory>(
+    name: &str,
+    backend: Arc<dyn StreamBackend>,
+    table: &Arc<dyn LeaseTable>,
+    factory: F,
+    configure: impl FnOnce(WorkerBuilder<F>) -> WorkerBuilder<F>,
+) -> Running {
+    kcl_tests::init_tracing();
+    let builder = Worker::builder(factory)
+        .application_name(APP)
+        .stream(STREAM)
+        .worker_id(name)
+        .backend(backend)
+        .lease_table(table.clone())
+        .initial_position(InitialPosition::TrimHorizon)
+        .retrieval(Retrieval::FanOut(FanOutConfig::default()));
+    let worker = configure(builder).build().unwrap();
+    let handle = worker.handle();
+    let task = tokio::spawn(async move { worker.run().await.unwrap() });
+    Running { handle, task }
+}
+
+fn start(
+    name: &str,
+    backend: Arc<dyn StreamBackend>,
+    table: &Arc<dyn LeaseTable>,
+    recorder: &Arc<Recorder>,
+    configure: impl FnOnce(WorkerBuilder<RecordingFactory>) -> WorkerBuilder<RecordingFactory>,
+) -> Running {
+    let factory = RecordingProcessor::factory(name, recorder.clone(), Faults::default());
+    start_with(name, backend, table, factory, configure)
+}
+
+fn table() -> Arc<dyn LeaseTable> {
+    Arc::new(InMemoryLeaseTable::new())
+}
+
+#[tokio::test(start_paused = true)]
+async fn fan_out_registers_the_consumer_and_delivers_every_record_in_order() {
+    // Default limits: the consumer is CREATING for 5 s before it can be subscribed to.
+    let model = model(4, ModelConfig::new());
+    let table = table();
+    let recorder = Recorder::new();
+    let produced = produce(&model, STREAM, 50, 2_000, 0);
+    let w = start("w1", model.clone(), &table, &recorder, |b| b);
+    recorder.wait_until(LONG, |r| r.distinct() >= 2_000).await;
+    let more = produce(&model, STREAM, 50, 500, 2_000);
+    recorder.wait_until(LONG, |r| r.distinct() >= 2_500).await;
+    w.stop().await;
+    assert_eq!(
+        recorder.seen().len(),
+        2_500,
+        "no duplicates without failures"
+    );
+    let mut all = produced;
+    all.extend(more);
+    assert_order_per_key(&recorder, &all);
+    let consumer = model.describe_stream_consumer(STREAM, APP).await.unwrap();
+    assert_eq!(
+        consumer.status,
+        ConsumerStatus::Active,
+        "named after the application"
+    );
+    for lease in table.list().await.unwrap() {
+        assert!(matches!(
+            lease.checkpoint,
+            ExtendedSequenceNumber::Sequence { .. }
+        ));
+        assert_eq!(recorder.calls(&lease.key).last(), Some(&Call::Shutdown));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscriptions_that_end_are_renewed_from_the_continuation() {
+    // Subscriptions last 30 s here (5 min in the service): many renewals while records flow.
+    let config = ModelConfig::new()
+        .with_consumer_registration_time(Duration::ZERO)
+        .with_subscription_timing(Duration::from_secs(30), Duration::from_secs(1));
+    let model = model(2, config);
+    let counting = Counting::new(model.clone());
+    let table = table();
+    let recorder = Recorder::new();
+    let w = start("w1", counting.clone(), &table, &recorder, |b| b);
+    let mut produced = Vec::new();
+    for round in 0..20 {
+        produced.extend(produce(&model, STREAM, 10, 20, round * 20));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    recorder.wait_until(LONG, |r| r.distinct() >= 400).await;
+    w.stop().await;
+    assert_eq!(
+        recorder.seen().len(),
+        400,
+        "nothing repeated across renewals"
+    );
+    assert_order_per_key(&recorder, &produced);
+    assert!(
+        counting.subscribes.load(Ordering::SeqCst) >= 2 * 6,
+        "the scenario must renew subscriptions ({} subscribes)",
+        counting.subscribes.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn resource_in_use_backs_off_until_the_old_subscription_closes() {
+    let config = ModelConfig::new().with_consumer_registration_time(Duration::ZERO);
+    let model = model(1, config);
+    let shard = model.shard_ids(STREAM).unwrap().remove(0);
+    // A previous owner's subscription is still open.
+    let consumer = model.register_stream_consumer(STREAM, APP).await.unwrap();
+    let held = model
+        .subscribe_to_shard(&consumer.arn, &shard, StartingPosition::Latest)
+        .await
+        .unwrap();
+    let counting = Counting::new(model.clone());
+    let table = table();
+    let recorder = Recorder::new();
+    let produced = produce(&model, STREAM, 5, 50, 0);
+    let w = start("w1", counting.clone(), &table, &recorder, |b| b);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        recorder.seen().is_empty(),
+        "nothing while the old subscription is open"
+    );
+    let refused = counting.in_use.load(Ordering::SeqCst);
+    assert!(refused >= 2, "retried with backoff ({refused} refusals)");
+    assert!(
+        refused < 100,
+        "backed off, not a hot loop ({refused} refusals)"
+    );
+    drop(held);
+    recorder.wait_until(LONG, |r| r.distinct() >= 50).await;
+    w.stop().await;
+    assert_eq!(recorder.seen().len(), 50);
+    assert_order_per_key(&recorder, &produced);
+}
+
+#[tokio::test(start_paused = true)]
+async fn split_and_merge_end_parents_through_the_subscription() {
+    let config = ModelConfig::new().with_consumer_registration_time(Duration::ZERO);
+    let model = model(2, config);
+    let table = table();
+    let recorder = Recorder::new();
+    let mut produced = produce(&model, STREAM, 40, 400, 0);
+    let w = start("w1", model.clone(), &table, &recorder, |b| {
+        b.parent_poll_interval(Duration::from_millis(100))
+    });
+    recorder.wait_until(LONG, |r| r.distinct() >= 400).await;
+    let shards = model.shards(STREAM).unwrap();
+    let s0 = &shards[0];
+    let mid = s0.hash_key_range.start / 2 + s0.hash_key_range.end / 2;
+    let [_low, high] = model
+        .split_shard(STREAM, &s0.shard_id, &mid.to_string())
+        .unwrap();
+    produced.extend(produce(&model, STREAM, 40, 400, 400));
+    let merged = model
+        .merge_shards(STREAM, &high, &shards[1].shard_id)
+        .unwrap();
+    produced.extend(produce(&model, STREAM, 40, 400, 800));
+    recorder.wait_until(LONG, |r| r.distinct() >= 1_200).await;
+    w.stop().await;
+    assert_order_per_key(&recorder, &produced);
+    for parent in [&s0.shard_id, &shards[1].shard_id, &high] {
+        let lease = table.get(parent).await.unwrap().unwrap();
+        assert_eq!(
+            lease.checkpoint,
+            ExtendedSequenceNumber::ShardEnd,
+            "{parent}"
+        );
+    }
+    let merged_lease = table.get(&merged).await.unwrap().unwrap();
+    assert_eq!(merged_lease.parent_shard_ids.len(), 2);
+}
+
+/// Blocks every batch until released, counting processed records.
+struct Gate {
+    inner: RecordingProcessor,
+    open: Arc<tokio::sync::Semaphore>,
+    processed: Arc<AtomicU64>,
+}
+
+impl RecordProcessor for Gate {
+    type Error = BoxError;
+
+    async fn process_records(
+        &mut self,
+        input: kcl_core::processor::ProcessRecordsInput<'_>,
+        checkpointer: &mut kcl_core::checkpoint::Checkpointer,
+    ) -> Result<(), BoxError> {
+        self.open.acquire().await?.forget();
+        self.processed
+            .fetch_add(input.records.len() as u64, Ordering::SeqCst);
+        self.inner.process_records(input, checkpointer).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_processor_holds_the_subscription_back() {
+    let config = ModelConfig::unlimited().with_consumer_registration_time(Duration::ZERO);
+    let model = model(1, config);
+    let produced = produce(&model, STREAM, 10, 20_000, 0);
+    let counting = Counting::new(model.clone());
+    let table = table();
+    let recorder = Recorder::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(0));
+    let processed = Arc::new(AtomicU64::new(0));
+    let factory = {
+        let (recorder, open, processed) = (recorder.clone(), open.clone(), processed.clone());
+        move |shard: &ShardInfo| Gate {
+            inner: RecordingProcessor::factory("w1", recorder.clone(), Faults::default())
+                .create(shard),
+            open: open.clone(),
+            processed: processed.clone(),
+        }
+    };
+    let fanout = FanOutConfig::default().with_prefetch(100, 8 << 20);
+    let w = start_with("w1", counting.clone(), &table, factory, |b| {
+        b.retrieval(Retrieval::FanOut(fanout))
+    });
+    // The processor is blocked: the retriever must stop pulling events.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let pulled = counting.pulled.load(Ordering::SeqCst);
+    assert!(pulled > 0, "the subscription delivered something");
+    assert!(
+        pulled < 20_000,
+        "the subscription was read ahead without bound ({pulled} records pulled)"
+    );
+    // Release the processor batch by batch; the lag never grows past the budget plus one event.
+    let mut max_ahead = 0;
+    for _ in 0..2_000 {
+        open.add_permits(1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let ahead = counting.pulled.load(Ordering::SeqCst) - processed.load(Ordering::SeqCst);
+        max_ahead = max_ahead.max(ahead);
+        if processed.load(Ordering::SeqCst) >= 20_000 {
+            break;
+        }
+    }
+    open.add_permits(1_000_000);
+    recorder.wait_until(LONG, |r| r.distinct() >= 20_000).await;
+    w.stop().await;
+    assert_order_per_key(&recorder, &produced);
+    assert!(
+        max_ahead <= 100 + counting.largest_event.load(Ordering::SeqCst),
+        "{max_ahead} records pulled ahead of the processor"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_subscription_is_restarted() {
+    let config = ModelConfig::new().with_consumer_registration_time(Duration::ZERO);
+    let model = model(1, config);
+    let counting = Counting::new(model.clone());
+    counting.stall_first.store(1, Ordering::SeqCst);
+    let table = table();
+    let recorder = Recorder::new();
+    let produced = produce(&model, STREAM, 5, 30, 0);
+    let w = start("w1", counting.clone(), &table, &recorder, |b| b);
+    recorder.wait_until(LONG, |r| r.distinct() >= 30).await;
+    w.stop().await;
+    assert_eq!(recorder.seen().len(), 30);
+    assert_order_per_key(&recorder, &produced);
+    assert!(counting.subscribes.load(Ordering::SeqCst) >= 2, "restarted");
+}
+
+/// Wraps the model: counts subscribes, refusals and records pulled from subscriptions, and can
+/// make the first subscriptions hang without any event.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<KinesisModel>,
+    subscribes: AtomicU64,
+    in_use: AtomicU64,
+    pulled: Arc<AtomicU64>,
+    largest_event: Arc<AtomicU64>,
+    stall_first: AtomicU64,
+}
+
+impl Counting {
+    fn new(inner: Arc<KinesisModel>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            subscribes: 0.into(),
+            in_use: 0.into(),
+            pulled: Arc::new(0.into()),
+            largest_event: Arc::new(0.into()),
+            stall_first: 0.into(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl StreamBackend for Counting {
+    async fn describe_stream(&self, stream: &str) -> Result<StreamDescription, BackendError> {
+        self.inner.describe_stream(stream).await
+    }
+    async fn list_shards(&self, r: ListShardsRequest) -> Result<ListShardsPage, BackendError> {
+        self.inner.list_shards(r).await
+    }
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: StartingPosition,
+    ) -> Result<ShardIterator, BackendError> {
+        self.inner
+            .get_shard_iterator(stream, shard_id, position)
+            .await
+    }
+    async fn get_records(
+        &self,
+        iterator: &ShardIterator,
+        limit: u32,
+    ) -> Result<GetRecordsOutput, BackendError> {
+        self.inner.get_records(iterator, limit).await
+    }
+    async fn register_stream_consumer(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        self.inner.register_stream_consumer(stream, name).await
+    }
+    async fn describe_stream_consumer(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        self.inner.describe_stream_consumer(stream, name).await
+    }
+    async fn subscribe_to_shard(
+        &self,
+        arn: &str,
+        shard_id: &str,
+        position: StartingPosition,
+    ) -> Result<Subscription, BackendError> {
+        self.subscribes.fetch_add(1, Ordering::SeqCst);
+        if self
+            .stall_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Ok(futures::stream::pending().boxed());
+        }
+        let sub = self
+            .inner
+            .subscribe_to_shard(arn, shard_id, position)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, BackendError::ResourceInUse(_)) {
+                    self.in_use.fetch_add(1, Ordering::SeqCst);
+                }
+            })?;
+        let (pulled, largest) = (self.pulled.clone(), self.largest_event.clone());
+        Ok(sub
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    let n = event.records.len() as u64;
+                    pulled.fetch_add(n, Ordering::SeqCst);
+                    largest.fetch_max(n, Ordering::SeqCst);
+                }
+            })
+            .boxed())
+    }
+}
