@@ -202,3 +202,40 @@ async fn a_deregistered_consumer_s_subscription_fails() {
     assert!(matches!(event, Err(BackendError::ResourceNotFound(_))));
     assert!(sub.next().await.is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_registered_again_gets_a_new_arn() {
+    // Consumers ACTIVE at once, so everything below happens at one instant of the paused clock.
+    let m = KinesisModel::new(ModelConfig::new().with_consumer_registration_time(Duration::ZERO));
+    m.create_stream("s", 1).unwrap();
+    let shard = m.shard_ids("s").unwrap().remove(0);
+    let old = m.register_stream_consumer("s", "a").await.unwrap().arn;
+    let mut old_sub = m
+        .subscribe_to_shard(&old, &shard, StartingPosition::Latest)
+        .await
+        .unwrap();
+    m.deregister_stream_consumer("s", "a").unwrap();
+    let new = m.register_stream_consumer("s", "a").await.unwrap().arn;
+    assert_ne!(new, old, "every registration has its own ARN");
+    let _new_sub = m
+        .subscribe_to_shard(&new, &shard, StartingPosition::Latest)
+        .await
+        .unwrap();
+    // The old subscription belongs to the old consumer: it fails, and closing it leaves the new
+    // consumer's subscription in place.
+    assert!(matches!(
+        old_sub.next().await,
+        Some(Err(BackendError::ResourceNotFound(_)))
+    ));
+    drop(old_sub);
+    assert!(matches!(
+        m.subscribe_to_shard(&new, &shard, StartingPosition::Latest)
+            .await,
+        Err(BackendError::ResourceInUse(_))
+    ));
+    assert!(matches!(
+        m.subscribe_to_shard(&old, &shard, StartingPosition::Latest)
+            .await,
+        Err(BackendError::ResourceNotFound(_))
+    ));
+}
