@@ -219,6 +219,39 @@ async fn split_and_merge_end_parents_through_the_subscription() {
     assert_eq!(merged_lease.parent_shard_ids.len(), 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_consumer_replaced_while_subscribed_does_not_end_open_shards() {
+    let config = ModelConfig::new().with_consumer_registration_time(Duration::ZERO);
+    let model = model(2, config);
+    let table = table();
+    let recorder = Recorder::new();
+    let mut produced = produce(&model, STREAM, 10, 100, 0);
+    let w = start("w1", model.clone(), &table, &recorder, |b| b);
+    recorder.wait_until(LONG, |r| r.distinct() >= 100).await;
+    // Both shards are subscribed. Someone (an operator, another worker) deregisters the consumer
+    // and registers it again: the subscriptions fail with ResourceNotFound while a consumer of
+    // that name exists, under a new ARN. The shards are open: they must be read on.
+    let old = model.describe_stream_consumer(STREAM, APP).await.unwrap();
+    model.deregister_stream_consumer(STREAM, APP).unwrap();
+    let new = model.register_stream_consumer(STREAM, APP).await.unwrap();
+    assert_ne!(old.arn, new.arn);
+    produced.extend(produce(&model, STREAM, 10, 100, 100));
+    recorder.wait_until(LONG, |r| r.distinct() >= 200).await;
+    w.stop().await;
+    assert_order_per_key(&recorder, &produced);
+    let leases = table.list().await.unwrap();
+    assert_eq!(leases.len(), 2);
+    for lease in leases {
+        assert_ne!(
+            lease.checkpoint,
+            ExtendedSequenceNumber::ShardEnd,
+            "open shard {} recorded as ended",
+            lease.key
+        );
+        assert!(!recorder.calls(&lease.key).contains(&Call::ShardEnded));
+    }
+}
+
 /// Blocks every batch until released, counting processed records.
 struct Gate {
     inner: RecordingProcessor,

@@ -15,8 +15,11 @@
 //!   [`FanOutConfig::idle_probe_interval`] is also checked with one `GetRecords` after the
 //!   continuation: a closed shard answers no next iterator and its children. (kinesis-local
 //!   never ends a subscription to a closed shard; the probe also guards against stalls.)
-//! - `ResourceNotFound` for the shard is its end, as with polling; for the consumer (deregistered
-//!   by someone) it is registered again.
+//! - `ResourceNotFound` from a subscription names the consumer or the shard without saying which,
+//!   so only a shard-level answer decides: `GetShardIterator(TRIM_HORIZON)` answering
+//!   `ResourceNotFound` is the shard's end, as with polling. Otherwise the consumer was
+//!   deregistered (and maybe registered again under a new ARN, by this or another worker): it is
+//!   looked up again, registered if missing, and the shard re-subscribed from where it was.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,8 +190,13 @@ impl FanOutConfig {
         Ok(consumer.arn)
     }
 
-    async fn forget_consumer(&self) {
-        *self.registered.lock().await = None;
+    /// Forgets the cached consumer if it is still `arn` (another shard task may have looked up
+    /// its successor already).
+    async fn forget_consumer(&self, arn: &str) {
+        let mut cached = self.registered.lock().await;
+        if cached.as_ref().is_some_and(|r| r.arn == arn) {
+            *cached = None;
+        }
     }
 }
 
@@ -243,9 +251,9 @@ impl FanOutTask {
             {
                 Ok(subscription) => {
                     debug!(shard = %self.shard_id, position = ?self.start, "subscribed");
-                    self.consume(subscription, &mut backoff).await
+                    self.consume(subscription, &arn, &mut backoff).await
                 }
-                Err(error) => self.on_error(error, &mut backoff).await,
+                Err(error) => self.on_error(error, &arn, &mut backoff).await,
             };
             match ended {
                 Ended::Resubscribe { delay } => {
@@ -264,6 +272,7 @@ impl FanOutTask {
     async fn consume(
         &mut self,
         mut subscription: crate::backend::Subscription,
+        arn: &str,
         backoff: &mut crate::retry::Schedule,
     ) -> Ended {
         let mut idle_since: Option<Instant> = None;
@@ -287,7 +296,7 @@ impl FanOutTask {
                     debug!(shard = %self.shard_id, "subscription ended; re-subscribing");
                     return Ended::Resubscribe { delay: None };
                 }
-                Ok(Some(Err(error))) => return self.on_error(error, backoff).await,
+                Ok(Some(Err(error))) => return self.on_error(error, arn, backoff).await,
                 Ok(Some(Ok(event))) => event,
             };
             *backoff = self.config.error_backoff.schedule();
@@ -374,22 +383,37 @@ impl FanOutTask {
         Ended::ShardEnd
     }
 
-    async fn on_error(&self, error: BackendError, backoff: &mut crate::retry::Schedule) -> Ended {
+    /// What to do after `error` from the subscription through consumer `arn`.
+    async fn on_error(
+        &self,
+        error: BackendError,
+        arn: &str,
+        backoff: &mut crate::retry::Schedule,
+    ) -> Ended {
         match error {
             BackendError::ResourceNotFound(message) => {
-                // The consumer or the shard. A consumer that exists means the shard is gone.
-                self.config.forget_consumer().await;
+                // The consumer or the shard, the answer does not say which. Whether a consumer of
+                // that name exists proves nothing (it may be a new registration with a new ARN),
+                // so ask about the shard itself, as polling would: only `ResourceNotFound` for it
+                // ends it. Anything else: look the consumer up again and re-subscribe.
+                self.config.forget_consumer(arn).await;
                 match self
                     .backend
-                    .describe_stream_consumer(&self.stream, &self.consumer_name)
+                    .get_shard_iterator(&self.stream, &self.shard_id, StartingPosition::TrimHorizon)
                     .await
                 {
-                    Ok(_) => {
-                        warn!(shard = %self.shard_id, %message, "shard not found; treating it as ended");
+                    Err(BackendError::ResourceNotFound(shard_message)) => {
+                        warn!(shard = %self.shard_id, %message, %shard_message, "shard not found; treating it as ended");
                         self.shard_end(Vec::new()).await
                     }
-                    Err(_) => {
-                        warn!(shard = %self.shard_id, %message, "stream consumer not found; registering it again");
+                    Ok(_) => {
+                        warn!(shard = %self.shard_id, %message, "subscription not found but the shard exists: the stream consumer was deregistered or replaced; subscribing again");
+                        Ended::Resubscribe {
+                            delay: backoff.next(),
+                        }
+                    }
+                    Err(error) => {
+                        warn!(shard = %self.shard_id, %message, %error, "subscription not found and the shard could not be checked; subscribing again");
                         Ended::Resubscribe {
                             delay: backoff.next(),
                         }
@@ -422,5 +446,63 @@ impl FanOutTask {
             _ = tokio::time::sleep(delay) => false,
             _ = self.events.closed() => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{KinesisModel, ModelConfig};
+
+    const STREAM: &str = "s";
+
+    fn task(
+        model: Arc<KinesisModel>,
+        shard_id: &str,
+        start: StartingPosition,
+    ) -> (FanOutTask, mpsc::Receiver<RetrievalEvent>) {
+        let (events, rx) = mpsc::channel(16);
+        let config = FanOutConfig::default();
+        let task = FanOutTask {
+            backend: model,
+            stream: STREAM.to_owned(),
+            consumer_name: "app".to_owned(),
+            shard_id: shard_id.to_owned(),
+            start,
+            budget: Arc::new(PrefetchBudget::new(
+                config.max_prefetch_records,
+                config.max_prefetch_bytes,
+            )),
+            config,
+            events,
+        };
+        (task, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_the_service_no_longer_knows_ends() {
+        let model =
+            KinesisModel::new(ModelConfig::new().with_consumer_registration_time(Duration::ZERO));
+        model.create_stream(STREAM, 1).unwrap();
+        let parent = model.shards(STREAM).unwrap().remove(0);
+        let range = parent.hash_key_range;
+        let mid = range.start / 2 + range.end / 2;
+        model
+            .split_shard(STREAM, &parent.shard_id, &mid.to_string())
+            .unwrap();
+        // Closed longer ago than the retention period: the shard is gone (ResourceNotFound).
+        tokio::time::sleep(Duration::from_secs(25 * 3600)).await;
+        let (task, mut rx) = task(model, &parent.shard_id, StartingPosition::TrimHorizon);
+        let run = tokio::spawn(task.run());
+        let first = tokio::time::timeout(Duration::from_secs(3600), rx.recv()).await;
+        match first {
+            Ok(Some(RetrievalEvent::ShardEnd { child_shards })) => {
+                assert!(child_shards.is_empty())
+            }
+            other => panic!("expected the shard's end, got {other:?}"),
+        }
+        run.await.unwrap();
     }
 }
