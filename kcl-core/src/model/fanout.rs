@@ -282,6 +282,7 @@ impl Pushing {
                 Look::Wait(wait) => {
                     let until = (now + wait).min(heartbeat_at).min(self.ends_at);
                     tokio::select! {
+                        biased;
                         _ = woken => {}
                         _ = tokio::time::sleep_until(until) => {}
                     }

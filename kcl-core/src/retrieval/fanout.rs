@@ -279,13 +279,16 @@ impl FanOutTask {
         let mut last_probe: Option<Instant> = None;
         loop {
             // Backpressure: read nothing more until the processor gave room back.
+            // Biased (a seeded simulation replays the same order): a receiver gone wins.
             tokio::select! {
-                _ = self.budget.wait_for_room() => {}
+                biased;
                 _ = self.events.closed() => return Ended::Closed,
+                _ = self.budget.wait_for_room() => {}
             }
             let next = tokio::select! {
-                next = tokio::time::timeout(self.config.silence_timeout, subscription.next()) => next,
+                biased;
                 _ = self.events.closed() => return Ended::Closed,
+                next = tokio::time::timeout(self.config.silence_timeout, subscription.next()) => next,
             };
             let event = match next {
                 Err(_) => {
@@ -443,8 +446,9 @@ impl FanOutTask {
     async fn pause(&self, delay: Option<Duration>) -> bool {
         let delay = delay.unwrap_or(self.config.error_backoff.max);
         tokio::select! {
-            _ = tokio::time::sleep(delay) => false,
+            biased;
             _ = self.events.closed() => true,
+            _ = tokio::time::sleep(delay) => false,
         }
     }
 }
