@@ -252,6 +252,32 @@ async fn a_consumer_replaced_while_subscribed_does_not_end_open_shards() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn subscriptions_ending_without_any_event_back_off() {
+    let config = ModelConfig::new().with_consumer_registration_time(Duration::ZERO);
+    let model = model(1, config);
+    let counting = Counting::new(model.clone());
+    // The first 1000 subscriptions end at once, without any event.
+    counting.end_first.store(1_000, Ordering::SeqCst);
+    let table = table();
+    let recorder = Recorder::new();
+    let produced = produce(&model, STREAM, 5, 50, 0);
+    let w = start("w1", counting.clone(), &table, &recorder, |b| b);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let subscribes = counting.subscribes.load(Ordering::SeqCst);
+    assert!(subscribes >= 2, "re-subscribed ({subscribes} subscribes)");
+    assert!(
+        subscribes < 100,
+        "backed off, not a hot loop ({subscribes} subscribes)"
+    );
+    // Once subscriptions deliver again, every record arrives.
+    counting.end_first.store(0, Ordering::SeqCst);
+    recorder.wait_until(LONG, |r| r.distinct() >= 50).await;
+    w.stop().await;
+    assert_eq!(recorder.seen().len(), 50);
+    assert_order_per_key(&recorder, &produced);
+}
+
 /// Blocks every batch until released, counting processed records.
 struct Gate {
     inner: RecordingProcessor,
@@ -344,7 +370,7 @@ async fn a_silent_subscription_is_restarted() {
 }
 
 /// Wraps the model: counts subscribes, refusals and records pulled from subscriptions, and can
-/// make the first subscriptions hang without any event.
+/// make the first subscriptions hang without any event or end at once without any.
 #[derive(Debug)]
 struct Counting {
     inner: Arc<KinesisModel>,
@@ -353,6 +379,7 @@ struct Counting {
     pulled: Arc<AtomicU64>,
     largest_event: Arc<AtomicU64>,
     stall_first: AtomicU64,
+    end_first: AtomicU64,
 }
 
 impl Counting {
@@ -364,6 +391,7 @@ impl Counting {
             pulled: Arc::new(0.into()),
             largest_event: Arc::new(0.into()),
             stall_first: 0.into(),
+            end_first: 0.into(),
         })
     }
 }
@@ -420,6 +448,13 @@ impl StreamBackend for Counting {
             .is_ok()
         {
             return Ok(futures::stream::pending().boxed());
+        }
+        if self
+            .end_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Ok(futures::stream::empty().boxed());
         }
         let sub = self
             .inner

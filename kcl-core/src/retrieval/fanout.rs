@@ -7,8 +7,10 @@
 //!   `AT_SEQUENCE_NUMBER`, so the consumer resumes inside a KPL aggregate as with polling), and
 //!   re-subscribed `AFTER_SEQUENCE_NUMBER` of the last continuation when it ends (about every
 //!   five minutes), fails or stays silent longer than [`FanOutConfig::silence_timeout`].
-//! - `ResourceInUse` (the previous owner's subscription may still be open after a failover) and
-//!   transient errors back off exponentially with jitter ([`crate::retry`]).
+//! - `ResourceInUse` (the previous owner's subscription may still be open after a failover),
+//!   transient errors and subscriptions that end without delivering any event back off
+//!   exponentially with jitter ([`crate::retry`]); the backoff restarts at its first step after
+//!   an event.
 //! - Backpressure: the next event is not read until the prefetch budget has room, so
 //!   the service's push is held back by HTTP/2 flow control and memory does not grow with lag.
 //! - Shard end: an event without continuation carries the children. A subscription idle for
@@ -48,7 +50,8 @@ pub struct FanOutConfig {
     /// Bytes received ahead of the processor, at most (default 8 MiB; may be exceeded by one
     /// event).
     pub max_prefetch_bytes: usize,
-    /// Backoff after `ResourceInUse`, throttling or transient errors (default 200 ms to 10 s).
+    /// Backoff after `ResourceInUse`, throttling, transient errors or a subscription that ended
+    /// without any event (default 200 ms to 10 s).
     pub error_backoff: RetryBackoff,
     /// A subscription without any event for this long is restarted (default 60 s, as Java KCL;
     /// the service sends an event at least every few seconds).
@@ -277,6 +280,10 @@ impl FanOutTask {
     ) -> Ended {
         let mut idle_since: Option<Instant> = None;
         let mut last_probe: Option<Instant> = None;
+        // Whether this subscription delivered any event: one that ends without any is
+        // re-subscribed after a backoff, not at once (no tight loop against a service or proxy
+        // that closes every subscription straight away).
+        let mut delivered = false;
         loop {
             // Backpressure: read nothing more until the processor gave room back.
             // Biased (a seeded simulation replays the same order): a receiver gone wins.
@@ -295,13 +302,20 @@ impl FanOutTask {
                     warn!(shard = %self.shard_id, silence = ?self.config.silence_timeout, "subscription silent too long; restarting it");
                     return Ended::Resubscribe { delay: None };
                 }
-                Ok(None) => {
+                Ok(None) if delivered => {
                     debug!(shard = %self.shard_id, "subscription ended; re-subscribing");
                     return Ended::Resubscribe { delay: None };
+                }
+                Ok(None) => {
+                    warn!(shard = %self.shard_id, "subscription ended without any event; backing off");
+                    return Ended::Resubscribe {
+                        delay: backoff.next(),
+                    };
                 }
                 Ok(Some(Err(error))) => return self.on_error(error, arn, backoff).await,
                 Ok(Some(Ok(event))) => event,
             };
+            delivered = true;
             *backoff = self.config.error_backoff.schedule();
             let SubscribeToShardEvent {
                 records,
