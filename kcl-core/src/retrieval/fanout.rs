@@ -45,10 +45,12 @@ use crate::retry::RetryBackoff;
 pub struct FanOutConfig {
     /// The stream consumer's name (default: the application name).
     pub consumer_name: Option<String>,
-    /// Records received ahead of the processor, at most (default 30000).
+    /// Records received ahead of the processor (default 30000). The next event is read only
+    /// while fewer are queued, but the service decides how many records an event carries, so
+    /// the queue may exceed this by the records of one event.
     pub max_prefetch_records: usize,
-    /// Bytes received ahead of the processor, at most (default 8 MiB; may be exceeded by one
-    /// event).
+    /// Bytes received ahead of the processor (default 8 MiB). Like the record bound, may be
+    /// exceeded by one event.
     pub max_prefetch_bytes: usize,
     /// Backoff after `ResourceInUse`, throttling, transient errors or a subscription that ended
     /// without any event (default 200 ms to 10 s).
@@ -107,7 +109,8 @@ impl FanOutConfig {
         self
     }
 
-    /// Sets the prefetch bounds (records, bytes).
+    /// Sets the prefetch bounds (records, bytes); each may be exceeded by one event (see
+    /// [`FanOutConfig::max_prefetch_records`]).
     pub fn with_prefetch(mut self, records: usize, bytes: usize) -> Self {
         self.max_prefetch_records = records;
         self.max_prefetch_bytes = bytes;

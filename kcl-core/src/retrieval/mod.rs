@@ -179,7 +179,10 @@ impl PrefetchBudget {
         }
     }
 
-    /// Charges a fetched batch (may overshoot the byte bound by at most one call's worth).
+    /// Charges a fetched batch. A batch is fetched while there is room for one more record and
+    /// byte, so the queue may overshoot the byte bound by at most one batch, and the record bound
+    /// too when the batch's size is not ours to choose (a fan-out event; polling asks for at
+    /// most the records [`Self::wait_for_room`] left).
     pub(crate) fn charge(&self, records: usize, bytes: usize) {
         let mut used = self.used();
         used.records += records;
