@@ -302,9 +302,16 @@ impl RecordProcessor for Gate {
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_processor_holds_the_subscription_back() {
-    let config = ModelConfig::unlimited().with_consumer_registration_time(Duration::ZERO);
+    // Pushed at 1000 bytes/s per shard (records of about 20 bytes): an event carries at most a
+    // full bucket, about 50 records, so "the budget plus the largest event" is a tight bound.
+    // Writes are unlimited so the records can be produced at once.
+    const RECORDS: u64 = 5_000;
+    const BUDGET: u64 = 100;
+    let config = ModelConfig::unlimited()
+        .with_fanout_rate(Some(1_000))
+        .with_consumer_registration_time(Duration::ZERO);
     let model = model(1, config);
-    let produced = produce(&model, STREAM, 10, 20_000, 0);
+    let produced = produce(&model, STREAM, 10, RECORDS as usize, 0);
     let counting = Counting::new(model.clone());
     let table = table();
     let recorder = Recorder::new();
@@ -319,7 +326,7 @@ async fn a_slow_processor_holds_the_subscription_back() {
             processed: processed.clone(),
         }
     };
-    let fanout = FanOutConfig::default().with_prefetch(100, 8 << 20);
+    let fanout = FanOutConfig::default().with_prefetch(BUDGET as usize, 8 << 20);
     let w = start_with("w1", counting.clone(), &table, factory, |b| {
         b.retrieval(Retrieval::FanOut(fanout))
     });
@@ -328,27 +335,33 @@ async fn a_slow_processor_holds_the_subscription_back() {
     let pulled = counting.pulled.load(Ordering::SeqCst);
     assert!(pulled > 0, "the subscription delivered something");
     assert!(
-        pulled < 20_000,
-        "the subscription was read ahead without bound ({pulled} records pulled)"
+        pulled <= BUDGET + counting.largest_event.load(Ordering::SeqCst),
+        "the subscription was read ahead of the budget ({pulled} records pulled)"
     );
-    // Release the processor batch by batch; the lag never grows past the budget plus one event.
+    // Release the processor one batch a second, slower than the push rate: without
+    // backpressure the retriever would fill its queue (16 events) with full-bucket events, about
+    // 800 records. The lag must stay within the budget plus one event.
     let mut max_ahead = 0;
-    for _ in 0..2_000 {
+    for _ in 0..200 {
         open.add_permits(1);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let ahead = counting.pulled.load(Ordering::SeqCst) - processed.load(Ordering::SeqCst);
         max_ahead = max_ahead.max(ahead);
-        if processed.load(Ordering::SeqCst) >= 20_000 {
-            break;
-        }
     }
     open.add_permits(1_000_000);
-    recorder.wait_until(LONG, |r| r.distinct() >= 20_000).await;
+    recorder
+        .wait_until(LONG, |r| r.distinct() >= RECORDS as usize)
+        .await;
     w.stop().await;
     assert_order_per_key(&recorder, &produced);
+    let largest = counting.largest_event.load(Ordering::SeqCst);
     assert!(
-        max_ahead <= 100 + counting.largest_event.load(Ordering::SeqCst),
-        "{max_ahead} records pulled ahead of the processor"
+        largest < BUDGET,
+        "the push rate keeps events small ({largest} records in one)"
+    );
+    assert!(
+        max_ahead <= BUDGET + largest,
+        "{max_ahead} records pulled ahead of the processor (budget {BUDGET}, largest event {largest})"
     );
 }
 
