@@ -11,7 +11,9 @@ use kcl_core::backend::{
     ShardIterator, StartingPosition, StreamBackend, StreamConsumer, StreamDescription,
     Subscription,
 };
-use kcl_core::lease::{InMemoryLeaseTable, LeaseTable};
+use kcl_core::lease::{
+    Expectation, InMemoryLeaseTable, Lease, LeaseError, LeaseTable, LeaseUpdate,
+};
 use kcl_core::model::{KinesisModel, ModelConfig};
 use kcl_core::processor::{BoxError, ProcessorFactory, RecordProcessor, ShardInfo};
 use kcl_core::record::ExtendedSequenceNumber;
@@ -276,6 +278,90 @@ async fn subscriptions_ending_without_any_event_back_off() {
     w.stop().await;
     assert_eq!(recorder.seen().len(), 50);
     assert_order_per_key(&recorder, &produced);
+}
+
+/// A worker's handle on the shared lease table whose writes giving one of `me`'s leases away
+/// (release, handoff completed) land at once but answer only after `delay`: a slow network, or
+/// a slow store.
+#[derive(Debug)]
+struct SlowToLetGo {
+    inner: Arc<dyn LeaseTable>,
+    me: &'static str,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl LeaseTable for SlowToLetGo {
+    async fn create_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {
+        self.inner.create_if_absent(lease).await
+    }
+    async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
+        self.inner.list().await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
+        self.inner.get(key).await
+    }
+    async fn update(
+        &self,
+        key: &str,
+        expect: &Expectation,
+        update: &LeaseUpdate,
+    ) -> Result<Lease, LeaseError> {
+        let before = self.inner.get(key).await?;
+        let written = self.inner.update(key, expect, update).await?;
+        let mine = |l: &Lease| {
+            l.owner.as_deref() == Some(self.me) || l.checkpoint_owner.as_deref() == Some(self.me)
+        };
+        if before.as_ref().is_some_and(mine) && !mine(&written) {
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(written)
+    }
+    async fn delete(&self, key: &str, expect: &Expectation) -> Result<(), LeaseError> {
+        self.inner.delete(key, expect).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_old_owner_closes_its_subscription_before_handing_the_lease_over() {
+    let config = ModelConfig::new().with_consumer_registration_time(Duration::ZERO);
+    let model = model(2, config);
+    let counting = Counting::new(model.clone());
+    let table = table();
+    let recorder = Recorder::new();
+    let mut produced = produce(&model, STREAM, 10, 100, 0);
+    // w1's release writes take effect at once but answer 5 s later: the new owner can take the
+    // lease and subscribe meanwhile. w1's subscription must already be closed by then.
+    let slow: Arc<dyn LeaseTable> = Arc::new(SlowToLetGo {
+        inner: table.clone(),
+        me: "w1",
+        delay: Duration::from_secs(5),
+    });
+    let w1 = start("w1", counting.clone(), &slow, &recorder, |b| b);
+    recorder.wait_until(LONG, |r| r.distinct() >= 100).await;
+    assert_eq!(w1.handle.status().held_leases.len(), 2);
+    // w2 joins and asks for one of the leases: a graceful handoff.
+    let w2 = start("w2", counting.clone(), &table, &recorder, |b| b);
+    within(LONG, "one lease handed over", async {
+        while w2.handle.status().held_leases.len() != 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    produced.extend(produce(&model, STREAM, 10, 100, 100));
+    recorder
+        .wait_until(LONG, |r| {
+            r.distinct() >= 200 && r.seen().iter().any(|s| s.worker == "w2")
+        })
+        .await;
+    let refused = counting.in_use.load(Ordering::SeqCst);
+    w2.stop().await;
+    w1.stop().await;
+    assert_order_per_key(&recorder, &produced);
+    assert_eq!(
+        refused, 0,
+        "the new owner's subscribe found the old owner's subscription still open"
+    );
 }
 
 /// Blocks every batch until released, counting processed records.
