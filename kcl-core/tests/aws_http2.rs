@@ -60,7 +60,8 @@ async fn the_client_negotiates_http2() {
         .native_roots(false)
         .trust_pem_certificate(CERT)
         .read_timeout(Duration::from_secs(2))
-        .build(&sdk_config(&format!("https://127.0.0.1:{port}")).await);
+        .build(&sdk_config(&format!("https://127.0.0.1:{port}")).await)
+        .unwrap();
     // The server answers nothing: the call fails, what it sent is what counts.
     let call = tokio::spawn(async move { backend.describe_stream("any").await });
     let (alpn, first) = tokio::time::timeout(Duration::from_secs(20), seen)
@@ -86,7 +87,8 @@ async fn subscribe_to_shard_over_tls() {
     let backend = KinesisBackend::builder()
         .native_roots(false)
         .trust_pem_certificate(cert)
-        .build(&sdk_config(&endpoint).await);
+        .build(&sdk_config(&endpoint).await)
+        .unwrap();
     let stream = format!("h2-{}", std::process::id());
     backend
         .create_stream(&stream, 1, Duration::from_secs(30))

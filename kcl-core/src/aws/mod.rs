@@ -11,7 +11,8 @@
 //! let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
 //! let kinesis = KinesisBackend::builder()
 //!     .connect_timeout(std::time::Duration::from_secs(2))
-//!     .build(&sdk);
+//!     .build(&sdk)
+//!     .expect("valid options");
 //! # }
 //! ```
 //!
@@ -77,6 +78,51 @@ use crate::record::SequenceNumber;
 type Customize =
     Box<dyn FnOnce(aws_sdk_kinesis::config::Builder) -> aws_sdk_kinesis::config::Builder + Send>;
 
+/// Why a [`KinesisBackendBuilder`] could not build its HTTP client or backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A certificate given to [`KinesisBackendBuilder::trust_pem_certificate`] cannot be
+    /// trusted.
+    #[error("trusted certificate #{index} (counting from 0, in the order given): {reason}")]
+    InvalidCertificate {
+        /// Its position among the certificates given, from 0.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The SDK's HTTP client refused the TLS settings.
+    #[error("TLS settings: {0}")]
+    Tls(String),
+}
+
+/// Checks `pem` (certificate `index` of the builder) as the SDK's HTTP client reads it later,
+/// where a bad certificate is a panic inside a request: PEM sections parsed, at least one
+/// `CERTIFICATE`, each a usable X.509 trust anchor.
+fn check_pem_certificate(index: usize, pem: &[u8]) -> Result<(), BuildError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let invalid = |reason: String| BuildError::InvalidCertificate { index, reason };
+    let certificates = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("malformed PEM: {e}")))?;
+    if certificates.is_empty() {
+        return Err(invalid(
+            "no \"-----BEGIN CERTIFICATE-----\" section in the PEM data".to_owned(),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (n, certificate) in certificates.into_iter().enumerate() {
+        roots.add(certificate).map_err(|e| {
+            invalid(format!(
+                "certificate {} of the PEM data is not a usable X.509 certificate: {e}",
+                n + 1
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// Options of a [`KinesisBackend`]. Start with [`KinesisBackend::builder`].
 pub struct KinesisBackendBuilder {
     connect_timeout: Duration,
@@ -133,7 +179,8 @@ impl KinesisBackendBuilder {
     }
 
     /// Trusts a PEM certificate (a private CA, or a test server's certificate) in addition to
-    /// the platform's roots.
+    /// the platform's roots. Checked by [`Self::build`], which names the first bad one
+    /// ([`BuildError::InvalidCertificate`]).
     pub fn trust_pem_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.trusted_pem.push(pem.into());
         self
@@ -157,33 +204,44 @@ impl KinesisBackendBuilder {
         self
     }
 
-    /// The HTTP client this builder configures: rustls (aws-lc), ALPN `h2` and `http/1.1`.
-    pub fn http_client(&self) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    /// The TLS settings: the platform's roots (unless turned off) and the certificates given,
+    /// each checked.
+    fn tls_context(&self) -> Result<tls::TlsContext, BuildError> {
         let mut trust = tls::TrustStore::default().with_native_roots(self.native_roots);
-        for pem in &self.trusted_pem {
+        for (index, pem) in self.trusted_pem.iter().enumerate() {
+            check_pem_certificate(index, pem)?;
             trust = trust.with_pem_certificate(pem.clone());
         }
-        let context = tls::TlsContext::builder().with_trust_store(trust).build();
-        let builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ));
-        match context {
-            Ok(context) => builder.tls_context(context).build_https(),
-            // Building a context from a trust store cannot fail today; keep the defaults if it
-            // ever does.
-            Err(_) => builder.build_https(),
-        }
+        tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| BuildError::Tls(e.to_string()))
     }
 
-    /// Builds the backend from a loaded [`SdkConfig`] (region, credentials, endpoint).
-    pub fn build(self, sdk: &SdkConfig) -> KinesisBackend {
+    /// The HTTP client this builder configures: rustls (aws-lc), ALPN `h2` and `http/1.1`.
+    /// Fails if a certificate given to [`Self::trust_pem_certificate`] is unusable.
+    pub fn http_client(
+        &self,
+    ) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, BuildError> {
+        Ok(https_client(self.tls_context()?))
+    }
+
+    /// Builds the backend from a loaded [`SdkConfig`] (region, credentials, endpoint). Fails if
+    /// a certificate given to [`Self::trust_pem_certificate`] is unusable.
+    pub fn build(self, sdk: &SdkConfig) -> Result<KinesisBackend, BuildError> {
+        let context = self.tls_context()?;
+        Ok(self.assemble(sdk, context))
+    }
+
+    /// The backend with these options and checked TLS settings.
+    fn assemble(self, sdk: &SdkConfig, context: tls::TlsContext) -> KinesisBackend {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
             .operation_attempt_timeout(self.attempt_timeout)
             .build();
         let mut config = aws_sdk_kinesis::config::Builder::from(sdk)
-            .http_client(self.http_client())
+            .http_client(https_client(context))
             .timeout_config(timeouts)
             .retry_config(RetryConfig::standard().with_max_attempts(3));
         for f in self.customize {
@@ -191,6 +249,18 @@ impl KinesisBackendBuilder {
         }
         KinesisBackend::from_client(Client::from_conf(config.build()))
     }
+}
+
+/// An HTTP client on rustls (aws-lc) with these TLS settings, offering `h2` and `http/1.1`.
+fn https_client(
+    context: tls::TlsContext,
+) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https()
 }
 
 /// [`StreamBackend`] on the AWS SDK. See the [module docs](self).
@@ -219,7 +289,9 @@ impl KinesisBackend {
     /// A backend configured from the standard AWS environment, with default options.
     pub async fn from_env() -> Self {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Self::builder().build(&sdk)
+        // The default options have no certificate to check: the SDK's default TLS settings
+        // (the platform's roots) are what the builder would make.
+        Self::builder().assemble(&sdk, tls::TlsContext::default())
     }
 
     /// Wraps a client you configured yourself (its timeouts, retries and HTTP client are used as
@@ -625,4 +697,65 @@ fn convert_event(event: sdk::SubscribeToShardEvent) -> Result<SubscribeToShardEv
         millis_behind_latest: u64::try_from(event.millis_behind_latest).unwrap_or(0),
         child_shards: convert::child_shards(event.child_shards)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT: &[u8] = include_bytes!("../../../scripts/servers/tls/test-cert.pem");
+
+    fn sdk() -> SdkConfig {
+        SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build()
+    }
+
+    fn build_error(pems: &[&[u8]]) -> BuildError {
+        let mut builder = KinesisBackend::builder().native_roots(false);
+        for pem in pems {
+            builder = builder.trust_pem_certificate(pem.to_vec());
+        }
+        match builder.build(&sdk()) {
+            Ok(_) => panic!("built with {pems:?}"),
+            Err(error) => error,
+        }
+    }
+
+    #[test]
+    fn unusable_certificates_are_refused_when_building() {
+        let cases: [(&[u8], &str); 3] = [
+            (
+                b"not a certificate",
+                "no \"-----BEGIN CERTIFICATE-----\" section",
+            ),
+            (
+                b"-----BEGIN CERTIFICATE-----\n%%%%\n-----END CERTIFICATE-----\n",
+                "malformed PEM",
+            ),
+            (
+                // Valid base64 ("hello world"), not X.509.
+                b"-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+                "certificate 1 of the PEM data is not a usable X.509 certificate",
+            ),
+        ];
+        for (pem, reason) in cases {
+            match build_error(&[CERT, pem]) {
+                BuildError::InvalidCertificate { index, reason: got } => {
+                    assert_eq!(index, 1, "the bad one is named");
+                    assert!(got.contains(reason), "{got:?} should say {reason:?}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_valid_certificate_builds() {
+        let builder = KinesisBackend::builder()
+            .native_roots(false)
+            .trust_pem_certificate(CERT);
+        assert!(builder.http_client().is_ok());
+        assert!(builder.build(&sdk()).is_ok());
+    }
 }
