@@ -42,6 +42,27 @@
 //! emulators) get HTTP/1.1. The test `the_client_negotiates_http2` in
 //! `kcl-core/tests/aws_http2.rs` checks it against a TLS server that offers both.
 //!
+//! ## One connection per subscription
+//!
+//! HTTP/2 flow control gives a response only as much data as its receive windows allow, and a
+//! window is given back only when the body is read. hyper's client (under the SDK) opens 2 MiB
+//! per stream and 5 MiB per connection, and the SDK's HTTP client exposes no setting for either.
+//! Fan-out retrieval deliberately stops reading a subscription whose shard is backpressured (the
+//! processor is behind), so if subscriptions shared one pooled connection, three backpressured
+//! shards would hold its 5 MiB and every other subscription on it would starve (silent until
+//! restarted, on the same stalled connection).
+//!
+//! So every `SubscribeToShard` gets an HTTP client of its own (same TLS settings and timeouts,
+//! a fresh connection pool): one connection per subscription, whose windows only that
+//! subscription can fill; the connection closes when the subscription ends. Costs: one TCP and
+//! TLS handshake per subscription (about every five minutes per shard) and one connection per
+//! leased shard. Control-plane calls and `GetRecords` share the backend's pooled client. This
+//! holds for backends from [`KinesisBackendBuilder::build`] and [`KinesisBackend::from_env`];
+//! [`KinesisBackendBuilder::connection_per_subscription`] turns it off, and a backend wrapping
+//! your own client ([`KinesisBackend::from_client`]) sends subscriptions through that client's
+//! pool, where the limit above applies. The test `unread_subscriptions_do_not_starve_the_others`
+//! in `kcl-core/tests/aws_http2.rs` checks it against a local HTTP/2 server.
+//!
 //! # Writing
 //!
 //! The inherent methods [`KinesisBackend::create_stream`], [`KinesisBackend::put_records`],
@@ -130,6 +151,7 @@ pub struct KinesisBackendBuilder {
     attempt_timeout: Duration,
     trusted_pem: Vec<Vec<u8>>,
     native_roots: bool,
+    connection_per_subscription: bool,
     customize: Vec<Customize>,
 }
 
@@ -141,6 +163,10 @@ impl fmt::Debug for KinesisBackendBuilder {
             .field("attempt_timeout", &self.attempt_timeout)
             .field("trusted_certificates", &self.trusted_pem.len())
             .field("native_roots", &self.native_roots)
+            .field(
+                "connection_per_subscription",
+                &self.connection_per_subscription,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -153,6 +179,7 @@ impl Default for KinesisBackendBuilder {
             attempt_timeout: Duration::from_secs(30),
             trusted_pem: Vec::new(),
             native_roots: true,
+            connection_per_subscription: true,
             customize: Vec::new(),
         }
     }
@@ -192,8 +219,19 @@ impl KinesisBackendBuilder {
         self
     }
 
+    /// Whether every `SubscribeToShard` gets an HTTP client, and so a connection, of its own
+    /// (default `true`): unread (backpressured) subscriptions then cannot starve the others
+    /// through a shared HTTP/2 connection window; see the [module docs](self). With `false`,
+    /// subscriptions share the client's connection pool.
+    pub fn connection_per_subscription(mut self, enabled: bool) -> Self {
+        self.connection_per_subscription = enabled;
+        self
+    }
+
     /// Adjusts the SDK client configuration last (for example to add an interceptor); called
-    /// in the order given.
+    /// in the order given. An HTTP client set here is used for every call except
+    /// `SubscribeToShard` while [`Self::connection_per_subscription`] is on (the default): each
+    /// subscription gets a client built from this builder's TLS settings.
     pub fn customize(
         mut self,
         f: impl FnOnce(aws_sdk_kinesis::config::Builder) -> aws_sdk_kinesis::config::Builder
@@ -235,6 +273,7 @@ impl KinesisBackendBuilder {
 
     /// The backend with these options and checked TLS settings.
     fn assemble(self, sdk: &SdkConfig, context: tls::TlsContext) -> KinesisBackend {
+        let subscription_tls = self.connection_per_subscription.then(|| context.clone());
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
@@ -247,7 +286,10 @@ impl KinesisBackendBuilder {
         for f in self.customize {
             config = f(config);
         }
-        KinesisBackend::from_client(Client::from_conf(config.build()))
+        KinesisBackend {
+            subscription_tls,
+            ..KinesisBackend::from_client(Client::from_conf(config.build()))
+        }
     }
 }
 
@@ -268,6 +310,9 @@ fn https_client(
 pub struct KinesisBackend {
     client: Client,
     arns: std::sync::Arc<Mutex<HashMap<String, String>>>,
+    /// The TLS settings of the HTTP client each subscription gets (`None`: subscriptions use
+    /// the client's own).
+    subscription_tls: Option<tls::TlsContext>,
 }
 
 impl fmt::Debug for KinesisBackend {
@@ -300,6 +345,7 @@ impl KinesisBackend {
         Self {
             client,
             arns: Default::default(),
+            subscription_tls: None,
         }
     }
 
@@ -643,12 +689,17 @@ impl StreamBackend for KinesisBackend {
         shard_id: &str,
         position: StartingPosition,
     ) -> Result<Subscription, BackendError> {
-        let overrides = no_retries().timeout_config(
+        let mut overrides = no_retries().timeout_config(
             TimeoutConfig::builder()
                 .disable_operation_timeout()
                 .disable_operation_attempt_timeout()
                 .build(),
         );
+        if let Some(context) = &self.subscription_tls {
+            // A connection of its own (see "One connection per subscription" in the module
+            // docs); it closes when the subscription ends and the client is dropped.
+            overrides = overrides.http_client(https_client(context.clone()));
+        }
         let out = self
             .client
             .subscribe_to_shard()

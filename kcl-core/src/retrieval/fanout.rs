@@ -13,6 +13,13 @@
 //!   an event.
 //! - Backpressure: the next event is not read until the prefetch budget has room, so
 //!   the service's push is held back by HTTP/2 flow control and memory does not grow with lag.
+//!   A held-back subscription keeps its share of the connection's flow-control window, so
+//!   subscriptions must not share one HTTP/2 connection: the AWS backend (`kcl_core::aws`, see
+//!   "One connection per subscription" there) gives each its own. Through a backend that
+//!   multiplexes them on one connection (`KinesisBackend::from_client`, or
+//!   `connection_per_subscription(false)`), about three held-back shards fill hyper's 5 MiB
+//!   connection window and every other subscription on that connection starves until they are
+//!   read again.
 //! - Shard end: an event without continuation carries the children. A subscription idle for
 //!   [`FanOutConfig::idle_probe_interval`] is also checked with one `GetRecords` after the
 //!   continuation: a closed shard answers no next iterator and its children. (kinesis-local
