@@ -354,13 +354,37 @@ impl KinesisBackend {
         &self.client
     }
 
-    /// The ARN of `stream` (from `DescribeStreamSummary`, cached).
+    /// The ARN of `stream` (from `DescribeStreamSummary`, cached until a call about the stream
+    /// or its consumers answers `ResourceNotFound`).
     pub async fn stream_arn(&self, stream: &str) -> Result<String, BackendError> {
         if let Some(arn) = self.cached_arn(stream) {
             return Ok(arn);
         }
         let description = self.describe_stream(stream).await?;
         Ok(description.arn)
+    }
+
+    /// Drops the cached ARN of `stream` (if it is still `arn`, when given): `ResourceNotFound`
+    /// may mean the stream was deleted, and perhaps created again, by someone else, so the next
+    /// call describes it again.
+    fn forget_arn(&self, stream: &str, arn: Option<&str>) {
+        let mut arns = self.arns.lock().unwrap_or_else(|p| p.into_inner());
+        if arn.is_none_or(|arn| arns.get(stream).is_some_and(|cached| cached == arn)) {
+            arns.remove(stream);
+        }
+    }
+
+    /// Forgets the stream's cached ARN if `result` is `ResourceNotFound`.
+    fn forget_arn_if_not_found<T>(
+        &self,
+        stream: &str,
+        arn: Option<&str>,
+        result: Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        if let Err(BackendError::ResourceNotFound(_)) = &result {
+            self.forget_arn(stream, arn);
+        }
+        result
     }
 
     fn cached_arn(&self, stream: &str) -> Option<String> {
@@ -422,10 +446,7 @@ impl KinesisBackend {
             .send()
             .await
             .map_err(|e| error::classify("DeleteStream", e))?;
-        self.arns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(stream);
+        self.forget_arn(stream, None);
         Ok(())
     }
 
@@ -534,7 +555,8 @@ impl StreamBackend for KinesisBackend {
             .stream_name(stream)
             .send()
             .await
-            .map_err(|e| error::classify("DescribeStreamSummary", e))?;
+            .map_err(|e| error::classify("DescribeStreamSummary", e));
+        let out = self.forget_arn_if_not_found(stream, None, out)?;
         let d = out.stream_description_summary.ok_or_else(|| {
             BackendError::Other("DescribeStreamSummary returned no description".into())
         })?;
@@ -644,11 +666,12 @@ impl StreamBackend for KinesisBackend {
         let out = self
             .client
             .register_stream_consumer()
-            .stream_arn(arn)
+            .stream_arn(&arn)
             .consumer_name(consumer_name)
             .send()
             .await
-            .map_err(|e| error::classify("RegisterStreamConsumer", e))?;
+            .map_err(|e| error::classify("RegisterStreamConsumer", e));
+        let out = self.forget_arn_if_not_found(stream, Some(&arn), out)?;
         let c = out.consumer.ok_or_else(|| {
             BackendError::Other("RegisterStreamConsumer returned no consumer".into())
         })?;
@@ -668,11 +691,14 @@ impl StreamBackend for KinesisBackend {
         let out = self
             .client
             .describe_stream_consumer()
-            .stream_arn(arn)
+            .stream_arn(&arn)
             .consumer_name(consumer_name)
             .send()
             .await
-            .map_err(|e| error::classify("DescribeStreamConsumer", e))?;
+            .map_err(|e| error::classify("DescribeStreamConsumer", e));
+        // Also when only the consumer is missing (the answer does not say which): one more
+        // DescribeStreamSummary on the next call is cheap.
+        let out = self.forget_arn_if_not_found(stream, Some(&arn), out)?;
         let c = out.consumer_description.ok_or_else(|| {
             BackendError::Other("DescribeStreamConsumer returned no description".into())
         })?;
