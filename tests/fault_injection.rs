@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kcl_core::aws::KinesisBackend;
+use kcl_core::backend::{BackendError, StreamBackend};
 use kcl_core::lease::{InMemoryLeaseTable, LeaseTable};
 use kcl_core::model::{PutRecordsEntry, PutRecordsResultEntry};
 use kcl_core::retrieval::{FanOutConfig, PollingConfig, Retrieval};
@@ -215,4 +216,44 @@ async fn fan_out_recovers_from_dropped_subscriptions() {
     assert_exactly_once_in_order(&recorder, &produced);
     let cut = faults.injected.cut_subscriptions.load(Ordering::SeqCst);
     assert!(cut >= 4, "subscriptions must have been dropped ({cut})");
+}
+
+#[tokio::test]
+#[ignore = "needs a Kinesis endpoint: run scripts/test.sh"]
+async fn the_cached_stream_arn_is_dropped_on_resource_not_found() {
+    kcl_tests::init_tracing();
+    let (k, faults) = faulty(FaultPlan::default()).await;
+    let Kinesis::Server(backend) = &k else {
+        panic!("a server backend")
+    };
+    let stream = unique("arn-cache");
+    k.create_stream(&stream, 1).await;
+    let described = || faults.attempts("DescribeStreamSummary");
+    // Creating waited for ACTIVE with DescribeStreamSummary: the stream's ARN is cached.
+    let before = described();
+    backend
+        .register_stream_consumer(&stream, "c")
+        .await
+        .unwrap();
+    backend
+        .describe_stream_consumer(&stream, "c")
+        .await
+        .unwrap();
+    assert_eq!(described(), before, "consumer calls use the cached ARN");
+    // ResourceNotFound (here a consumer that does not exist; it could be the stream, deleted
+    // and created again by someone else): the next call describes the stream again.
+    assert!(matches!(
+        backend.describe_stream_consumer(&stream, "missing").await,
+        Err(BackendError::ResourceNotFound(_))
+    ));
+    backend
+        .describe_stream_consumer(&stream, "c")
+        .await
+        .unwrap();
+    assert_eq!(described(), before + 1, "the ARN was described again");
+    backend
+        .describe_stream_consumer(&stream, "c")
+        .await
+        .unwrap();
+    assert_eq!(described(), before + 1, "and cached again");
 }

@@ -17,9 +17,10 @@
 //! subscription as an event stream whose body fails after some frames, and a partial
 //! `PutRecords` failure as entries not written and answered with an error code.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
@@ -79,6 +80,8 @@ struct Calls {
 pub struct FaultInjector {
     plan: Arc<FaultPlan>,
     calls: Arc<Calls>,
+    /// Attempts sent, by operation name.
+    attempts: Arc<Mutex<HashMap<String, u64>>>,
     /// Counts of what was injected.
     pub injected: Arc<Injected>,
 }
@@ -88,8 +91,19 @@ impl FaultInjector {
         Self {
             plan: Arc::new(plan),
             calls: Arc::default(),
+            attempts: Arc::default(),
             injected: Arc::default(),
         }
+    }
+
+    /// How many attempts of `operation` (e.g. `"DescribeStreamSummary"`) were sent so far.
+    pub fn attempts(&self, operation: &str) -> u64 {
+        self.attempts
+            .lock()
+            .unwrap()
+            .get(operation)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn due(counter: &AtomicU64, every: u64) -> bool {
@@ -144,7 +158,14 @@ impl Intercept for FaultInjector {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let plan = &self.plan;
-        match operation(cfg).as_str() {
+        let operation = operation(cfg);
+        *self
+            .attempts
+            .lock()
+            .unwrap()
+            .entry(operation.clone())
+            .or_default() += 1;
+        match operation.as_str() {
             "GetRecords" => {
                 let calls = &self.calls.get_records;
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;

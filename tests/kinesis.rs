@@ -50,7 +50,9 @@ pub async fn server_config() -> SdkConfig {
 
 /// A backend builder for the test server, with the production defaults.
 pub async fn server_backend(builder: KinesisBackendBuilder) -> KinesisBackend {
-    builder.build(&server_config().await)
+    builder
+        .build(&server_config().await)
+        .expect("valid backend options")
 }
 
 static NAMES: AtomicU32 = AtomicU32::new(0);

@@ -11,7 +11,9 @@ use kcl_core::backend::{
     ShardIterator, StartingPosition, StreamBackend, StreamConsumer, StreamDescription,
     Subscription,
 };
-use kcl_core::lease::{InMemoryLeaseTable, LeaseTable};
+use kcl_core::lease::{
+    Expectation, InMemoryLeaseTable, Lease, LeaseError, LeaseTable, LeaseUpdate,
+};
 use kcl_core::model::{KinesisModel, ModelConfig};
 use kcl_core::processor::{BoxError, ProcessorFactory, RecordProcessor, ShardInfo};
 use kcl_core::record::ExtendedSequenceNumber;
@@ -219,6 +221,149 @@ async fn split_and_merge_end_parents_through_the_subscription() {
     assert_eq!(merged_lease.parent_shard_ids.len(), 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_consumer_replaced_while_subscribed_does_not_end_open_shards() {
+    let config = ModelConfig::new().with_consumer_registration_time(Duration::ZERO);
+    let model = model(2, config);
+    let table = table();
+    let recorder = Recorder::new();
+    let mut produced = produce(&model, STREAM, 10, 100, 0);
+    let w = start("w1", model.clone(), &table, &recorder, |b| b);
+    recorder.wait_until(LONG, |r| r.distinct() >= 100).await;
+    // Both shards are subscribed. Someone (an operator, another worker) deregisters the consumer
+    // and registers it again: the subscriptions fail with ResourceNotFound while a consumer of
+    // that name exists, under a new ARN. The shards are open: they must be read on.
+    let old = model.describe_stream_consumer(STREAM, APP).await.unwrap();
+    model.deregister_stream_consumer(STREAM, APP).unwrap();
+    let new = model.register_stream_consumer(STREAM, APP).await.unwrap();
+    assert_ne!(old.arn, new.arn);
+    produced.extend(produce(&model, STREAM, 10, 100, 100));
+    recorder.wait_until(LONG, |r| r.distinct() >= 200).await;
+    w.stop().await;
+    assert_order_per_key(&recorder, &produced);
+    let leases = table.list().await.unwrap();
+    assert_eq!(leases.len(), 2);
+    for lease in leases {
+        assert_ne!(
+            lease.checkpoint,
+            ExtendedSequenceNumber::ShardEnd,
+            "open shard {} recorded as ended",
+            lease.key
+        );
+        assert!(!recorder.calls(&lease.key).contains(&Call::ShardEnded));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscriptions_ending_without_any_event_back_off() {
+    let config = ModelConfig::new().with_consumer_registration_time(Duration::ZERO);
+    let model = model(1, config);
+    let counting = Counting::new(model.clone());
+    // The first 1000 subscriptions end at once, without any event.
+    counting.end_first.store(1_000, Ordering::SeqCst);
+    let table = table();
+    let recorder = Recorder::new();
+    let produced = produce(&model, STREAM, 5, 50, 0);
+    let w = start("w1", counting.clone(), &table, &recorder, |b| b);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let subscribes = counting.subscribes.load(Ordering::SeqCst);
+    assert!(subscribes >= 2, "re-subscribed ({subscribes} subscribes)");
+    assert!(
+        subscribes < 100,
+        "backed off, not a hot loop ({subscribes} subscribes)"
+    );
+    // Once subscriptions deliver again, every record arrives.
+    counting.end_first.store(0, Ordering::SeqCst);
+    recorder.wait_until(LONG, |r| r.distinct() >= 50).await;
+    w.stop().await;
+    assert_eq!(recorder.seen().len(), 50);
+    assert_order_per_key(&recorder, &produced);
+}
+
+/// A worker's handle on the shared lease table whose writes giving one of `me`'s leases away
+/// (release, handoff completed) land at once but answer only after `delay`: a slow network, or
+/// a slow store.
+#[derive(Debug)]
+struct SlowToLetGo {
+    inner: Arc<dyn LeaseTable>,
+    me: &'static str,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl LeaseTable for SlowToLetGo {
+    async fn create_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {
+        self.inner.create_if_absent(lease).await
+    }
+    async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
+        self.inner.list().await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
+        self.inner.get(key).await
+    }
+    async fn update(
+        &self,
+        key: &str,
+        expect: &Expectation,
+        update: &LeaseUpdate,
+    ) -> Result<Lease, LeaseError> {
+        let before = self.inner.get(key).await?;
+        let written = self.inner.update(key, expect, update).await?;
+        let mine = |l: &Lease| {
+            l.owner.as_deref() == Some(self.me) || l.checkpoint_owner.as_deref() == Some(self.me)
+        };
+        if before.as_ref().is_some_and(mine) && !mine(&written) {
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(written)
+    }
+    async fn delete(&self, key: &str, expect: &Expectation) -> Result<(), LeaseError> {
+        self.inner.delete(key, expect).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_old_owner_closes_its_subscription_before_handing_the_lease_over() {
+    let config = ModelConfig::new().with_consumer_registration_time(Duration::ZERO);
+    let model = model(2, config);
+    let counting = Counting::new(model.clone());
+    let table = table();
+    let recorder = Recorder::new();
+    let mut produced = produce(&model, STREAM, 10, 100, 0);
+    // w1's release writes take effect at once but answer 5 s later: the new owner can take the
+    // lease and subscribe meanwhile. w1's subscription must already be closed by then.
+    let slow: Arc<dyn LeaseTable> = Arc::new(SlowToLetGo {
+        inner: table.clone(),
+        me: "w1",
+        delay: Duration::from_secs(5),
+    });
+    let w1 = start("w1", counting.clone(), &slow, &recorder, |b| b);
+    recorder.wait_until(LONG, |r| r.distinct() >= 100).await;
+    assert_eq!(w1.handle.status().held_leases.len(), 2);
+    // w2 joins and asks for one of the leases: a graceful handoff.
+    let w2 = start("w2", counting.clone(), &table, &recorder, |b| b);
+    within(LONG, "one lease handed over", async {
+        while w2.handle.status().held_leases.len() != 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    produced.extend(produce(&model, STREAM, 10, 100, 100));
+    recorder
+        .wait_until(LONG, |r| {
+            r.distinct() >= 200 && r.seen().iter().any(|s| s.worker == "w2")
+        })
+        .await;
+    let refused = counting.in_use.load(Ordering::SeqCst);
+    w2.stop().await;
+    w1.stop().await;
+    assert_order_per_key(&recorder, &produced);
+    assert_eq!(
+        refused, 0,
+        "the new owner's subscribe found the old owner's subscription still open"
+    );
+}
+
 /// Blocks every batch until released, counting processed records.
 struct Gate {
     inner: RecordingProcessor,
@@ -243,9 +388,16 @@ impl RecordProcessor for Gate {
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_processor_holds_the_subscription_back() {
-    let config = ModelConfig::unlimited().with_consumer_registration_time(Duration::ZERO);
+    // Pushed at 1000 bytes/s per shard (records of about 20 bytes): an event carries at most a
+    // full bucket, about 50 records, so "the budget plus the largest event" is a tight bound.
+    // Writes are unlimited so the records can be produced at once.
+    const RECORDS: u64 = 5_000;
+    const BUDGET: u64 = 100;
+    let config = ModelConfig::unlimited()
+        .with_fanout_rate(Some(1_000))
+        .with_consumer_registration_time(Duration::ZERO);
     let model = model(1, config);
-    let produced = produce(&model, STREAM, 10, 20_000, 0);
+    let produced = produce(&model, STREAM, 10, RECORDS as usize, 0);
     let counting = Counting::new(model.clone());
     let table = table();
     let recorder = Recorder::new();
@@ -260,7 +412,7 @@ async fn a_slow_processor_holds_the_subscription_back() {
             processed: processed.clone(),
         }
     };
-    let fanout = FanOutConfig::default().with_prefetch(100, 8 << 20);
+    let fanout = FanOutConfig::default().with_prefetch(BUDGET as usize, 8 << 20);
     let w = start_with("w1", counting.clone(), &table, factory, |b| {
         b.retrieval(Retrieval::FanOut(fanout))
     });
@@ -269,27 +421,33 @@ async fn a_slow_processor_holds_the_subscription_back() {
     let pulled = counting.pulled.load(Ordering::SeqCst);
     assert!(pulled > 0, "the subscription delivered something");
     assert!(
-        pulled < 20_000,
-        "the subscription was read ahead without bound ({pulled} records pulled)"
+        pulled <= BUDGET + counting.largest_event.load(Ordering::SeqCst),
+        "the subscription was read ahead of the budget ({pulled} records pulled)"
     );
-    // Release the processor batch by batch; the lag never grows past the budget plus one event.
+    // Release the processor one batch a second, slower than the push rate: without
+    // backpressure the retriever would fill its queue (16 events) with full-bucket events, about
+    // 800 records. The lag must stay within the budget plus one event.
     let mut max_ahead = 0;
-    for _ in 0..2_000 {
+    for _ in 0..200 {
         open.add_permits(1);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let ahead = counting.pulled.load(Ordering::SeqCst) - processed.load(Ordering::SeqCst);
         max_ahead = max_ahead.max(ahead);
-        if processed.load(Ordering::SeqCst) >= 20_000 {
-            break;
-        }
     }
     open.add_permits(1_000_000);
-    recorder.wait_until(LONG, |r| r.distinct() >= 20_000).await;
+    recorder
+        .wait_until(LONG, |r| r.distinct() >= RECORDS as usize)
+        .await;
     w.stop().await;
     assert_order_per_key(&recorder, &produced);
+    let largest = counting.largest_event.load(Ordering::SeqCst);
     assert!(
-        max_ahead <= 100 + counting.largest_event.load(Ordering::SeqCst),
-        "{max_ahead} records pulled ahead of the processor"
+        largest < BUDGET,
+        "the push rate keeps events small ({largest} records in one)"
+    );
+    assert!(
+        max_ahead <= BUDGET + largest,
+        "{max_ahead} records pulled ahead of the processor (budget {BUDGET}, largest event {largest})"
     );
 }
 
@@ -311,7 +469,7 @@ async fn a_silent_subscription_is_restarted() {
 }
 
 /// Wraps the model: counts subscribes, refusals and records pulled from subscriptions, and can
-/// make the first subscriptions hang without any event.
+/// make the first subscriptions hang without any event or end at once without any.
 #[derive(Debug)]
 struct Counting {
     inner: Arc<KinesisModel>,
@@ -320,6 +478,7 @@ struct Counting {
     pulled: Arc<AtomicU64>,
     largest_event: Arc<AtomicU64>,
     stall_first: AtomicU64,
+    end_first: AtomicU64,
 }
 
 impl Counting {
@@ -331,6 +490,7 @@ impl Counting {
             pulled: Arc::new(0.into()),
             largest_event: Arc::new(0.into()),
             stall_first: 0.into(),
+            end_first: 0.into(),
         })
     }
 }
@@ -387,6 +547,13 @@ impl StreamBackend for Counting {
             .is_ok()
         {
             return Ok(futures::stream::pending().boxed());
+        }
+        if self
+            .end_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Ok(futures::stream::empty().boxed());
         }
         let sub = self
             .inner

@@ -68,8 +68,20 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut stream, mut application, mut worker_id, mut lease_table) = (None, None, None, None);
     let (mut retrieval, mut initial_position, mut output) = (None, None, None);
     let (mut checkpoint_every, mut failover) = (None, None);
+    let mut given = std::collections::HashSet::new();
     while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        if flag.starts_with("--") && !given.insert(flag.clone()) {
+            return Err(format!("{flag} is given more than once"));
+        }
+        // A value is the next argument unless that is a flag: `--stream --output x` is a
+        // missing stream name, not a stream named "--output".
+        let mut value = || match args.next() {
+            Some(v) if v.starts_with("--") => {
+                Err(format!("{flag} needs a value, not the flag {v}"))
+            }
+            Some(v) => Ok(v),
+            None => Err(format!("{flag} needs a value")),
+        };
         match flag.as_str() {
             "--stream" => stream = Some(value()?),
             "--application" => application = Some(value()?),
@@ -260,13 +272,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let worker = builder.build()?;
     let handle = worker.handle();
     let mut running = tokio::spawn(worker.run());
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Both listeners exist for the whole run, so a signal arriving while the loop handles the
+    // previous one is queued, not missed.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let mut signals = 0;
     let result = loop {
         tokio::select! {
+            biased;
             result = &mut running => break result,
             _ = terminate.recv() => signals += 1,
-            _ = tokio::signal::ctrl_c() => signals += 1,
+            _ = interrupt.recv() => signals += 1,
         }
         if signals == 1 {
             tracing::info!("signal received: shutting down gracefully");
@@ -314,5 +331,47 @@ fn main() -> ExitCode {
             eprintln!("record_sink: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Result<Args, String> {
+        parse(line.split_whitespace().map(str::to_owned))
+    }
+
+    const VALID: &str = "--stream s --application a --worker-id w --lease-table sqlite:/tmp/l.db \
+        --retrieval fanout --initial-position latest --output out.jsonl";
+
+    #[test]
+    fn a_full_command_line_parses() {
+        let parsed = args(VALID).unwrap();
+        assert_eq!(parsed.stream, "s");
+        assert!(parsed.fanout);
+        assert_eq!(parsed.output, PathBuf::from("out.jsonl"));
+    }
+
+    #[test]
+    fn a_flag_is_not_another_flag_s_value() {
+        let error = args(&VALID.replace("--stream s", "--stream"))
+            .err()
+            .unwrap();
+        assert!(
+            error.contains("--stream needs a value, not the flag --application"),
+            "{error}"
+        );
+        let error = args("--output").err().unwrap();
+        assert!(error.contains("--output needs a value"), "{error}");
+    }
+
+    #[test]
+    fn a_repeated_flag_is_named() {
+        let error = args(&format!("{VALID} --stream other")).err().unwrap();
+        assert!(
+            error.contains("--stream is given more than once"),
+            "{error}"
+        );
     }
 }

@@ -11,7 +11,8 @@
 //! let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
 //! let kinesis = KinesisBackend::builder()
 //!     .connect_timeout(std::time::Duration::from_secs(2))
-//!     .build(&sdk);
+//!     .build(&sdk)
+//!     .expect("valid options");
 //! # }
 //! ```
 //!
@@ -40,6 +41,27 @@
 //! and uses HTTP/2 whenever the server picks `h2`, as AWS does. Plain `http://` endpoints (local
 //! emulators) get HTTP/1.1. The test `the_client_negotiates_http2` in
 //! `kcl-core/tests/aws_http2.rs` checks it against a TLS server that offers both.
+//!
+//! ## One connection per subscription
+//!
+//! HTTP/2 flow control gives a response only as much data as its receive windows allow, and a
+//! window is given back only when the body is read. hyper's client (under the SDK) opens 2 MiB
+//! per stream and 5 MiB per connection, and the SDK's HTTP client exposes no setting for either.
+//! Fan-out retrieval deliberately stops reading a subscription whose shard is backpressured (the
+//! processor is behind), so if subscriptions shared one pooled connection, three backpressured
+//! shards would hold its 5 MiB and every other subscription on it would starve (silent until
+//! restarted, on the same stalled connection).
+//!
+//! So every `SubscribeToShard` gets an HTTP client of its own (same TLS settings and timeouts,
+//! a fresh connection pool): one connection per subscription, whose windows only that
+//! subscription can fill; the connection closes when the subscription ends. Costs: one TCP and
+//! TLS handshake per subscription (about every five minutes per shard) and one connection per
+//! leased shard. Control-plane calls and `GetRecords` share the backend's pooled client. This
+//! holds for backends from [`KinesisBackendBuilder::build`] and [`KinesisBackend::from_env`];
+//! [`KinesisBackendBuilder::connection_per_subscription`] turns it off, and a backend wrapping
+//! your own client ([`KinesisBackend::from_client`]) sends subscriptions through that client's
+//! pool, where the limit above applies. The test `unread_subscriptions_do_not_starve_the_others`
+//! in `kcl-core/tests/aws_http2.rs` checks it against a local HTTP/2 server.
 //!
 //! # Writing
 //!
@@ -77,6 +99,51 @@ use crate::record::SequenceNumber;
 type Customize =
     Box<dyn FnOnce(aws_sdk_kinesis::config::Builder) -> aws_sdk_kinesis::config::Builder + Send>;
 
+/// Why a [`KinesisBackendBuilder`] could not build its HTTP client or backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A certificate given to [`KinesisBackendBuilder::trust_pem_certificate`] cannot be
+    /// trusted.
+    #[error("trusted certificate #{index} (counting from 0, in the order given): {reason}")]
+    InvalidCertificate {
+        /// Its position among the certificates given, from 0.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The SDK's HTTP client refused the TLS settings.
+    #[error("TLS settings: {0}")]
+    Tls(String),
+}
+
+/// Checks `pem` (certificate `index` of the builder) as the SDK's HTTP client reads it later,
+/// where a bad certificate is a panic inside a request: PEM sections parsed, at least one
+/// `CERTIFICATE`, each a usable X.509 trust anchor.
+fn check_pem_certificate(index: usize, pem: &[u8]) -> Result<(), BuildError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let invalid = |reason: String| BuildError::InvalidCertificate { index, reason };
+    let certificates = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("malformed PEM: {e}")))?;
+    if certificates.is_empty() {
+        return Err(invalid(
+            "no \"-----BEGIN CERTIFICATE-----\" section in the PEM data".to_owned(),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (n, certificate) in certificates.into_iter().enumerate() {
+        roots.add(certificate).map_err(|e| {
+            invalid(format!(
+                "certificate {} of the PEM data is not a usable X.509 certificate: {e}",
+                n + 1
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// Options of a [`KinesisBackend`]. Start with [`KinesisBackend::builder`].
 pub struct KinesisBackendBuilder {
     connect_timeout: Duration,
@@ -84,6 +151,7 @@ pub struct KinesisBackendBuilder {
     attempt_timeout: Duration,
     trusted_pem: Vec<Vec<u8>>,
     native_roots: bool,
+    connection_per_subscription: bool,
     customize: Vec<Customize>,
 }
 
@@ -95,6 +163,10 @@ impl fmt::Debug for KinesisBackendBuilder {
             .field("attempt_timeout", &self.attempt_timeout)
             .field("trusted_certificates", &self.trusted_pem.len())
             .field("native_roots", &self.native_roots)
+            .field(
+                "connection_per_subscription",
+                &self.connection_per_subscription,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +179,7 @@ impl Default for KinesisBackendBuilder {
             attempt_timeout: Duration::from_secs(30),
             trusted_pem: Vec::new(),
             native_roots: true,
+            connection_per_subscription: true,
             customize: Vec::new(),
         }
     }
@@ -133,7 +206,8 @@ impl KinesisBackendBuilder {
     }
 
     /// Trusts a PEM certificate (a private CA, or a test server's certificate) in addition to
-    /// the platform's roots.
+    /// the platform's roots. Checked by [`Self::build`], which names the first bad one
+    /// ([`BuildError::InvalidCertificate`]).
     pub fn trust_pem_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.trusted_pem.push(pem.into());
         self
@@ -145,8 +219,19 @@ impl KinesisBackendBuilder {
         self
     }
 
+    /// Whether every `SubscribeToShard` gets an HTTP client, and so a connection, of its own
+    /// (default `true`): unread (backpressured) subscriptions then cannot starve the others
+    /// through a shared HTTP/2 connection window; see the [module docs](self). With `false`,
+    /// subscriptions share the client's connection pool.
+    pub fn connection_per_subscription(mut self, enabled: bool) -> Self {
+        self.connection_per_subscription = enabled;
+        self
+    }
+
     /// Adjusts the SDK client configuration last (for example to add an interceptor); called
-    /// in the order given.
+    /// in the order given. An HTTP client set here is used for every call except
+    /// `SubscribeToShard` while [`Self::connection_per_subscription`] is on (the default): each
+    /// subscription gets a client built from this builder's TLS settings.
     pub fn customize(
         mut self,
         f: impl FnOnce(aws_sdk_kinesis::config::Builder) -> aws_sdk_kinesis::config::Builder
@@ -157,40 +242,67 @@ impl KinesisBackendBuilder {
         self
     }
 
-    /// The HTTP client this builder configures: rustls (aws-lc), ALPN `h2` and `http/1.1`.
-    pub fn http_client(&self) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    /// The TLS settings: the platform's roots (unless turned off) and the certificates given,
+    /// each checked.
+    fn tls_context(&self) -> Result<tls::TlsContext, BuildError> {
         let mut trust = tls::TrustStore::default().with_native_roots(self.native_roots);
-        for pem in &self.trusted_pem {
+        for (index, pem) in self.trusted_pem.iter().enumerate() {
+            check_pem_certificate(index, pem)?;
             trust = trust.with_pem_certificate(pem.clone());
         }
-        let context = tls::TlsContext::builder().with_trust_store(trust).build();
-        let builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ));
-        match context {
-            Ok(context) => builder.tls_context(context).build_https(),
-            // Building a context from a trust store cannot fail today; keep the defaults if it
-            // ever does.
-            Err(_) => builder.build_https(),
-        }
+        tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| BuildError::Tls(e.to_string()))
     }
 
-    /// Builds the backend from a loaded [`SdkConfig`] (region, credentials, endpoint).
-    pub fn build(self, sdk: &SdkConfig) -> KinesisBackend {
+    /// The HTTP client this builder configures: rustls (aws-lc), ALPN `h2` and `http/1.1`.
+    /// Fails if a certificate given to [`Self::trust_pem_certificate`] is unusable.
+    pub fn http_client(
+        &self,
+    ) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, BuildError> {
+        Ok(https_client(self.tls_context()?))
+    }
+
+    /// Builds the backend from a loaded [`SdkConfig`] (region, credentials, endpoint). Fails if
+    /// a certificate given to [`Self::trust_pem_certificate`] is unusable.
+    pub fn build(self, sdk: &SdkConfig) -> Result<KinesisBackend, BuildError> {
+        let context = self.tls_context()?;
+        Ok(self.assemble(sdk, context))
+    }
+
+    /// The backend with these options and checked TLS settings.
+    fn assemble(self, sdk: &SdkConfig, context: tls::TlsContext) -> KinesisBackend {
+        let subscription_tls = self.connection_per_subscription.then(|| context.clone());
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
             .operation_attempt_timeout(self.attempt_timeout)
             .build();
         let mut config = aws_sdk_kinesis::config::Builder::from(sdk)
-            .http_client(self.http_client())
+            .http_client(https_client(context))
             .timeout_config(timeouts)
             .retry_config(RetryConfig::standard().with_max_attempts(3));
         for f in self.customize {
             config = f(config);
         }
-        KinesisBackend::from_client(Client::from_conf(config.build()))
+        KinesisBackend {
+            subscription_tls,
+            ..KinesisBackend::from_client(Client::from_conf(config.build()))
+        }
     }
+}
+
+/// An HTTP client on rustls (aws-lc) with these TLS settings, offering `h2` and `http/1.1`.
+fn https_client(
+    context: tls::TlsContext,
+) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https()
 }
 
 /// [`StreamBackend`] on the AWS SDK. See the [module docs](self).
@@ -198,6 +310,9 @@ impl KinesisBackendBuilder {
 pub struct KinesisBackend {
     client: Client,
     arns: std::sync::Arc<Mutex<HashMap<String, String>>>,
+    /// The TLS settings of the HTTP client each subscription gets (`None`: subscriptions use
+    /// the client's own).
+    subscription_tls: Option<tls::TlsContext>,
 }
 
 impl fmt::Debug for KinesisBackend {
@@ -219,7 +334,9 @@ impl KinesisBackend {
     /// A backend configured from the standard AWS environment, with default options.
     pub async fn from_env() -> Self {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Self::builder().build(&sdk)
+        // The default options have no certificate to check: the SDK's default TLS settings
+        // (the platform's roots) are what the builder would make.
+        Self::builder().assemble(&sdk, tls::TlsContext::default())
     }
 
     /// Wraps a client you configured yourself (its timeouts, retries and HTTP client are used as
@@ -228,6 +345,7 @@ impl KinesisBackend {
         Self {
             client,
             arns: Default::default(),
+            subscription_tls: None,
         }
     }
 
@@ -236,13 +354,37 @@ impl KinesisBackend {
         &self.client
     }
 
-    /// The ARN of `stream` (from `DescribeStreamSummary`, cached).
+    /// The ARN of `stream` (from `DescribeStreamSummary`, cached until a call about the stream
+    /// or its consumers answers `ResourceNotFound`).
     pub async fn stream_arn(&self, stream: &str) -> Result<String, BackendError> {
         if let Some(arn) = self.cached_arn(stream) {
             return Ok(arn);
         }
         let description = self.describe_stream(stream).await?;
         Ok(description.arn)
+    }
+
+    /// Drops the cached ARN of `stream` (if it is still `arn`, when given): `ResourceNotFound`
+    /// may mean the stream was deleted, and perhaps created again, by someone else, so the next
+    /// call describes it again.
+    fn forget_arn(&self, stream: &str, arn: Option<&str>) {
+        let mut arns = self.arns.lock().unwrap_or_else(|p| p.into_inner());
+        if arn.is_none_or(|arn| arns.get(stream).is_some_and(|cached| cached == arn)) {
+            arns.remove(stream);
+        }
+    }
+
+    /// Forgets the stream's cached ARN if `result` is `ResourceNotFound`.
+    fn forget_arn_if_not_found<T>(
+        &self,
+        stream: &str,
+        arn: Option<&str>,
+        result: Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        if let Err(BackendError::ResourceNotFound(_)) = &result {
+            self.forget_arn(stream, arn);
+        }
+        result
     }
 
     fn cached_arn(&self, stream: &str) -> Option<String> {
@@ -304,10 +446,7 @@ impl KinesisBackend {
             .send()
             .await
             .map_err(|e| error::classify("DeleteStream", e))?;
-        self.arns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(stream);
+        self.forget_arn(stream, None);
         Ok(())
     }
 
@@ -416,7 +555,8 @@ impl StreamBackend for KinesisBackend {
             .stream_name(stream)
             .send()
             .await
-            .map_err(|e| error::classify("DescribeStreamSummary", e))?;
+            .map_err(|e| error::classify("DescribeStreamSummary", e));
+        let out = self.forget_arn_if_not_found(stream, None, out)?;
         let d = out.stream_description_summary.ok_or_else(|| {
             BackendError::Other("DescribeStreamSummary returned no description".into())
         })?;
@@ -526,11 +666,12 @@ impl StreamBackend for KinesisBackend {
         let out = self
             .client
             .register_stream_consumer()
-            .stream_arn(arn)
+            .stream_arn(&arn)
             .consumer_name(consumer_name)
             .send()
             .await
-            .map_err(|e| error::classify("RegisterStreamConsumer", e))?;
+            .map_err(|e| error::classify("RegisterStreamConsumer", e));
+        let out = self.forget_arn_if_not_found(stream, Some(&arn), out)?;
         let c = out.consumer.ok_or_else(|| {
             BackendError::Other("RegisterStreamConsumer returned no consumer".into())
         })?;
@@ -550,11 +691,14 @@ impl StreamBackend for KinesisBackend {
         let out = self
             .client
             .describe_stream_consumer()
-            .stream_arn(arn)
+            .stream_arn(&arn)
             .consumer_name(consumer_name)
             .send()
             .await
-            .map_err(|e| error::classify("DescribeStreamConsumer", e))?;
+            .map_err(|e| error::classify("DescribeStreamConsumer", e));
+        // Also when only the consumer is missing (the answer does not say which): one more
+        // DescribeStreamSummary on the next call is cheap.
+        let out = self.forget_arn_if_not_found(stream, Some(&arn), out)?;
         let c = out.consumer_description.ok_or_else(|| {
             BackendError::Other("DescribeStreamConsumer returned no description".into())
         })?;
@@ -571,12 +715,17 @@ impl StreamBackend for KinesisBackend {
         shard_id: &str,
         position: StartingPosition,
     ) -> Result<Subscription, BackendError> {
-        let overrides = no_retries().timeout_config(
+        let mut overrides = no_retries().timeout_config(
             TimeoutConfig::builder()
                 .disable_operation_timeout()
                 .disable_operation_attempt_timeout()
                 .build(),
         );
+        if let Some(context) = &self.subscription_tls {
+            // A connection of its own (see "One connection per subscription" in the module
+            // docs); it closes when the subscription ends and the client is dropped.
+            overrides = overrides.http_client(https_client(context.clone()));
+        }
         let out = self
             .client
             .subscribe_to_shard()
@@ -625,4 +774,65 @@ fn convert_event(event: sdk::SubscribeToShardEvent) -> Result<SubscribeToShardEv
         millis_behind_latest: u64::try_from(event.millis_behind_latest).unwrap_or(0),
         child_shards: convert::child_shards(event.child_shards)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT: &[u8] = include_bytes!("../../../scripts/servers/tls/test-cert.pem");
+
+    fn sdk() -> SdkConfig {
+        SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build()
+    }
+
+    fn build_error(pems: &[&[u8]]) -> BuildError {
+        let mut builder = KinesisBackend::builder().native_roots(false);
+        for pem in pems {
+            builder = builder.trust_pem_certificate(pem.to_vec());
+        }
+        match builder.build(&sdk()) {
+            Ok(_) => panic!("built with {pems:?}"),
+            Err(error) => error,
+        }
+    }
+
+    #[test]
+    fn unusable_certificates_are_refused_when_building() {
+        let cases: [(&[u8], &str); 3] = [
+            (
+                b"not a certificate",
+                "no \"-----BEGIN CERTIFICATE-----\" section",
+            ),
+            (
+                b"-----BEGIN CERTIFICATE-----\n%%%%\n-----END CERTIFICATE-----\n",
+                "malformed PEM",
+            ),
+            (
+                // Valid base64 ("hello world"), not X.509.
+                b"-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+                "certificate 1 of the PEM data is not a usable X.509 certificate",
+            ),
+        ];
+        for (pem, reason) in cases {
+            match build_error(&[CERT, pem]) {
+                BuildError::InvalidCertificate { index, reason: got } => {
+                    assert_eq!(index, 1, "the bad one is named");
+                    assert!(got.contains(reason), "{got:?} should say {reason:?}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_valid_certificate_builds() {
+        let builder = KinesisBackend::builder()
+            .native_roots(false)
+            .trust_pem_certificate(CERT);
+        assert!(builder.http_client().is_ok());
+        assert!(builder.build(&sdk()).is_ok());
+    }
 }

@@ -3,7 +3,8 @@
 //! * `RegisterStreamConsumer` adds a consumer that is `CREATING` for
 //!   [`ModelConfig::consumer_registration_time`](super::ModelConfig) and `ACTIVE` afterwards; a
 //!   second registration of the same name is `ResourceInUse`; at most
-//!   `max_consumers_per_stream` consumers (`LimitExceeded`).
+//!   `max_consumers_per_stream` consumers (`LimitExceeded`). Every registration has its own ARN
+//!   (a consumer deregistered and registered again is a new consumer to its old subscriptions).
 //! * `SubscribeToShard` needs an `ACTIVE` consumer (else `ResourceInUse`) and allows one
 //!   subscription per consumer and shard at a time (a second one is `ResourceInUse` until the
 //!   first ends or is dropped, as after a failover in the service).
@@ -81,6 +82,8 @@ impl KinesisModel {
             )));
         }
         let now = Instant::now();
+        // Before the stream's lock (the registry is never locked inside a stream's lock).
+        let stamp = self.consumer_stamp(now);
         let stream = self.stream(stream_name)?;
         let mut stream = lock(&stream);
         if stream.consumers.contains_key(consumer_name) {
@@ -95,13 +98,11 @@ impl KinesisModel {
                 "stream {stream_name:?} already has {max} consumers"
             )));
         }
-        let millis = time::to_system(now)
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        // Unique per registration: a subscription of a deregistered consumer never matches the
+        // consumer registered again under the same name.
         let consumer = ConsumerState {
             arn: format!(
-                "arn:aws:kinesis:us-east-1:000000000000:stream/{stream_name}/consumer/{consumer_name}:{millis}"
+                "arn:aws:kinesis:us-east-1:000000000000:stream/{stream_name}/consumer/{consumer_name}:{stamp}"
             ),
             registered_at: now,
             buckets: HashMap::new(),
@@ -281,6 +282,7 @@ impl Pushing {
                 Look::Wait(wait) => {
                     let until = (now + wait).min(heartbeat_at).min(self.ends_at);
                     tokio::select! {
+                        biased;
                         _ = woken => {}
                         _ = tokio::time::sleep_until(until) => {}
                     }

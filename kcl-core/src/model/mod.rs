@@ -175,6 +175,9 @@ struct Registry {
     streams: HashMap<String, Arc<Mutex<StreamState>>>,
     next_id: u64,
     last_stamp: u128,
+    /// The creation stamp (milliseconds) of the last consumer registered, kept increasing so
+    /// that every registration gets its own ARN.
+    last_consumer_stamp: u128,
 }
 
 impl fmt::Debug for KinesisModel {
@@ -221,6 +224,20 @@ impl KinesisModel {
     /// for `AtTimestamp` positions and filters.
     pub fn system_now(&self) -> SystemTime {
         time::system_now()
+    }
+
+    /// A consumer creation stamp (milliseconds since the epoch, tokio's clock) greater than every
+    /// one given before: a consumer re-registered within the same millisecond (easy with a paused
+    /// clock) never gets its predecessor's ARN.
+    fn consumer_stamp(&self, now: Instant) -> u128 {
+        let millis = time::to_system(now)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let mut registry = lock(&self.registry);
+        let stamp = millis.max(registry.last_consumer_stamp + 1);
+        registry.last_consumer_stamp = stamp;
+        stamp
     }
 
     fn stream(&self, name: &str) -> Result<Arc<Mutex<StreamState>>, BackendError> {

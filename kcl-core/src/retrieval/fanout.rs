@@ -7,16 +7,28 @@
 //!   `AT_SEQUENCE_NUMBER`, so the consumer resumes inside a KPL aggregate as with polling), and
 //!   re-subscribed `AFTER_SEQUENCE_NUMBER` of the last continuation when it ends (about every
 //!   five minutes), fails or stays silent longer than [`FanOutConfig::silence_timeout`].
-//! - `ResourceInUse` (the previous owner's subscription may still be open after a failover) and
-//!   transient errors back off exponentially with jitter ([`crate::retry`]).
+//! - `ResourceInUse` (the previous owner's subscription may still be open after a failover),
+//!   transient errors and subscriptions that end without delivering any event back off
+//!   exponentially with jitter ([`crate::retry`]); the backoff restarts at its first step after
+//!   an event.
 //! - Backpressure: the next event is not read until the prefetch budget has room, so
 //!   the service's push is held back by HTTP/2 flow control and memory does not grow with lag.
+//!   A held-back subscription keeps its share of the connection's flow-control window, so
+//!   subscriptions must not share one HTTP/2 connection: the AWS backend (`kcl_core::aws`, see
+//!   "One connection per subscription" there) gives each its own. Through a backend that
+//!   multiplexes them on one connection (`KinesisBackend::from_client`, or
+//!   `connection_per_subscription(false)`), about three held-back shards fill hyper's 5 MiB
+//!   connection window and every other subscription on that connection starves until they are
+//!   read again.
 //! - Shard end: an event without continuation carries the children. A subscription idle for
 //!   [`FanOutConfig::idle_probe_interval`] is also checked with one `GetRecords` after the
 //!   continuation: a closed shard answers no next iterator and its children. (kinesis-local
 //!   never ends a subscription to a closed shard; the probe also guards against stalls.)
-//! - `ResourceNotFound` for the shard is its end, as with polling; for the consumer (deregistered
-//!   by someone) it is registered again.
+//! - `ResourceNotFound` from a subscription names the consumer or the shard without saying which,
+//!   so only a shard-level answer decides: `GetShardIterator(TRIM_HORIZON)` answering
+//!   `ResourceNotFound` is the shard's end, as with polling. Otherwise the consumer was
+//!   deregistered (and maybe registered again under a new ARN, by this or another worker): it is
+//!   looked up again, registered if missing, and the shard re-subscribed from where it was.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,12 +52,15 @@ use crate::retry::RetryBackoff;
 pub struct FanOutConfig {
     /// The stream consumer's name (default: the application name).
     pub consumer_name: Option<String>,
-    /// Records received ahead of the processor, at most (default 30000).
+    /// Records received ahead of the processor (default 30000). The next event is read only
+    /// while fewer are queued, but the service decides how many records an event carries, so
+    /// the queue may exceed this by the records of one event.
     pub max_prefetch_records: usize,
-    /// Bytes received ahead of the processor, at most (default 8 MiB; may be exceeded by one
-    /// event).
+    /// Bytes received ahead of the processor (default 8 MiB). Like the record bound, may be
+    /// exceeded by one event.
     pub max_prefetch_bytes: usize,
-    /// Backoff after `ResourceInUse`, throttling or transient errors (default 200 ms to 10 s).
+    /// Backoff after `ResourceInUse`, throttling, transient errors or a subscription that ended
+    /// without any event (default 200 ms to 10 s).
     pub error_backoff: RetryBackoff,
     /// A subscription without any event for this long is restarted (default 60 s, as Java KCL;
     /// the service sends an event at least every few seconds).
@@ -101,7 +116,8 @@ impl FanOutConfig {
         self
     }
 
-    /// Sets the prefetch bounds (records, bytes).
+    /// Sets the prefetch bounds (records, bytes); each may be exceeded by one event (see
+    /// [`FanOutConfig::max_prefetch_records`]).
     pub fn with_prefetch(mut self, records: usize, bytes: usize) -> Self {
         self.max_prefetch_records = records;
         self.max_prefetch_bytes = bytes;
@@ -187,8 +203,13 @@ impl FanOutConfig {
         Ok(consumer.arn)
     }
 
-    async fn forget_consumer(&self) {
-        *self.registered.lock().await = None;
+    /// Forgets the cached consumer if it is still `arn` (another shard task may have looked up
+    /// its successor already).
+    async fn forget_consumer(&self, arn: &str) {
+        let mut cached = self.registered.lock().await;
+        if cached.as_ref().is_some_and(|r| r.arn == arn) {
+            *cached = None;
+        }
     }
 }
 
@@ -243,9 +264,9 @@ impl FanOutTask {
             {
                 Ok(subscription) => {
                     debug!(shard = %self.shard_id, position = ?self.start, "subscribed");
-                    self.consume(subscription, &mut backoff).await
+                    self.consume(subscription, &arn, &mut backoff).await
                 }
-                Err(error) => self.on_error(error, &mut backoff).await,
+                Err(error) => self.on_error(error, &arn, &mut backoff).await,
             };
             match ended {
                 Ended::Resubscribe { delay } => {
@@ -264,32 +285,47 @@ impl FanOutTask {
     async fn consume(
         &mut self,
         mut subscription: crate::backend::Subscription,
+        arn: &str,
         backoff: &mut crate::retry::Schedule,
     ) -> Ended {
         let mut idle_since: Option<Instant> = None;
         let mut last_probe: Option<Instant> = None;
+        // Whether this subscription delivered any event: one that ends without any is
+        // re-subscribed after a backoff, not at once (no tight loop against a service or proxy
+        // that closes every subscription straight away).
+        let mut delivered = false;
         loop {
             // Backpressure: read nothing more until the processor gave room back.
+            // Biased (a seeded simulation replays the same order): a receiver gone wins.
             tokio::select! {
-                _ = self.budget.wait_for_room() => {}
+                biased;
                 _ = self.events.closed() => return Ended::Closed,
+                _ = self.budget.wait_for_room() => {}
             }
             let next = tokio::select! {
-                next = tokio::time::timeout(self.config.silence_timeout, subscription.next()) => next,
+                biased;
                 _ = self.events.closed() => return Ended::Closed,
+                next = tokio::time::timeout(self.config.silence_timeout, subscription.next()) => next,
             };
             let event = match next {
                 Err(_) => {
                     warn!(shard = %self.shard_id, silence = ?self.config.silence_timeout, "subscription silent too long; restarting it");
                     return Ended::Resubscribe { delay: None };
                 }
-                Ok(None) => {
+                Ok(None) if delivered => {
                     debug!(shard = %self.shard_id, "subscription ended; re-subscribing");
                     return Ended::Resubscribe { delay: None };
                 }
-                Ok(Some(Err(error))) => return self.on_error(error, backoff).await,
+                Ok(None) => {
+                    warn!(shard = %self.shard_id, "subscription ended without any event; backing off");
+                    return Ended::Resubscribe {
+                        delay: backoff.next(),
+                    };
+                }
+                Ok(Some(Err(error))) => return self.on_error(error, arn, backoff).await,
                 Ok(Some(Ok(event))) => event,
             };
+            delivered = true;
             *backoff = self.config.error_backoff.schedule();
             let SubscribeToShardEvent {
                 records,
@@ -374,22 +410,37 @@ impl FanOutTask {
         Ended::ShardEnd
     }
 
-    async fn on_error(&self, error: BackendError, backoff: &mut crate::retry::Schedule) -> Ended {
+    /// What to do after `error` from the subscription through consumer `arn`.
+    async fn on_error(
+        &self,
+        error: BackendError,
+        arn: &str,
+        backoff: &mut crate::retry::Schedule,
+    ) -> Ended {
         match error {
             BackendError::ResourceNotFound(message) => {
-                // The consumer or the shard. A consumer that exists means the shard is gone.
-                self.config.forget_consumer().await;
+                // The consumer or the shard, the answer does not say which. Whether a consumer of
+                // that name exists proves nothing (it may be a new registration with a new ARN),
+                // so ask about the shard itself, as polling would: only `ResourceNotFound` for it
+                // ends it. Anything else: look the consumer up again and re-subscribe.
+                self.config.forget_consumer(arn).await;
                 match self
                     .backend
-                    .describe_stream_consumer(&self.stream, &self.consumer_name)
+                    .get_shard_iterator(&self.stream, &self.shard_id, StartingPosition::TrimHorizon)
                     .await
                 {
-                    Ok(_) => {
-                        warn!(shard = %self.shard_id, %message, "shard not found; treating it as ended");
+                    Err(BackendError::ResourceNotFound(shard_message)) => {
+                        warn!(shard = %self.shard_id, %message, %shard_message, "shard not found; treating it as ended");
                         self.shard_end(Vec::new()).await
                     }
-                    Err(_) => {
-                        warn!(shard = %self.shard_id, %message, "stream consumer not found; registering it again");
+                    Ok(_) => {
+                        warn!(shard = %self.shard_id, %message, "subscription not found but the shard exists: the stream consumer was deregistered or replaced; subscribing again");
+                        Ended::Resubscribe {
+                            delay: backoff.next(),
+                        }
+                    }
+                    Err(error) => {
+                        warn!(shard = %self.shard_id, %message, %error, "subscription not found and the shard could not be checked; subscribing again");
                         Ended::Resubscribe {
                             delay: backoff.next(),
                         }
@@ -419,8 +470,67 @@ impl FanOutTask {
     async fn pause(&self, delay: Option<Duration>) -> bool {
         let delay = delay.unwrap_or(self.config.error_backoff.max);
         tokio::select! {
-            _ = tokio::time::sleep(delay) => false,
+            biased;
             _ = self.events.closed() => true,
+            _ = tokio::time::sleep(delay) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{KinesisModel, ModelConfig};
+
+    const STREAM: &str = "s";
+
+    fn task(
+        model: Arc<KinesisModel>,
+        shard_id: &str,
+        start: StartingPosition,
+    ) -> (FanOutTask, mpsc::Receiver<RetrievalEvent>) {
+        let (events, rx) = mpsc::channel(16);
+        let config = FanOutConfig::default();
+        let task = FanOutTask {
+            backend: model,
+            stream: STREAM.to_owned(),
+            consumer_name: "app".to_owned(),
+            shard_id: shard_id.to_owned(),
+            start,
+            budget: Arc::new(PrefetchBudget::new(
+                config.max_prefetch_records,
+                config.max_prefetch_bytes,
+            )),
+            config,
+            events,
+        };
+        (task, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_the_service_no_longer_knows_ends() {
+        let model =
+            KinesisModel::new(ModelConfig::new().with_consumer_registration_time(Duration::ZERO));
+        model.create_stream(STREAM, 1).unwrap();
+        let parent = model.shards(STREAM).unwrap().remove(0);
+        let range = parent.hash_key_range;
+        let mid = range.start / 2 + range.end / 2;
+        model
+            .split_shard(STREAM, &parent.shard_id, &mid.to_string())
+            .unwrap();
+        // Closed longer ago than the retention period: the shard is gone (ResourceNotFound).
+        tokio::time::sleep(Duration::from_secs(25 * 3600)).await;
+        let (task, mut rx) = task(model, &parent.shard_id, StartingPosition::TrimHorizon);
+        let run = tokio::spawn(task.run());
+        let first = tokio::time::timeout(Duration::from_secs(3600), rx.recv()).await;
+        match first {
+            Ok(Some(RetrievalEvent::ShardEnd { child_shards })) => {
+                assert!(child_shards.is_empty())
+            }
+            other => panic!("expected the shard's end, got {other:?}"),
+        }
+        run.await.unwrap();
     }
 }

@@ -34,14 +34,29 @@ pub enum Retrieval {
     FanOut(FanOutConfig),
 }
 
-/// Keeps a retriever's task running; aborts it when dropped.
+/// Keeps a retriever's task running; aborts it when dropped. [`Retriever::stop`] also waits until
+/// the task is gone, its subscription or request with it.
 pub(crate) struct Retriever {
-    task: tokio::task::AbortHandle,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Retriever {
+    /// Stops the task and waits until it is dropped: an open fan-out subscription is closed (the
+    /// next owner of the lease can subscribe) and nothing more is sent to the receiver.
+    pub(crate) async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            // Cancelled, finished or panicked: gone either way.
+            let _ = task.await;
+        }
+    }
 }
 
 impl Drop for Retriever {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -104,13 +119,7 @@ pub(crate) fn spawn(
             )
         }
     };
-    (
-        rx,
-        budget,
-        Retriever {
-            task: task.abort_handle(),
-        },
-    )
+    (rx, budget, Retriever { task: Some(task) })
 }
 
 /// What a retriever tells the shard consumer.
@@ -179,7 +188,10 @@ impl PrefetchBudget {
         }
     }
 
-    /// Charges a fetched batch (may overshoot the byte bound by at most one call's worth).
+    /// Charges a fetched batch. A batch is fetched while there is room for one more record and
+    /// byte, so the queue may overshoot the byte bound by at most one batch, and the record bound
+    /// too when the batch's size is not ours to choose (a fan-out event; polling asks for at
+    /// most the records [`Self::wait_for_room`] left).
     pub(crate) fn charge(&self, records: usize, bytes: usize) {
         let mut used = self.used();
         used.records += records;

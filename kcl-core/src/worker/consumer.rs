@@ -30,7 +30,7 @@ use crate::processor::{
     ProcessorFactory, RecordProcessor, ShardEndedInput, ShardInfo, ShutdownReason,
 };
 use crate::record::{ExtendedSequenceNumber, Record};
-use crate::retrieval::{RetrievalEvent, starting_position};
+use crate::retrieval::{RetrievalEvent, Retriever, starting_position};
 use crate::sync::Watch;
 
 /// Shared state a consumer needs.
@@ -71,6 +71,20 @@ async fn interruption(status: &mut Watch<HeldStatus>, shutdown: &mut Watch<Shutd
             _ = status.changed() => {}
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+/// A running retriever and the receiving end of its events.
+struct Feed {
+    events: tokio::sync::mpsc::Receiver<RetrievalEvent>,
+    retriever: Retriever,
+}
+
+/// The next event of `feed` (`None` once stopped or ended).
+async fn next_event(feed: &mut Option<Feed>) -> Option<RetrievalEvent> {
+    match feed {
+        Some(feed) => feed.events.recv().await,
+        None => None,
     }
 }
 
@@ -135,6 +149,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
             ExtendedSequenceNumber::Sequence { .. } => Some(lease.checkpoint.clone()),
             _ => None,
         },
+        feed: None,
     };
     consumer.lifecycle(lease).await
 }
@@ -211,6 +226,10 @@ struct Consumer<P: RecordProcessor> {
     records_since_checkpoint: u64,
     /// Drop records at or before this position (restart from a checkpoint).
     resume_after: Option<ExtendedSequenceNumber>,
+    /// Retrieval, while it runs. Stopped ([`Consumer::stop_retrieval`]) before the lease is let
+    /// go or the shard finished, so a fan-out subscription is closed before the next owner
+    /// subscribes.
+    feed: Option<Feed>,
 }
 
 impl<P: RecordProcessor> Consumer<P> {
@@ -246,12 +265,13 @@ impl<P: RecordProcessor> Consumer<P> {
         ) else {
             return ConsumerExit::ShardEnded;
         };
-        let (mut rx, budget, _retriever) = crate::retrieval::spawn(
+        let (events, budget, retriever) = crate::retrieval::spawn(
             &self.ctx.config,
             self.ctx.backend.clone(),
             &self.shard_id,
             start,
         );
+        self.feed = Some(Feed { events, retriever });
         self.ctx
             .status
             .update(&self.shard_id, |s| s.state = ShardState::Processing);
@@ -264,7 +284,7 @@ impl<P: RecordProcessor> Consumer<P> {
                 interrupt = interruption(&mut self.status, &mut self.ctx.shutdown) => {
                     Next::Interrupt(interrupt)
                 }
-                event = rx.recv() => Next::Event(event),
+                event = next_event(&mut self.feed) => Next::Event(event),
             };
             let event = match next {
                 Next::Interrupt(interrupt) => return self.interrupted(interrupt).await,
@@ -318,6 +338,7 @@ impl<P: RecordProcessor> Consumer<P> {
                             error!(
                                 "failure policy stopped the shard; the lease is kept until shutdown"
                             );
+                            self.stop_retrieval().await;
                             self.ctx
                                 .status
                                 .update(&self.shard_id, |s| s.state = ShardState::Stopped);
@@ -505,7 +526,17 @@ impl<P: RecordProcessor> Consumer<P> {
         }
     }
 
+    /// Stops retrieval and drops its queue: a fan-out subscription is closed when this returns.
+    async fn stop_retrieval(&mut self) {
+        if let Some(mut feed) = self.feed.take() {
+            feed.retriever.stop().await;
+        }
+    }
+
     async fn interrupted(&mut self, interrupt: Interrupt) -> ConsumerExit {
+        // Before the processor is told and the lease let go: the next owner must not find this
+        // worker's subscription still open (it would be refused with ResourceInUse and back off).
+        self.stop_retrieval().await;
         match interrupt {
             Interrupt::Lost => {
                 info!("lease lost");
@@ -556,6 +587,7 @@ impl<P: RecordProcessor> Consumer<P> {
     }
 
     async fn shard_end(&mut self, child_shards: Vec<ChildShard>) -> ConsumerExit {
+        self.stop_retrieval().await;
         let children: Vec<String> = child_shards.iter().map(|c| c.shard_id.clone()).collect();
         // Records processed before the end count: the SHARD_END write covers them.
         self.checkpointer.permit(ExtendedSequenceNumber::ShardEnd);
