@@ -31,22 +31,7 @@ dir=$2
 pidfile=$dir/kinesis.pid
 main=$dir/node_modules/kinesis-local/main.js
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-answers() {
-  # Any HTTP answer means the server is up.
-  python3 - "$1" <<'PY'
-import sys, urllib.request, urllib.error
-try:
-    urllib.request.urlopen(sys.argv[1], timeout=1)
-except urllib.error.HTTPError:
-    pass
-except Exception:
-    sys.exit(1)
-PY
-}
+. "$HERE/common.sh"
 
 case $cmd in
   install)
@@ -84,44 +69,21 @@ PY
     pid=$!
     echo "$pid" >"$pidfile"
     url=http://127.0.0.1:$plain
-    for _ in $(seq 1 300); do
-      if answers "$url"; then
-        echo "$url" >"$dir/endpoint"
-        echo "https://127.0.0.1:$tls" >"$dir/endpoint-tls"
-        echo "kinesis-local PID $pid listening on $url and https://127.0.0.1:$tls" >&2
-        echo "$url"
-        exit 0
-      fi
-      if ! kill -0 "$pid" 2>/dev/null; then
-        echo "kinesis-local exited; log:" >&2
-        cat "$dir/kinesis.log" >&2
-        rm -f "$pidfile"
-        exit 1
-      fi
-      sleep 0.1
-    done
-    echo "kinesis-local did not answer on $url within 30 s; stopping it" >&2
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
-    exit 1
+    if ! wait_for_server kinesis-local "$url" "$pid" "$dir/kinesis.log" 300; then
+      rm -f "$pidfile"
+      exit 1
+    fi
+    echo "$url" >"$dir/endpoint"
+    echo "https://127.0.0.1:$tls" >"$dir/endpoint-tls"
+    echo "kinesis-local PID $pid listening on $url and https://127.0.0.1:$tls" >&2
+    echo "$url"
     ;;
   stop)
     if [ ! -f "$pidfile" ]; then
       echo "no $pidfile: nothing to stop" >&2
       exit 0
     fi
-    pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 30); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-      done
-      if kill -0 "$pid" 2>/dev/null; then
-        kill -9 "$pid" 2>/dev/null || true
-      fi
-      echo "stopped kinesis-local PID $pid" >&2
-    fi
+    stop_pid kinesis-local "$(cat "$pidfile")" 30
     rm -f "$pidfile" "$dir/endpoint" "$dir/endpoint-tls"
     ;;
   *)

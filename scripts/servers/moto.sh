@@ -29,18 +29,7 @@ cmd=$1
 dir=$2
 pidfile=$dir/moto.pid
 
-answers() {
-  # Any HTTP answer means the server is up (moto answers GET / with 200 or 404).
-  python3 - "$1" <<'PY'
-import sys, urllib.request, urllib.error
-try:
-    urllib.request.urlopen(sys.argv[1], timeout=1)
-except urllib.error.HTTPError:
-    pass
-except Exception:
-    sys.exit(1)
-PY
-}
+. "$(dirname "$0")/common.sh"
 
 case $cmd in
   install)
@@ -58,8 +47,7 @@ case $cmd in
   start)
     port=${3:-auto}
     if [ "$port" = auto ]; then
-      # A free loopback port (several checkouts may run their tests at once on one machine).
-      port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+      port=$(free_port)
     fi
     [ -x "$dir/venv/bin/moto_server" ] || { echo "moto is not installed in $dir: run '$0 install $dir'" >&2; exit 1; }
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
@@ -76,43 +64,19 @@ case $cmd in
       >"$dir/moto.log" 2>&1 &
     pid=$!
     echo "$pid" >"$pidfile"
-    # Wait (bounded) until it answers.
-    for _ in $(seq 1 200); do
-      if answers "$url"; then
-        echo "moto PID $pid listening on $url" >&2
-        echo "$url"
-        exit 0
-      fi
-      if ! kill -0 "$pid" 2>/dev/null; then
-        echo "moto exited; log:" >&2
-        cat "$dir/moto.log" >&2
-        rm -f "$pidfile"
-        exit 1
-      fi
-      sleep 0.1
-    done
-    echo "moto did not answer on $url within 20 s; stopping it" >&2
-    kill "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
-    exit 1
+    if ! wait_for_server moto "$url" "$pid" "$dir/moto.log" 200; then
+      rm -f "$pidfile"
+      exit 1
+    fi
+    echo "moto PID $pid listening on $url" >&2
+    echo "$url"
     ;;
   stop)
     if [ ! -f "$pidfile" ]; then
       echo "no $pidfile: nothing to stop" >&2
       exit 0
     fi
-    pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid"
-      for _ in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-      done
-      if kill -0 "$pid" 2>/dev/null; then
-        kill -9 "$pid" 2>/dev/null || true
-      fi
-      echo "stopped moto PID $pid" >&2
-    fi
+    stop_pid moto "$(cat "$pidfile")" 50
     rm -f "$pidfile"
     ;;
   *)
