@@ -319,6 +319,66 @@ pub fn produce(
     out
 }
 
+/// The shards of a [`split_then_merge`].
+#[derive(Debug)]
+pub struct Resharded {
+    /// The stream's first shard, split.
+    pub split: String,
+    /// The stream's second shard, merged with `high`.
+    pub other: String,
+    /// The upper child of the split, merged.
+    pub high: String,
+    /// The merge child of `high` and `other`.
+    pub merged: String,
+}
+
+impl Resharded {
+    /// The shards that ended: the split shard and both parents of the merge.
+    pub fn parents(&self) -> [&String; 3] {
+        [&self.split, &self.other, &self.high]
+    }
+}
+
+/// The resharding both retrieval modes are tested through: the stream's first shard split in the
+/// middle of its range, 400 records, its upper child merged with the second shard, 400 more
+/// (over 40 keys, appended to `produced`, numbered on from its length).
+pub fn split_then_merge(
+    model: &KinesisModel,
+    stream: &str,
+    produced: &mut Vec<(String, Bytes)>,
+) -> Resharded {
+    let shards = model.shards(stream).unwrap();
+    let (s0, s1) = (&shards[0], &shards[1]);
+    let mid = s0.hash_key_range.start / 2 + s0.hash_key_range.end / 2;
+    let [_low, high] = model
+        .split_shard(stream, &s0.shard_id, &mid.to_string())
+        .unwrap();
+    produced.extend(produce(model, stream, 40, 400, produced.len()));
+    let merged = model.merge_shards(stream, &high, &s1.shard_id).unwrap();
+    produced.extend(produce(model, stream, 40, 400, produced.len()));
+    Resharded {
+        split: s0.shard_id.clone(),
+        other: s1.shard_id.clone(),
+        high,
+        merged,
+    }
+}
+
+/// Asserts the parents of a [`split_then_merge`] ended (`SHARD_END` recorded) and the merge child
+/// names both its parents.
+pub async fn assert_parents_ended(table: &dyn kcl_core::lease::LeaseTable, shards: &Resharded) {
+    for parent in shards.parents() {
+        let lease = table.get(parent).await.unwrap().unwrap();
+        assert_eq!(
+            lease.checkpoint,
+            ExtendedSequenceNumber::ShardEnd,
+            "{parent}"
+        );
+    }
+    let merged = table.get(&shards.merged).await.unwrap().unwrap();
+    assert_eq!(merged.parent_shard_ids.len(), 2);
+}
+
 /// Asserts that, for every partition key, the first deliveries are in production order.
 pub fn assert_order_per_key(recorder: &Recorder, produced: &[(String, Bytes)]) {
     let mut expected: HashMap<String, Vec<Bytes>> = HashMap::new();

@@ -15,8 +15,8 @@ use kcl_core::retry::RetryBackoff;
 use kcl_core::shard_sync::InitialPosition;
 use kcl_core::worker::{CheckpointCadence, ConfigError, Worker, WorkerBuilder, WorkerHandle};
 use kcl_tests::{
-    Call, CountingBackend, Faults, Recorder, RecordingFactory, RecordingProcessor,
-    assert_order_per_key, produce, within,
+    Call, CountingBackend, Faults, Recorder, RecordingFactory, RecordingProcessor, Resharded,
+    assert_order_per_key, assert_parents_ended, produce, split_then_merge, within,
 };
 
 const STREAM: &str = "orders";
@@ -207,41 +207,31 @@ async fn split_and_merge_children_start_after_their_parents() {
     let w = start("w1", &model, &table, &recorder, Faults::default(), |b| b);
     recorder.wait_until(LONG, |r| r.distinct() >= 200).await;
     // Split shard 0 in the middle of its range, then merge shard 1 with the upper child.
-    let shards = model.shards(STREAM).unwrap();
-    let s0 = &shards[0];
-    let mid = s0.hash_key_range.start / 2 + s0.hash_key_range.end / 2;
-    let [_low, high] = model
-        .split_shard(STREAM, &s0.shard_id, &mid.to_string())
-        .unwrap();
-    produced.extend(produce(&model, STREAM, 40, 400, 400));
-    let merged = model
-        .merge_shards(STREAM, &high, &shards[1].shard_id)
-        .unwrap();
-    produced.extend(produce(&model, STREAM, 40, 400, 800));
+    let shards = split_then_merge(&model, STREAM, &mut produced);
     recorder.wait_until(LONG, |r| r.distinct() >= 1_200).await;
     w.stop().await;
     assert_order_per_key(&recorder, &produced);
     // Parents ended (SHARD_END recorded by the framework), children processed.
-    for parent in [&s0.shard_id, &shards[1].shard_id, &high] {
+    assert_parents_ended(table.as_ref(), &shards).await;
+    for parent in shards.parents() {
         let lease = table.get(parent).await.unwrap().unwrap();
-        assert_eq!(
-            lease.checkpoint,
-            ExtendedSequenceNumber::ShardEnd,
-            "{parent}"
-        );
         assert!(recorder.calls(parent).contains(&Call::ShardEnded));
         assert!(!lease.child_shard_ids.is_empty());
     }
-    let merged_lease = table.get(&merged).await.unwrap().unwrap();
-    assert_eq!(merged_lease.parent_shard_ids.len(), 2);
+    let Resharded {
+        split,
+        other,
+        high,
+        merged,
+    } = &shards;
     // Every record of a parent was processed before the first record of its child.
     let seen = recorder.seen();
     let first = |shard: &str| seen.iter().position(|s| s.shard_id == shard);
     let last = |shard: &str| seen.iter().rposition(|s| s.shard_id == shard);
-    let merged_first = first(&merged).expect("merged child processed");
-    assert!(last(&high).unwrap() < merged_first);
-    assert!(last(&shards[1].shard_id).unwrap() < merged_first);
-    assert!(last(&s0.shard_id).unwrap() < first(&high).unwrap());
+    let merged_first = first(merged).expect("merged child processed");
+    assert!(last(high).unwrap() < merged_first);
+    assert!(last(other).unwrap() < merged_first);
+    assert!(last(split).unwrap() < first(high).unwrap());
 }
 
 #[tokio::test(start_paused = true)]

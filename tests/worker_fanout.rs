@@ -21,8 +21,8 @@ use kcl_core::retrieval::{FanOutConfig, Retrieval};
 use kcl_core::shard_sync::InitialPosition;
 use kcl_core::worker::{Worker, WorkerBuilder, WorkerHandle};
 use kcl_tests::{
-    Call, Faults, Recorder, RecordingFactory, RecordingProcessor, assert_order_per_key, produce,
-    within,
+    Call, Faults, Recorder, RecordingFactory, RecordingProcessor, assert_order_per_key,
+    assert_parents_ended, produce, split_then_merge, within,
 };
 
 const STREAM: &str = "orders";
@@ -195,30 +195,11 @@ async fn split_and_merge_end_parents_through_the_subscription() {
         b.parent_poll_interval(Duration::from_millis(100))
     });
     recorder.wait_until(LONG, |r| r.distinct() >= 400).await;
-    let shards = model.shards(STREAM).unwrap();
-    let s0 = &shards[0];
-    let mid = s0.hash_key_range.start / 2 + s0.hash_key_range.end / 2;
-    let [_low, high] = model
-        .split_shard(STREAM, &s0.shard_id, &mid.to_string())
-        .unwrap();
-    produced.extend(produce(&model, STREAM, 40, 400, 400));
-    let merged = model
-        .merge_shards(STREAM, &high, &shards[1].shard_id)
-        .unwrap();
-    produced.extend(produce(&model, STREAM, 40, 400, 800));
+    let shards = split_then_merge(&model, STREAM, &mut produced);
     recorder.wait_until(LONG, |r| r.distinct() >= 1_200).await;
     w.stop().await;
     assert_order_per_key(&recorder, &produced);
-    for parent in [&s0.shard_id, &shards[1].shard_id, &high] {
-        let lease = table.get(parent).await.unwrap().unwrap();
-        assert_eq!(
-            lease.checkpoint,
-            ExtendedSequenceNumber::ShardEnd,
-            "{parent}"
-        );
-    }
-    let merged_lease = table.get(&merged).await.unwrap().unwrap();
-    assert_eq!(merged_lease.parent_shard_ids.len(), 2);
+    assert_parents_ended(table.as_ref(), &shards).await;
 }
 
 #[tokio::test(start_paused = true)]
