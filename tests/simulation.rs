@@ -17,21 +17,7 @@ use kcl_tests::sim;
 
 /// Runs every seed of `seeds`; fails with the reports of the failing ones.
 fn run_seeds(seeds: Range<u64>) {
-    let mut failures = Vec::new();
-    let mut produced = 0;
-    for seed in seeds.clone() {
-        let outcome = sim::run(seed);
-        produced += outcome.produced;
-        if !outcome.violations.is_empty() {
-            eprintln!("{}", outcome.report());
-            failures.push(outcome.seed);
-        }
-    }
-    eprintln!(
-        "seeds {seeds:?}: {} schedules, {produced} records, {} failed",
-        seeds.end - seeds.start,
-        failures.len()
-    );
+    let failures = sim::run_range(seeds);
     assert!(
         failures.is_empty(),
         "failing seeds: {failures:?} (reports above)"
