@@ -298,6 +298,61 @@ impl RecordProcessor for RecordingProcessor {
     }
 }
 
+/// A worker started by [`start_worker`], stopped within a bound of (virtual) time.
+pub struct Running {
+    /// Its handle.
+    pub handle: kcl_core::worker::WorkerHandle,
+    /// Its task.
+    pub task: tokio::task::JoinHandle<()>,
+    bound: Duration,
+}
+
+impl Running {
+    /// Stops the worker gracefully and waits for it.
+    pub async fn stop(self) {
+        self.handle.shutdown();
+        within(self.bound, "graceful shutdown", self.task)
+            .await
+            .unwrap();
+    }
+
+    /// Stops the worker immediately and waits for it.
+    pub async fn kill(self) {
+        self.handle.shutdown_now();
+        within(self.bound, "immediate shutdown", self.task)
+            .await
+            .unwrap();
+    }
+}
+
+/// Starts worker `name` of application `app` on `stream`, reading from `TRIM_HORIZON`, with
+/// `configure` applied last; `bound` limits its stops.
+pub fn start_worker<F: ProcessorFactory>(
+    (app, stream, name): (&str, &str, &str),
+    backend: Arc<dyn kcl_core::backend::StreamBackend>,
+    table: &Arc<dyn kcl_core::lease::LeaseTable>,
+    factory: F,
+    bound: Duration,
+    configure: impl FnOnce(kcl_core::worker::WorkerBuilder<F>) -> kcl_core::worker::WorkerBuilder<F>,
+) -> Running {
+    init_tracing();
+    let builder = kcl_core::worker::Worker::builder(factory)
+        .application_name(app)
+        .stream(stream)
+        .worker_id(name)
+        .backend(backend)
+        .lease_table(table.clone())
+        .initial_position(kcl_core::shard_sync::InitialPosition::TrimHorizon);
+    let worker = configure(builder).build().unwrap();
+    let handle = worker.handle();
+    let task = tokio::spawn(async move { worker.run().await.unwrap() });
+    Running {
+        handle,
+        task,
+        bound,
+    }
+}
+
 /// Puts `count` records over `keys` partition keys; payloads are `"<key>:<n>"` with `n` counting
 /// per key, so order per key can be checked. Returns the payloads per key.
 pub fn produce(

@@ -13,10 +13,10 @@ use kcl_core::processor::{BoxError, DeadLetterBatch, DeadLetterHandler, FailureP
 use kcl_core::record::ExtendedSequenceNumber;
 use kcl_core::retry::RetryBackoff;
 use kcl_core::shard_sync::InitialPosition;
-use kcl_core::worker::{CheckpointCadence, ConfigError, Worker, WorkerBuilder, WorkerHandle};
+use kcl_core::worker::{CheckpointCadence, ConfigError, Worker, WorkerBuilder};
 use kcl_tests::{
     Call, CountingBackend, Faults, Recorder, RecordingFactory, RecordingProcessor, Resharded,
-    assert_order_per_key, assert_parents_ended, produce, split_then_merge, within,
+    Running, assert_order_per_key, assert_parents_ended, produce, split_then_merge, start_worker,
 };
 
 const STREAM: &str = "orders";
@@ -26,23 +26,6 @@ fn model(shards: u32) -> Arc<KinesisModel> {
     let model = KinesisModel::new(ModelConfig::new());
     model.create_stream(STREAM, shards).unwrap();
     model
-}
-
-struct Running {
-    handle: WorkerHandle,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.handle.shutdown();
-        within(LONG, "graceful shutdown", self.task).await.unwrap();
-    }
-
-    async fn kill(self) {
-        self.handle.shutdown_now();
-        within(LONG, "immediate shutdown", self.task).await.unwrap();
-    }
 }
 
 fn start(
@@ -65,18 +48,14 @@ fn start_with<F: ProcessorFactory>(
     factory: F,
     configure: impl FnOnce(WorkerBuilder<F>) -> WorkerBuilder<F>,
 ) -> Running {
-    kcl_tests::init_tracing();
-    let builder = Worker::builder(factory)
-        .application_name("app")
-        .stream(STREAM)
-        .worker_id(name)
-        .backend(model.clone())
-        .lease_table(table.clone())
-        .initial_position(InitialPosition::TrimHorizon);
-    let worker = configure(builder).build().unwrap();
-    let handle = worker.handle();
-    let task = tokio::spawn(async move { worker.run().await.unwrap() });
-    Running { handle, task }
+    start_worker(
+        ("app", STREAM, name),
+        model.clone(),
+        table,
+        factory,
+        LONG,
+        configure,
+    )
 }
 
 fn table() -> Arc<dyn LeaseTable> {

@@ -18,11 +18,10 @@ use kcl_core::model::{KinesisModel, ModelConfig};
 use kcl_core::processor::{BoxError, ProcessorFactory, RecordProcessor, ShardInfo};
 use kcl_core::record::ExtendedSequenceNumber;
 use kcl_core::retrieval::{FanOutConfig, Retrieval};
-use kcl_core::shard_sync::InitialPosition;
-use kcl_core::worker::{Worker, WorkerBuilder, WorkerHandle};
+use kcl_core::worker::WorkerBuilder;
 use kcl_tests::{
-    Call, Faults, Recorder, RecordingFactory, RecordingProcessor, assert_order_per_key,
-    assert_parents_ended, produce, split_then_merge, within,
+    Call, Faults, Recorder, RecordingFactory, RecordingProcessor, Running, assert_order_per_key,
+    assert_parents_ended, produce, split_then_merge, start_worker, within,
 };
 
 const STREAM: &str = "orders";
@@ -35,18 +34,7 @@ fn model(shards: u32, config: ModelConfig) -> Arc<KinesisModel> {
     model
 }
 
-struct Running {
-    handle: WorkerHandle,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.handle.shutdown();
-        within(LONG, "graceful shutdown", self.task).await.unwrap();
-    }
-}
-
+/// Starts a worker of `factory` reading with enhanced fan-out.
 fn start_with<F: ProcessorFactory>(
     name: &str,
     backend: Arc<dyn StreamBackend>,
@@ -54,19 +42,9 @@ fn start_with<F: ProcessorFactory>(
     factory: F,
     configure: impl FnOnce(WorkerBuilder<F>) -> WorkerBuilder<F>,
 ) -> Running {
-    kcl_tests::init_tracing();
-    let builder = Worker::builder(factory)
-        .application_name(APP)
-        .stream(STREAM)
-        .worker_id(name)
-        .backend(backend)
-        .lease_table(table.clone())
-        .initial_position(InitialPosition::TrimHorizon)
-        .retrieval(Retrieval::FanOut(FanOutConfig::default()));
-    let worker = configure(builder).build().unwrap();
-    let handle = worker.handle();
-    let task = tokio::spawn(async move { worker.run().await.unwrap() });
-    Running { handle, task }
+    start_worker((APP, STREAM, name), backend, table, factory, LONG, |b| {
+        configure(b.retrieval(Retrieval::FanOut(FanOutConfig::default())))
+    })
 }
 
 fn start(
