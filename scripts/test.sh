@@ -15,6 +15,8 @@ ROOT=$(pwd)
 ENV_DIR=${KCL_TEST_ENV:-$ROOT/target/test-env}
 mkdir -p "$ENV_DIR"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# A one-off build gains nothing from incremental caches, which would add over a gigabyte of disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 export AWS_EC2_METADATA_DISABLED=true
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -45,7 +47,9 @@ else
 fi
 
 log "building the record_sink example (the end-to-end tests run it as a black box)"
-cargo build -p kcl-examples --example record_sink
+# With --workspace the features match the test build above, so only the example itself is
+# compiled; `-p kcl-examples` alone would build the AWS SDK crates again with other features.
+cargo build --workspace --example record_sink
 KCL_RECORD_SINK=${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/record_sink
 export KCL_RECORD_SINK
 
