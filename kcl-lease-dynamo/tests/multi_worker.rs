@@ -287,20 +287,40 @@ async fn a_killed_worker_s_shards_resume_on_the_others_from_their_checkpoints() 
         .build(&server.config)
         .await
         .unwrap();
-    // Shard leases only: the table also holds one heartbeat row per live worker.
-    let leases: Vec<_> = observer
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.heartbeat_of().is_none())
-        .collect();
-    assert_eq!(leases.len(), 4, "one lease per shard");
-    let mut held: HashMap<String, Vec<String>> = HashMap::new();
-    for lease in &leases {
-        let owner = lease.owner.clone().expect("every lease is owned");
-        held.entry(owner).or_default().push(lease.key.clone());
-    }
+    // Wait until the three workers settled at 2/1/1 with no handoff in flight: a lease being
+    // handed off names its next owner while the previous one still processes it, so killing
+    // its "owner" then would not test a crash. Shard leases only: the table also holds one
+    // heartbeat row per live worker.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let held = loop {
+        let leases: Vec<_> = observer
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.heartbeat_of().is_none())
+            .collect();
+        assert_eq!(leases.len(), 4, "one lease per shard");
+        let mut held: HashMap<String, Vec<String>> = HashMap::new();
+        for lease in &leases {
+            if let Some(owner) = &lease.owner {
+                held.entry(owner.clone())
+                    .or_default()
+                    .push(lease.key.clone());
+            }
+        }
+        let mut loads: Vec<usize> = held.values().map(Vec::len).collect();
+        loads.sort_unstable();
+        let settled = leases.iter().all(|l| l.checkpoint_owner.is_none());
+        if settled && loads == [1, 1, 2] {
+            break held;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workers never settled at 2/1/1: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let (victim, victim_shards) = held
         .iter()
         .max_by_key(|(_, shards)| shards.len())
