@@ -102,6 +102,7 @@ fn expect_misconfigured<T: std::fmt::Debug>(result: Result<T, LeaseError>, needl
 
 async fn table_on(server: &common::Server, name: &str) -> DynamoLeaseTable {
     DynamoLeaseTable::builder(name)
+        .request_timeout(common::TEST_REQUEST_TIMEOUT)
         .build(&server.config)
         .await
         .expect("build the lease table")

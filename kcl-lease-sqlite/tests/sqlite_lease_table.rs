@@ -110,9 +110,12 @@ async fn two_handles_on_one_file_exactly_one_take_wins() {
     let dir = tempfile::tempdir().expect("tempdir");
     let handles: Vec<Arc<SqliteLeaseTable>> = {
         let mut handles = Vec::new();
+        // A generous busy timeout: the case treats any error but ConditionFailed as a failure,
+        // and eight racing writers on a loaded machine can wait past the 5 s default.
+        let options = SqliteOptions::default().busy_timeout(Duration::from_secs(30));
         for _ in 0..4 {
             handles.push(Arc::new(
-                SqliteLeaseTable::open(db_path(&dir), APP)
+                SqliteLeaseTable::open_with(db_path(&dir), APP, options.clone())
                     .await
                     .expect("open"),
             ));

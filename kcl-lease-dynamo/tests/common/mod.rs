@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
@@ -118,10 +119,16 @@ pub fn unique_table(prefix: &str) -> String {
     )
 }
 
+/// Request timeout of the tables the contract cases use: the cases treat any error other than
+/// the one they test for as a failure, and a loaded CI machine can hold a request to the test
+/// server (which answers one at a time) past the 5 s default.
+pub const TEST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A fresh, empty lease table on the test server, kept alive with the server.
 pub async fn fresh_table() -> Fixture<DynamoLeaseTable, Server> {
     let server = server().await;
     let table = DynamoLeaseTable::builder(unique_table("contract"))
+        .request_timeout(TEST_REQUEST_TIMEOUT)
         .build(&server.config)
         .await
         .expect("create a fresh lease table");
