@@ -10,7 +10,6 @@ use crate::backend::{
     BackendError, GetRecordsOutput, ListShardsPage, ListShardsRequest, ShardIterator,
     StartingPosition, StreamBackend, StreamConsumer, StreamDescription, Subscription,
 };
-use crate::time;
 
 /// Default and largest `MaxResults` of `ListShards`.
 const LIST_SHARDS_DEFAULT: u32 = 1000;
@@ -163,13 +162,7 @@ impl KinesisModel {
         );
         shard.read.charge(bytes);
         let at_tip = next >= shard.end();
-        let millis_behind_latest = if at_tip {
-            0
-        } else {
-            shard
-                .arrival_at(next)
-                .map_or(0, |arrival| time::millis_between(arrival, now))
-        };
+        let millis_behind_latest = shard.millis_behind(next, now);
         if at_tip && !shard.is_open() {
             let child_shards = stream.child_shards(claims.shard);
             return Ok(GetRecordsOutput {

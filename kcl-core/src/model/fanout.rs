@@ -35,7 +35,6 @@ use crate::backend::{
     Subscription,
 };
 use crate::record::SequenceNumber;
-use crate::time;
 
 /// Most records one event carries.
 const MAX_EVENT_RECORDS: usize = 10_000;
@@ -357,13 +356,7 @@ impl Pushing {
         }
         self.position = next;
         let at_tip = next >= shard.end();
-        let millis_behind_latest = if at_tip {
-            0
-        } else {
-            shard
-                .arrival_at(next)
-                .map_or(0, |arrival| time::millis_between(arrival, now))
-        };
+        let millis_behind_latest = shard.millis_behind(next, now);
         if at_tip && !shard.is_open() {
             let child_shards = stream.child_shards(self.shard);
             return Look::Event(SubscribeToShardEvent {

@@ -161,10 +161,15 @@ impl ShardState {
         self.records.get(index).map(|r| &r.record)
     }
 
-    /// Arrival time of the record at `position`, if retained.
-    pub(crate) fn arrival_at(&self, position: u64) -> Option<Instant> {
-        let index = usize::try_from(position.checked_sub(self.trimmed)?).ok()?;
-        self.records.get(index).map(|r| r.arrival)
+    /// How far a reader at `position` is behind the tip at `now`: milliseconds since the record
+    /// at `position` arrived, or 0 at the tip (and for a position no longer retained).
+    pub(crate) fn millis_behind(&self, position: u64, now: Instant) -> u64 {
+        let arrival = position
+            .checked_sub(self.trimmed)
+            .and_then(|offset| usize::try_from(offset).ok())
+            .and_then(|index| self.records.get(index))
+            .map(|r| r.arrival);
+        arrival.map_or(0, |arrival| crate::time::millis_between(arrival, now))
     }
 
     /// Reads from `position` (clamped to the trim horizon) at most `max_records` records and
