@@ -184,9 +184,9 @@ impl FanOutConfig {
         };
         while consumer.status != ConsumerStatus::Active {
             if consumer.status == ConsumerStatus::Deleting {
-                return Err(BackendError::ResourceInUse(format!(
-                    "stream consumer {name:?} is being deleted"
-                )));
+                return Err(BackendError::ResourceInUse(
+                    format!("stream consumer {name:?} is being deleted").into(),
+                ));
             }
             debug!(
                 consumer = name,
