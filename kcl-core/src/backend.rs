@@ -27,7 +27,10 @@ use crate::record::{HashKeyRange, Record, SequenceNumber};
 /// `From<&str>`, then [`ErrorDetail::with_code`], [`ErrorDetail::with_request_id`] and
 /// [`ErrorDetail::with_source`].
 #[derive(Clone, Debug)]
-pub struct ErrorDetail {
+pub struct ErrorDetail(Arc<DetailInner>);
+
+#[derive(Clone, Debug)]
+struct DetailInner {
     message: String,
     code: Option<String>,
     request_id: Option<String>,
@@ -37,57 +40,61 @@ pub struct ErrorDetail {
 impl ErrorDetail {
     /// A detail with this message only.
     pub fn new(message: impl Into<String>) -> Self {
-        Self {
+        Self(Arc::new(DetailInner {
             message: message.into(),
             code: None,
             request_id: None,
             source: None,
-        }
+        }))
+    }
+
+    fn inner(&mut self) -> &mut DetailInner {
+        Arc::make_mut(&mut self.0)
     }
 
     /// Records the service's error code (e.g. `ResourceNotFoundException`).
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
+        self.inner().code = Some(code.into());
         self
     }
 
     /// Records the service's request id, for support cases and log correlation.
     pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
-        self.request_id = Some(request_id.into());
+        self.inner().request_id = Some(request_id.into());
         self
     }
 
     /// Keeps the underlying error as the source.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Arc::new(source));
+        self.inner().source = Some(Arc::new(source));
         self
     }
 
     /// The message: the operation, the resource and what the service said.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// The service's error code, when it gave one.
     pub fn code(&self) -> Option<&str> {
-        self.code.as_deref()
+        self.0.code.as_deref()
     }
 
     /// The service's request id, when it gave one.
     pub fn request_id(&self) -> Option<&str> {
-        self.request_id.as_deref()
+        self.0.request_id.as_deref()
     }
 
     /// The underlying error, when there is one.
     pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
-        self.source.as_deref()
+        self.0.source.as_deref()
     }
 }
 
 impl fmt::Display for ErrorDetail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(id) = &self.request_id {
+        f.write_str(&self.0.message)?;
+        if let Some(id) = &self.0.request_id {
             write!(f, " (request id {id})")?;
         }
         Ok(())

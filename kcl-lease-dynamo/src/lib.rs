@@ -181,6 +181,7 @@ pub enum Billing {
 #[must_use]
 pub struct DynamoLeaseTableBuilder {
     table_name: String,
+    application: Option<String>,
     create_if_missing: bool,
     billing: Billing,
     deletion_protection: bool,
@@ -193,6 +194,14 @@ pub struct DynamoLeaseTableBuilder {
 }
 
 impl DynamoLeaseTableBuilder {
+    /// The application whose leases the table holds (default: the table name, as Java KCL names
+    /// the table after the application). A worker given this table takes its application name
+    /// from here ([`LeaseTable::application`]).
+    pub fn application(mut self, application: impl Into<String>) -> Self {
+        self.application = Some(application.into());
+        self
+    }
+
     /// Whether to create the table when it does not exist (default `true`, as Java KCL does).
     /// When `false`, a missing table is [`LeaseError::Misconfigured`].
     pub fn create_if_missing(mut self, create: bool) -> Self {
@@ -282,6 +291,10 @@ impl DynamoLeaseTableBuilder {
             inner: Arc::new(Inner {
                 client: Client::from_conf(client_config),
                 table_name: self.table_name.clone(),
+                application: self
+                    .application
+                    .clone()
+                    .unwrap_or_else(|| self.table_name.clone()),
                 policy: RetryPolicy {
                     max_retries: self.max_retries,
                     min_delay: Duration::from_millis(25),
@@ -324,6 +337,7 @@ pub struct DynamoLeaseTable {
 struct Inner {
     client: Client,
     table_name: String,
+    application: String,
     policy: RetryPolicy,
     counters: Counters,
     scan_page_size: Option<NonZeroU32>,
@@ -342,6 +356,7 @@ impl DynamoLeaseTable {
     pub fn builder(table_name: impl Into<String>) -> DynamoLeaseTableBuilder {
         DynamoLeaseTableBuilder {
             table_name: table_name.into(),
+            application: None,
             create_if_missing: true,
             billing: Billing::OnDemand,
             deletion_protection: false,
@@ -885,5 +900,8 @@ impl LeaseTable for DynamoLeaseTable {
             Outcome::Done(()) => Ok(()),
             Outcome::Condition(old) => Err(self.condition_failed(key, old).await?),
         }
+    }
+    fn application(&self) -> Option<&str> {
+        Some(&self.inner.application)
     }
 }

@@ -87,6 +87,15 @@ pub struct LeaseStats {
     /// Held leases this worker found taken by someone else, or dropped because its claim went
     /// stale.
     pub lost: u64,
+    /// Times this worker's claim lapsed (its heartbeat was not renewed in time) and it dropped
+    /// every held lease.
+    pub heartbeat_lapses: u64,
+    /// Assignable leases (open, parents finished) in the last scan.
+    pub assignable: usize,
+    /// Leases of other workers seen expired in the last scan.
+    pub expired: usize,
+    /// Live workers seen in the last scan, this one included.
+    pub live_workers: usize,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +106,9 @@ struct StatCounters {
     handoffs_received: AtomicU64,
     handoffs_forced: AtomicU64,
     lost: AtomicU64,
+    heartbeat_lapses: AtomicU64,
+    /// What the last scan saw: assignable leases, expired leases, live workers.
+    last_scan: Mutex<(usize, usize, usize)>,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -230,6 +242,8 @@ pub(crate) struct LeaseCoordinator {
     liveness: Arc<Liveness>,
     heartbeat: Heartbeat,
     leaving: AtomicBool,
+    /// Whether the current lapse of the claim was counted already.
+    in_lapse: AtomicBool,
     held: Mutex<BTreeMap<String, Arc<HeldLease>>>,
     pending: Mutex<BTreeMap<String, Pending>>,
     observer: Mutex<Observer>,
@@ -269,6 +283,7 @@ impl LeaseCoordinator {
             liveness,
             heartbeat: Heartbeat::default(),
             leaving: AtomicBool::new(false),
+            in_lapse: AtomicBool::new(false),
             held: Mutex::new(BTreeMap::new()),
             pending: Mutex::new(BTreeMap::new()),
             observer: Mutex::new(Observer::default()),
@@ -292,6 +307,7 @@ impl LeaseCoordinator {
     pub(crate) fn stats(&self) -> LeaseStats {
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (assignable, expired, live_workers) = *lock(&s.last_scan);
         LeaseStats {
             taken: get(&s.taken),
             taken_expired: get(&s.taken_expired),
@@ -299,6 +315,10 @@ impl LeaseCoordinator {
             handoffs_received: get(&s.handoffs_received),
             handoffs_forced: get(&s.handoffs_forced),
             lost: get(&s.lost),
+            heartbeat_lapses: get(&s.heartbeat_lapses),
+            assignable,
+            expired,
+            live_workers,
         }
     }
 
@@ -322,6 +342,13 @@ impl LeaseCoordinator {
         !lock(&self.pending).is_empty()
     }
 
+    /// Counts a lapse of this worker's claim, once per lapse.
+    fn note_lapse(&self) {
+        if !self.in_lapse.swap(true, Ordering::SeqCst) {
+            bump(&self.stats.heartbeat_lapses);
+        }
+    }
+
     fn drop_all(&self, reason: &str) {
         let held = self.held();
         if !held.is_empty() {
@@ -341,6 +368,9 @@ impl LeaseCoordinator {
                 // over already. Drop everything before renewing, so nothing is used on the
                 // strength of a heartbeat written after the gap.
                 if !self.liveness.is_alive() {
+                    if self.liveness.ever_renewed() {
+                        self.note_lapse();
+                    }
                     self.drop_all("heartbeat not renewed within the failover time");
                 }
                 let leaving = self.leaving.load(Ordering::SeqCst);
@@ -356,10 +386,12 @@ impl LeaseCoordinator {
                             // The heartbeat ended a lapse (it waited out a pause): whatever was
                             // held before is void already; say so to the consumers. The others
                             // took this worker for dead: it counts as newly joined again.
+                            self.note_lapse();
                             self.drop_all("heartbeat renewed only after a lapse");
                             *lock(&self.visible_since) = Some(sent);
                         }
                         lock(&self.visible_since).get_or_insert(sent);
+                        self.in_lapse.store(false, Ordering::SeqCst);
                         true
                     }
                     Err(error) => {
@@ -441,6 +473,17 @@ impl LeaseCoordinator {
         }
 
         let (candidates, live_workers) = self.candidates(&view, now);
+        let expired = candidates
+            .iter()
+            .filter(|c| {
+                c.standing == Standing::Free
+                    && c.lease
+                        .owner
+                        .as_deref()
+                        .is_some_and(|o| o != self.worker_id)
+            })
+            .count();
+        *lock(&self.stats.last_scan) = (candidates.len(), expired, live_workers);
         let limits = Limits {
             live_workers,
             max_leases_for_worker: self.config.max_leases_for_worker,
