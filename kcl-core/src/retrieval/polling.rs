@@ -95,10 +95,9 @@ impl PollingTask {
                         .get_shard_iterator(&self.stream, &self.shard_id, position)
                         .await
                     {
-                        Ok(it) => {
-                            self.give_up.success();
-                            it
-                        }
+                        // Not a success that resets the give-up wait: only records flowing are
+                        // (an iterator is fetched again after every failed read).
+                        Ok(it) => it,
                         Err(err) => {
                             if self.on_error(err, &mut backoff).await {
                                 return;
