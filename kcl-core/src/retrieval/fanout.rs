@@ -57,8 +57,9 @@ pub struct FanOutConfig {
     /// while fewer are queued, but the service decides how many records an event carries, so
     /// the queue may exceed this by the records of one event.
     pub max_prefetch_records: usize,
-    /// Bytes received ahead of the processor (default 8 MiB). Like the record bound, may be
-    /// exceeded by one event.
+    /// Bytes received ahead of the processor (default 8 MiB): data, partition keys and about 256
+    /// bytes of bookkeeping per record. Like the record bound, may be exceeded by one event.
+    /// The worker-wide bound ([`super::WorkerPrefetch`]) applies too.
     pub max_prefetch_bytes: usize,
     /// Backoff after `ResourceInUse`, throttling, transient errors or a subscription that ended
     /// without any event (default 200 ms to 10 s).
@@ -357,10 +358,11 @@ impl FanOutTask {
                 child_shards,
             } = event;
             let had_records = !records.is_empty();
+            // Settles the reservation made while waiting for room, empty event or not.
+            let bytes = records.iter().map(record_bytes).sum();
+            self.budget.charge(records.len(), bytes);
             if had_records {
                 idle_since = None;
-                let bytes = records.iter().map(record_bytes).sum();
-                self.budget.charge(records.len(), bytes);
                 let event = RetrievalEvent::Records {
                     records,
                     millis_behind_latest: Some(millis_behind_latest),

@@ -207,17 +207,20 @@ pub(crate) enum RetrievalEvent {
 /// The worker-wide prefetch bound: how many records and bytes all of a worker's shards may
 /// hold fetched but not yet processed (default [`WorkerPrefetch::default`]).
 ///
-/// Shared fairly: each shard may fill at most its share, the worker's bound divided by the
-/// number of shards reading, besides its own per-shard bound. A worker holding 1,000 lagging
-/// shards therefore holds at most about the worker-wide bound, whatever the per-shard bounds
-/// add up to. The bound may be exceeded by about one batch per shard: a batch is fetched while
-/// there is room, and polling sizes it from the shard's average record size so far.
+/// Shared fairly: a shard fetches only while it holds less than its share (the worker's bound
+/// divided by the number of shards reading) and the worker as a whole is below its bound,
+/// besides the shard's own per-shard bound. A worker holding 1,000 lagging shards therefore
+/// holds about the worker-wide bound at most, whatever the per-shard bounds add up to, and a
+/// shard that started early (when shares were larger) cannot crowd out the rest for long: it
+/// fetches nothing more until it is back below the new share. The bound may be exceeded by
+/// about one batch per shard: a batch is fetched while there is room, and polling sizes it
+/// from the room left and the shard's average record size so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkerPrefetch {
     /// Records fetched ahead of the processors, for the whole worker (default 1,000,000).
     pub max_records: usize,
-    /// Bytes (data plus partition keys) fetched ahead of the processors, for the whole worker
-    /// (default 256 MiB).
+    /// Bytes fetched ahead of the processors, for the whole worker (default 256 MiB): data,
+    /// partition keys and about 256 bytes of bookkeeping per record.
     pub max_bytes: usize,
 }
 
@@ -236,6 +239,9 @@ struct WorkerUsed {
     bytes: usize,
     /// Shards reading now (each with a [`PrefetchBudget`] alive).
     shards: usize,
+    /// Shards the worker holds leases for (some not reading yet): shares are computed over
+    /// the larger of the two, so shards that start first do not take the shares of the rest.
+    expected: usize,
 }
 
 /// The worker-wide part of the prefetch budget; see [`WorkerPrefetch`].
@@ -243,6 +249,9 @@ struct WorkerUsed {
 pub(crate) struct WorkerBudget {
     limits: WorkerPrefetch,
     used: Mutex<WorkerUsed>,
+    /// Woken when room comes back to the worker as a whole (a batch processed, a reservation
+    /// settled below its estimate, a shard stopped), for shards waiting on the worker's bound.
+    freed: Notify,
 }
 
 impl WorkerBudget {
@@ -253,11 +262,26 @@ impl WorkerBudget {
                 max_bytes: limits.max_bytes.max(1),
             },
             used: Mutex::new(WorkerUsed::default()),
+            freed: Notify::new(),
         })
     }
 
     fn used(&self) -> std::sync::MutexGuard<'_, WorkerUsed> {
         self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many shards the worker holds leases for (reading or about to): the shares are
+    /// computed over at least this many.
+    pub(crate) fn expect_shards(&self, shards: usize) {
+        let changed = {
+            let mut used = self.used();
+            let changed = used.expected != shards;
+            used.expected = shards;
+            changed
+        };
+        if changed {
+            self.freed.notify_waiters();
+        }
     }
 
     /// Records and bytes queued by all shards, for tests and benchmarks.
@@ -266,24 +290,30 @@ impl WorkerBudget {
         let used = self.used();
         (used.records, used.bytes)
     }
-
-    /// One shard's share: the worker-wide bound over the shards reading.
-    fn share(&self) -> (usize, usize) {
-        let shards = self.used().shards.max(1);
-        (
-            (self.limits.max_records / shards).max(1),
-            (self.limits.max_bytes / shards).max(1),
-        )
-    }
 }
 
 #[derive(Debug, Default)]
 struct Used {
     records: usize,
     bytes: usize,
+    /// Set aside for the fetch in flight (charged to the worker already, so shards fetching
+    /// at the same time cannot together overshoot the worker's bound); settled by `charge`.
+    reserved_records: usize,
+    reserved_bytes: usize,
     /// Every record and byte ever charged: the average record size sizes the next fetch.
     charged_records: u64,
     charged_bytes: u64,
+}
+
+impl Used {
+    fn average_record_bytes(&self) -> usize {
+        match self.charged_records {
+            0 => FIRST_RECORD_BYTES_GUESS,
+            n => usize::try_from(self.charged_bytes / n)
+                .unwrap_or(usize::MAX)
+                .max(1),
+        }
+    }
 }
 
 /// The average record size assumed before a shard has fetched anything: small fetches first,
@@ -332,27 +362,53 @@ impl PrefetchBudget {
         self.used.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How many records may be fetched now, if any.
+    /// How many records may be fetched now, if any; the fetch's expected size is reserved
+    /// against the worker's bound until [`Self::charge`] settles it.
     fn room(&self) -> Option<usize> {
-        let used = self.used();
+        let mut used = self.used();
         if used.records >= self.max_records || used.bytes >= self.max_bytes {
             return None;
         }
         let mut records = self.max_records - used.records;
-        if let Some(worker) = &self.worker {
-            let (share_records, share_bytes) = worker.share();
-            if used.records >= share_records || used.bytes >= share_bytes {
-                return None;
-            }
-            let average = match used.charged_records {
-                0 => FIRST_RECORD_BYTES_GUESS,
-                n => usize::try_from(used.charged_bytes / n)
-                    .unwrap_or(usize::MAX)
-                    .max(1),
-            };
-            let by_bytes = ((share_bytes - used.bytes) / average).max(1);
-            records = records.min(share_records - used.records).min(by_bytes);
+        let Some(worker) = &self.worker else {
+            return Some(records);
+        };
+        let mut total = worker.used();
+        // A new reservation replaces the last one (a fetch that failed charged nothing); what
+        // it gives back may let another shard fetch.
+        let had_reserved = used.reserved_records > 0 || used.reserved_bytes > 0;
+        total.records = total.records.saturating_sub(used.reserved_records);
+        total.bytes = total.bytes.saturating_sub(used.reserved_bytes);
+        used.reserved_records = 0;
+        used.reserved_bytes = 0;
+        if had_reserved {
+            worker.freed.notify_waiters();
         }
+        // Below its share, and the worker below its bound: shards that started early (when
+        // the share was larger) cannot keep more than the worker's bound between them.
+        let shards = total.shards.max(total.expected).max(1);
+        let share_records = (worker.limits.max_records / shards).max(1);
+        let share_bytes = (worker.limits.max_bytes / shards).max(1);
+        let total_records = worker.limits.max_records.saturating_sub(total.records);
+        let total_bytes = worker.limits.max_bytes.saturating_sub(total.bytes);
+        if used.records >= share_records
+            || used.bytes >= share_bytes
+            || total_records == 0
+            || total_bytes == 0
+        {
+            return None;
+        }
+        let average = used.average_record_bytes();
+        let bytes_room = (share_bytes - used.bytes).min(total_bytes);
+        records = records
+            .min(share_records - used.records)
+            .min(total_records)
+            .min((bytes_room / average).max(1));
+        let bytes = records.saturating_mul(average).min(bytes_room);
+        used.reserved_records = records;
+        used.reserved_bytes = bytes;
+        total.records += records;
+        total.bytes += bytes;
         Some(records)
     }
 
@@ -360,11 +416,22 @@ impl PrefetchBudget {
     /// may be fetched.
     pub(crate) async fn wait_for_room(&self) -> usize {
         loop {
-            let notified = self.freed.notified();
+            // Both created before looking: a wakeup between the look and the wait is kept.
+            let own = self.freed.notified();
+            let all = self.worker.as_ref().map(|w| w.freed.notified());
             if let Some(records) = self.room() {
                 return records;
             }
-            notified.await;
+            match all {
+                Some(all) => {
+                    tokio::select! {
+                        biased;
+                        _ = own => {}
+                        _ = all => {}
+                    }
+                }
+                None => own.await,
+            }
         }
     }
 
@@ -373,17 +440,23 @@ impl PrefetchBudget {
     /// too when the batch's size is not ours to choose (a fan-out event; polling asks for at
     /// most the records [`Self::wait_for_room`] left).
     pub(crate) fn charge(&self, records: usize, bytes: usize) {
-        {
-            let mut used = self.used();
-            used.records += records;
-            used.bytes += bytes;
-            used.charged_records += records as u64;
-            used.charged_bytes += bytes as u64;
-        }
+        let mut used = self.used();
+        let (reserved_records, reserved_bytes) = (used.reserved_records, used.reserved_bytes);
+        used.reserved_records = 0;
+        used.reserved_bytes = 0;
+        used.records += records;
+        used.bytes += bytes;
+        used.charged_records += records as u64;
+        used.charged_bytes += bytes as u64;
         if let Some(worker) = &self.worker {
-            let mut total = worker.used();
-            total.records += records;
-            total.bytes += bytes;
+            {
+                let mut total = worker.used();
+                total.records = total.records.saturating_sub(reserved_records) + records;
+                total.bytes = total.bytes.saturating_sub(reserved_bytes) + bytes;
+            }
+            if records < reserved_records || bytes < reserved_bytes {
+                worker.freed.notify_waiters();
+            }
         }
     }
 
@@ -393,13 +466,16 @@ impl PrefetchBudget {
             let mut used = self.used();
             used.records = used.records.saturating_sub(records);
             used.bytes = used.bytes.saturating_sub(bytes);
-        }
-        if let Some(worker) = &self.worker {
-            let mut total = worker.used();
-            total.records = total.records.saturating_sub(records);
-            total.bytes = total.bytes.saturating_sub(bytes);
+            if let Some(worker) = &self.worker {
+                let mut total = worker.used();
+                total.records = total.records.saturating_sub(records);
+                total.bytes = total.bytes.saturating_sub(bytes);
+            }
         }
         self.freed.notify_waiters();
+        if let Some(worker) = &self.worker {
+            worker.freed.notify_waiters();
+        }
     }
 
     /// Records and bytes currently queued.
@@ -417,9 +493,13 @@ impl Drop for PrefetchBudget {
         if let Some(worker) = &self.worker {
             let used = self.used.get_mut().unwrap_or_else(|p| p.into_inner());
             let mut total = worker.used();
-            total.records = total.records.saturating_sub(used.records);
-            total.bytes = total.bytes.saturating_sub(used.bytes);
+            total.records = total
+                .records
+                .saturating_sub(used.records + used.reserved_records);
+            total.bytes = total.bytes.saturating_sub(used.bytes + used.reserved_bytes);
             total.shards = total.shards.saturating_sub(1);
+            drop(total);
+            worker.freed.notify_waiters();
         }
     }
 }
@@ -447,9 +527,15 @@ pub(crate) fn starting_position(
     })
 }
 
-/// The size a record is charged for: its data plus its partition key.
+/// What a fetched record costs in memory besides its data and partition key: the `Record`
+/// itself, its sequence number and the allocations behind them (measured by the
+/// `prefetch_memory` bench: 1 KiB records took about 1.25 KiB each).
+pub(crate) const RECORD_OVERHEAD_BYTES: usize = 256;
+
+/// The size a record is charged for: its data, its partition key and its bookkeeping
+/// ([`RECORD_OVERHEAD_BYTES`]), so the prefetch bounds bound memory, not only payloads.
 pub(crate) fn record_bytes(record: &Record) -> usize {
-    record.data().len() + record.partition_key().len()
+    record.data().len() + record.partition_key().len() + RECORD_OVERHEAD_BYTES
 }
 
 #[cfg(test)]
@@ -514,17 +600,61 @@ mod tests {
         // is worth far more records and the record share binds.
         shards[0].release(50, 500);
         assert_eq!(blocked.await.unwrap(), 50);
+        // The fetch is reserved against the worker's bound at once (other shards asking
+        // meanwhile see it), and settled when it arrives.
+        assert_eq!(worker.in_use(), (300, 3_000));
+        shards[0].charge(40, 400);
+        assert_eq!(worker.in_use(), (290, 2_900));
         // A shard that stops gives back what it held; the others' shares grow.
         let mut shards = shards;
         drop(shards.pop());
-        assert_eq!(worker.in_use(), (150, 1_500));
+        assert_eq!(worker.in_use(), (190, 1_900));
         assert_eq!(
             shards[0].wait_for_room().await,
-            100,
-            "half of 300, less the 50 it holds"
+            60,
+            "half of 300, less the 90 it holds"
         );
         let third = PrefetchBudget::shared(1_000, 1_000_000, worker.clone());
-        assert_eq!(third.wait_for_room().await, 100, "three shards again");
+        assert_eq!(
+            third.wait_for_room().await,
+            50,
+            "a third of 300 is its share, but shard 0's fetch of 60 is reserved: 50 are left"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_waiting_on_the_worker_bound_wakes_when_a_reservation_goes() {
+        // Found by the simulation (seed 199): a shard waited forever for room another shard
+        // had only reserved.
+        let worker = WorkerBudget::new(WorkerPrefetch {
+            max_records: 1_000_000,
+            max_bytes: 64 * FIRST_RECORD_BYTES_GUESS,
+        });
+        let a = Arc::new(PrefetchBudget::shared(30_000, 8 << 20, worker.clone()));
+        // Alone, at the first guess of a record's size, `a` reserves the whole bound.
+        assert_eq!(a.wait_for_room().await, 64);
+        let b = Arc::new(PrefetchBudget::shared(30_000, 8 << 20, worker.clone()));
+        let waiting = {
+            let b = b.clone();
+            tokio::spawn(async move { b.wait_for_room().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the bound is reserved");
+        // `a` asks again (its fetch failed): its new reservation is its half, and `b` wakes
+        // to take the other half.
+        assert_eq!(a.wait_for_room().await, 32);
+        assert_eq!(waiting.await.unwrap(), 32);
+        assert_eq!(worker.in_use(), (64, 64 * FIRST_RECORD_BYTES_GUESS));
+        // A fetch that came back empty gives its reservation back, and a waiter wakes.
+        let c = Arc::new(PrefetchBudget::shared(30_000, 8 << 20, worker.clone()));
+        let waiting = {
+            let c = c.clone();
+            tokio::spawn(async move { c.wait_for_room().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a and b reserved the bound");
+        a.charge(0, 0);
+        assert_eq!(waiting.await.unwrap(), 64 / 3, "its third of the bound");
     }
 
     #[tokio::test(start_paused = true)]

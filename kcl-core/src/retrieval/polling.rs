@@ -35,7 +35,8 @@ pub struct PollingConfig {
     /// Records fetched ahead of the processor, at most (default 30000).
     pub max_prefetch_records: usize,
     /// Bytes fetched ahead of the processor, at most (default 8 MiB; may be exceeded by one call's
-    /// response).
+    /// response): data, partition keys and about 256 bytes of bookkeeping per record. The
+    /// worker-wide bound ([`super::WorkerPrefetch`]) applies too.
     pub max_prefetch_bytes: usize,
     /// Backoff after throttling or transient errors.
     pub error_backoff: RetryBackoff,
@@ -126,9 +127,10 @@ impl PollingTask {
                     if let Some(last) = output.records.last() {
                         last_fetched = Some(last.sequence_number().clone());
                     }
+                    let bytes = output.records.iter().map(record_bytes).sum();
+                    // Settles the fetch's reservation, empty or not.
+                    self.budget.charge(output.records.len(), bytes);
                     if !output.records.is_empty() {
-                        let bytes = output.records.iter().map(record_bytes).sum();
-                        self.budget.charge(output.records.len(), bytes);
                         let event = RetrievalEvent::Records {
                             records: output.records,
                             millis_behind_latest: output.millis_behind_latest,

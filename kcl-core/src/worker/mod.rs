@@ -690,7 +690,10 @@ impl<F: ProcessorFactory> Worker<F> {
         deaggregator: &Arc<Deaggregator>,
         exit_tx: &mpsc::UnboundedSender<(Arc<HeldLease>, ConsumerExit)>,
     ) {
-        for held in self.coordinator.held() {
+        let held = self.coordinator.held();
+        // Before any starts: the first to start must not take the prefetch shares of the rest.
+        self.budget.expect_shards(held.len());
+        for held in held {
             let key = held.key().to_owned();
             if consumers.running.contains(&key) {
                 continue;
