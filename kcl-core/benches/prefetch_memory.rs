@@ -241,7 +241,7 @@ fn main() {
                 "prefetch memory: one worker, {shards} lagging shards of {} MiB, \
                  {RECORD_SIZE}-byte records copied on read, a processor stuck in its first \
                  batch",
-                per_shard * RECORD_SIZE >> 20
+                (per_shard * RECORD_SIZE) >> 20
             );
             let exe = std::env::current_exe().expect("own path");
             for mode in ["budget", "per-shard"] {
