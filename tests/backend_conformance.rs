@@ -11,10 +11,17 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use kcl_core::backend::{
-    BackendError, ConsumerStatus, ListShardsRequest, ShardFilter, StartingPosition, StreamConsumer,
-    SubscribeToShardEvent, list_all_shards,
+    BackendError, ConsumerStatus, FanOut, ListShardsRequest, ShardFilter, StartingPosition,
+    StreamConsumer, SubscribeToShardEvent, list_all_shards,
 };
 use kcl_core::record::{Record, SequenceNumber};
+
+/// The backend's fan-out (the suite's fan-out cases run on backends that offer it).
+fn fan_out(backend: &std::sync::Arc<dyn kcl_core::backend::StreamBackend>) -> &dyn FanOut {
+    backend
+        .fan_out()
+        .expect("the backend offers enhanced fan-out")
+}
 use kcl_tests::kinesis::{Kinesis, unique, unthrottled};
 
 /// Generates `model::NAME` and `kinesis_local::NAME` for every behavioural test.
@@ -458,14 +465,14 @@ async fn split_and_merge_report_lineage_and_child_shards(k: Kinesis) {
 
 async fn active_consumer(k: &Kinesis, stream: &str, name: &str) -> StreamConsumer {
     let backend = k.backend();
-    let registered = backend
+    let registered = fan_out(&backend)
         .register_stream_consumer(stream, name)
         .await
         .unwrap();
     assert_eq!(registered.name, name);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let c = backend
+        let c = fan_out(&backend)
             .describe_stream_consumer(stream, name)
             .await
             .unwrap();
@@ -509,8 +516,7 @@ async fn fan_out_pushes_records_and_continuations(k: Kinesis) {
     let (stream, shard) = one_shard_stream(&k, "push").await;
     let consumer = active_consumer(&k, &stream, "pusher").await;
     k.produce(&stream, 3, 10, 0).await;
-    let mut sub = k
-        .backend()
+    let mut sub = fan_out(&k.backend())
         .subscribe_to_shard(&consumer.arn, &shard, StartingPosition::TrimHorizon)
         .await
         .unwrap();
@@ -542,7 +548,7 @@ async fn fan_out_resubscribes_from_the_continuation(k: Kinesis) {
     let consumer = active_consumer(&k, &stream, "resub").await;
     k.produce(&stream, 2, 6, 0).await;
     let backend = k.backend();
-    let mut sub = backend
+    let mut sub = fan_out(&backend)
         .subscribe_to_shard(&consumer.arn, &shard, StartingPosition::TrimHorizon)
         .await
         .unwrap();
@@ -559,7 +565,7 @@ async fn fan_out_resubscribes_from_the_continuation(k: Kinesis) {
     // which comes either as the answer or as the stream's first event.
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut sub = loop {
-        let attempt = backend
+        let attempt = fan_out(&backend)
             .subscribe_to_shard(
                 &consumer.arn,
                 &shard,
@@ -597,13 +603,13 @@ async fn fan_out_allows_one_subscription_per_consumer_and_shard(k: Kinesis) {
     let (stream, shard) = one_shard_stream(&k, "inuse").await;
     let consumer = active_consumer(&k, &stream, "only").await;
     let backend = k.backend();
-    let mut first = backend
+    let mut first = fan_out(&backend)
         .subscribe_to_shard(&consumer.arn, &shard, StartingPosition::Latest)
         .await
         .unwrap();
     // The server may answer the second subscribe with an error or with a stream whose first
     // event is the error.
-    let second = backend
+    let second = fan_out(&backend)
         .subscribe_to_shard(&consumer.arn, &shard, StartingPosition::Latest)
         .await;
     let refused = match second {
@@ -623,7 +629,7 @@ async fn fan_out_allows_one_subscription_per_consumer_and_shard(k: Kinesis) {
     assert_eq!(payloads(&records), vec!["key-0:00000000".to_owned()]);
     // Another consumer has its own subscription.
     let other = active_consumer(&k, &stream, "other").await;
-    let mut sub = backend
+    let mut sub = fan_out(&backend)
         .subscribe_to_shard(&other.arn, &shard, StartingPosition::TrimHorizon)
         .await
         .unwrap();
@@ -636,8 +642,7 @@ async fn fan_out_ends_a_closed_shard_with_its_children(k: Kinesis) {
     let consumer = active_consumer(&k, &stream, "ender").await;
     k.produce(&stream, 4, 8, 0).await;
     k.split(&stream, &parent, 1u128 << 127).await;
-    let mut sub = k
-        .backend()
+    let mut sub = fan_out(&k.backend())
         .subscribe_to_shard(&consumer.arn, &parent, StartingPosition::TrimHorizon)
         .await
         .unwrap();
@@ -680,18 +685,22 @@ async fn fan_out_ends_a_closed_shard_with_its_children(k: Kinesis) {
 async fn consumers_register_once(k: Kinesis) {
     let (stream, _) = one_shard_stream(&k, "register").await;
     let backend = k.backend();
-    let missing = backend.describe_stream_consumer(&stream, "nobody").await;
+    let missing = fan_out(&backend)
+        .describe_stream_consumer(&stream, "nobody")
+        .await;
     assert!(
         matches!(missing, Err(BackendError::ResourceNotFound(_))),
         "{missing:?}"
     );
     let c = active_consumer(&k, &stream, "app").await;
-    let again = backend.register_stream_consumer(&stream, "app").await;
+    let again = fan_out(&backend)
+        .register_stream_consumer(&stream, "app")
+        .await;
     assert!(
         matches!(again, Err(BackendError::ResourceInUse(_))),
         "{again:?}"
     );
-    let described = backend
+    let described = fan_out(&backend)
         .describe_stream_consumer(&stream, "app")
         .await
         .unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kcl_core::aws::KinesisBackend;
-use kcl_core::backend::{BackendError, StreamBackend};
+use kcl_core::backend::{BackendError, FanOut};
 use kcl_core::lease::{InMemoryLeaseTable, LeaseTable};
 use kcl_core::model::{PutRecordsEntry, PutRecordsResultEntry};
 use kcl_core::retrieval::{FanOutConfig, PollingConfig, Retrieval};

@@ -728,3 +728,45 @@ async fn the_application_name_comes_from_the_lease_table() {
     assert!(error.to_string().contains("application_name"), "{error}");
     assert!(error.to_string().contains("\"billing\""), "{error}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn fan_out_on_a_backend_without_it_is_a_configuration_error() {
+    // A wrapper that does not pass fan-out on: refused when the worker is built, not retried
+    // forever while it runs.
+    let backend = Arc::new(FlakyListing {
+        inner: model(1),
+        failures_left: AtomicU32::new(0),
+    });
+    let error = worker(
+        "no-fan-out",
+        backend,
+        Arc::new(InMemoryLeaseTable::new()),
+        RecordingProcessor::factory("no-fan-out", Recorder::new(), Faults::default()),
+    )
+    .retrieval(kcl_core::retrieval::Retrieval::fan_out())
+    .build()
+    .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            kcl_core::worker::ConfigError::Invalid {
+                field: "retrieval",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("enhanced fan-out"), "{error}");
+    // The model itself offers it.
+    assert!(
+        worker(
+            "fan-out",
+            model(1),
+            Arc::new(InMemoryLeaseTable::new()),
+            RecordingProcessor::factory("fan-out", Recorder::new(), Faults::default()),
+        )
+        .retrieval(kcl_core::retrieval::Retrieval::fan_out())
+        .build()
+        .is_ok()
+    );
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kcl_core::backend::{
-    BackendError, ConsumerStatus, GetRecordsOutput, ListShardsPage, ListShardsRequest,
+    BackendError, ConsumerStatus, FanOut, GetRecordsOutput, ListShardsPage, ListShardsRequest,
     ShardIterator, StartingPosition, StreamBackend, StreamConsumer, StreamDescription,
     Subscription,
 };
@@ -479,6 +479,13 @@ impl StreamBackend for Counting {
     ) -> Result<GetRecordsOutput, BackendError> {
         self.inner.get_records(iterator, limit).await
     }
+    fn fan_out(&self) -> Option<&dyn FanOut> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl FanOut for Counting {
     async fn register_stream_consumer(
         &self,
         stream: &str,

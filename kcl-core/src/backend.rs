@@ -6,9 +6,11 @@
 //! meaning (throttled, expired iterator, not found) so callers can react without knowing which
 //! backend they talk to.
 //!
-//! Enhanced fan-out (stream consumers and `SubscribeToShard`) is part of the trait as provided
-//! methods that answer [`BackendError::Unsupported`] for backends without it; the model and the
-//! AWS backend implement them.
+//! Enhanced fan-out (stream consumers and `SubscribeToShard`) is a capability of its own, the
+//! [`FanOut`] trait, that a backend offers through [`StreamBackend::fan_out`]. The worker checks
+//! it when it is built: asking for fan-out on a backend without it (or through a wrapper that
+//! does not pass it on) is a configuration error, not an endless retry. The model and the AWS
+//! backend offer it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -470,33 +472,39 @@ pub trait StreamBackend: Send + Sync + fmt::Debug {
         limit: u32,
     ) -> Result<GetRecordsOutput, BackendError>;
 
-    /// `RegisterStreamConsumer` (enhanced fan-out).
+    /// Enhanced fan-out, if this backend offers it (default: `None`). A backend that wraps
+    /// another should pass the inner one's on (or offer its own), or fan-out is unavailable
+    /// through it.
+    fn fan_out(&self) -> Option<&dyn FanOut> {
+        None
+    }
+}
+
+/// Enhanced fan-out: registered stream consumers and `SubscribeToShard`, offered by a backend
+/// through [`StreamBackend::fan_out`].
+#[async_trait]
+pub trait FanOut: Send + Sync + fmt::Debug {
+    /// `RegisterStreamConsumer`.
     async fn register_stream_consumer(
         &self,
-        _stream: &str,
-        _consumer_name: &str,
-    ) -> Result<StreamConsumer, BackendError> {
-        Err(BackendError::Unsupported("RegisterStreamConsumer"))
-    }
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError>;
 
-    /// `DescribeStreamConsumer` (enhanced fan-out).
+    /// `DescribeStreamConsumer`.
     async fn describe_stream_consumer(
         &self,
-        _stream: &str,
-        _consumer_name: &str,
-    ) -> Result<StreamConsumer, BackendError> {
-        Err(BackendError::Unsupported("DescribeStreamConsumer"))
-    }
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError>;
 
-    /// `SubscribeToShard` (enhanced fan-out).
+    /// `SubscribeToShard`.
     async fn subscribe_to_shard(
         &self,
-        _consumer_arn: &str,
-        _shard_id: &str,
-        _position: StartingPosition,
-    ) -> Result<Subscription, BackendError> {
-        Err(BackendError::Unsupported("SubscribeToShard"))
-    }
+        consumer_arn: &str,
+        shard_id: &str,
+        position: StartingPosition,
+    ) -> Result<Subscription, BackendError>;
 }
 
 /// Lists every shard of a stream, following pagination.

@@ -22,7 +22,7 @@ use crate::lease::{
     Renewal,
 };
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber};
-use crate::retry::RetryBackoff;
+use crate::retry::RetryPolicy;
 
 /// Why a checkpoint was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +97,7 @@ pub struct Checkpointer {
     lease: Arc<HeldLease>,
     last_checkpoint: ExtendedSequenceNumber,
     largest_permitted: Option<ExtendedSequenceNumber>,
-    backoff: RetryBackoff,
-    attempts: u32,
+    retry: RetryPolicy,
     last_write_at: Instant,
     /// Checkpoints written and failed (no-ops outside a worker).
     written: metrics::Counter,
@@ -106,17 +105,17 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub(crate) fn new(lease: Arc<HeldLease>, checkpoint: ExtendedSequenceNumber) -> Self {
+    pub(crate) fn new(
+        lease: Arc<HeldLease>,
+        checkpoint: ExtendedSequenceNumber,
+        retry: RetryPolicy,
+    ) -> Self {
         Self {
             shard_id: lease.key().to_owned(),
             lease,
             last_checkpoint: checkpoint,
             largest_permitted: None,
-            backoff: RetryBackoff::new(
-                std::time::Duration::from_millis(50),
-                std::time::Duration::from_secs(2),
-            ),
-            attempts: 4,
+            retry,
             last_write_at: Instant::now(),
             written: metrics::Counter::noop(),
             failed: metrics::Counter::noop(),
@@ -150,7 +149,11 @@ impl Checkpointer {
             &config,
         ));
         let held = HeldLease::new(table, lease, liveness, Instant::now());
-        Ok(Self::new(held, ExtendedSequenceNumber::TrimHorizon))
+        Ok(Self::new(
+            held,
+            ExtendedSequenceNumber::TrimHorizon,
+            RetryPolicy::default(),
+        ))
     }
 
     /// Records that `records` were handed to the processor, raising the largest position that may
@@ -313,7 +316,7 @@ impl Checkpointer {
     }
 
     async fn write(&mut self, update: &LeaseUpdate) -> Result<Lease, CheckpointError> {
-        let mut delays = self.backoff.schedule();
+        let mut delays = self.retry.backoff.schedule();
         let mut attempt = 1;
         loop {
             match self.lease.write(update).await {
@@ -325,7 +328,7 @@ impl Checkpointer {
                     return Err(CheckpointError::LeaseLost(self.shard_id.clone()));
                 }
                 Err(HeldWriteError::Store(source)) => {
-                    if !source.is_retryable() || attempt >= self.attempts {
+                    if !source.is_retryable() || attempt >= self.retry.max_attempts {
                         return Err(CheckpointError::Store {
                             shard_id: self.shard_id.clone(),
                             source,

@@ -19,7 +19,8 @@
 //! | [`lease`] | the `Lease` type, the `LeaseTable` trait, the in-memory table, lease coordination |
 //! | [`metrics`] | what the worker publishes through the `metrics` facade, and the catalog of names |
 //! | [`backend`] | the `StreamBackend` trait: the one boundary to a Kinesis-like service |
-//! | [`model`] | an in-memory Kinesis model implementing `StreamBackend` |
+//! | [`model`] | an in-memory Kinesis model implementing `StreamBackend` (feature `model`) |
+//! | [`put`] | the write side: `PutRecord`/`PutRecords` requests and results |
 //! | [`retry`] | backoff schedules shared by every retry loop |
 //! | [`retrieval`] | reading records from a shard (polling with bounded prefetch) |
 //! | [`deaggregation`] | KPL aggregated-record format: de-aggregation and aggregation |
@@ -40,6 +41,7 @@ pub mod lease;
 pub mod metrics;
 pub mod model;
 pub mod processor;
+pub mod put;
 pub mod record;
 pub mod retrieval;
 pub mod retry;

@@ -57,6 +57,42 @@ impl RetryBackoff {
     }
 }
 
+/// A bounded retry: a backoff and how many attempts in all (the first included).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Delays between attempts.
+    pub backoff: RetryBackoff,
+    /// Attempts in all, at least 1.
+    pub max_attempts: u32,
+}
+
+impl RetryPolicy {
+    /// `max_attempts` attempts with `backoff` between them.
+    pub fn new(backoff: RetryBackoff, max_attempts: u32) -> Self {
+        Self {
+            backoff,
+            max_attempts,
+        }
+    }
+
+    /// The lease writes of a shard (checkpoints, `SHARD_END`, child leases): 50 ms doubling
+    /// to 2 s, 4 attempts. A checkpoint that fails them all is reported to the caller (the
+    /// processor, or the automatic cadence, which tries again at its next turn); `SHARD_END`
+    /// is retried with this backoff until it is written.
+    pub fn lease_writes() -> Self {
+        Self::new(
+            RetryBackoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+            4,
+        )
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::lease_writes()
+    }
+}
+
 /// An endless iterator of backoff delays (see [`RetryBackoff::schedule`]).
 #[derive(Debug)]
 pub struct Schedule {

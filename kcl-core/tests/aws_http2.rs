@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
 use kcl_core::aws::KinesisBackend;
-use kcl_core::backend::StreamBackend;
+use kcl_core::backend::{FanOut, StreamBackend};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncReadExt;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use kcl_core::backend::{
-    BackendError, ConsumerStatus, StartingPosition, StreamBackend, Subscription,
+    BackendError, ConsumerStatus, FanOut, StartingPosition, StreamBackend, Subscription,
 };
 use kcl_core::model::{KinesisModel, MIB, ModelConfig, PutRecordsEntry};
 

@@ -88,11 +88,11 @@ use aws_smithy_http_client::tls;
 use futures::StreamExt;
 
 use crate::backend::{
-    BackendError, GetRecordsOutput, ListShardsPage, ListShardsRequest, ShardIterator,
+    BackendError, FanOut, GetRecordsOutput, ListShardsPage, ListShardsRequest, ShardIterator,
     StartingPosition, StreamBackend, StreamConsumer, StreamDescription, StreamStatus,
     SubscribeToShardEvent, Subscription,
 };
-use crate::model::{PutRecordsEntry, PutRecordsOutput, PutRecordsResultEntry};
+use crate::put::{PutRecordsEntry, PutRecordsOutput, PutRecordsResultEntry};
 use crate::record::SequenceNumber;
 
 /// A function adjusting the SDK client configuration (see [`KinesisBackendBuilder::customize`]).
@@ -657,6 +657,13 @@ impl StreamBackend for KinesisBackend {
         })
     }
 
+    fn fan_out(&self) -> Option<&dyn FanOut> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl FanOut for KinesisBackend {
     async fn register_stream_consumer(
         &self,
         stream: &str,

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use super::token::{IteratorClaims, ListClaims};
 use super::{KinesisModel, lock};
 use crate::backend::{
-    BackendError, GetRecordsOutput, ListShardsPage, ListShardsRequest, ShardIterator,
+    BackendError, FanOut, GetRecordsOutput, ListShardsPage, ListShardsRequest, ShardIterator,
     StartingPosition, StreamBackend, StreamConsumer, StreamDescription, Subscription,
 };
 
@@ -229,6 +229,13 @@ impl StreamBackend for KinesisModel {
         self.get_records_now(iterator, limit)
     }
 
+    fn fan_out(&self) -> Option<&dyn FanOut> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl FanOut for KinesisModel {
     async fn register_stream_consumer(
         &self,
         stream: &str,

@@ -27,6 +27,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::Instant;
 
+use super::consumer::ConsumerState;
 use super::limits::TokenBucket;
 use super::stream::StreamState;
 use super::{KinesisModel, lock};
@@ -38,17 +39,6 @@ use crate::record::SequenceNumber;
 
 /// Most records one event carries.
 const MAX_EVENT_RECORDS: usize = 10_000;
-
-/// A registered consumer of one stream.
-#[derive(Debug)]
-pub(crate) struct ConsumerState {
-    arn: String,
-    registered_at: Instant,
-    /// Per-shard push-rate buckets (by shard index), created on first use.
-    buckets: HashMap<usize, TokenBucket>,
-    /// Shards with an open subscription.
-    subscribed: std::collections::HashSet<usize>,
-}
 
 impl KinesisModel {
     fn consumer_view(&self, name: &str, consumer: &ConsumerState, now: Instant) -> StreamConsumer {

@@ -119,23 +119,25 @@
 //! | module | owns |
 //! |---|---|
 //! | `config` | [`ModelConfig`] and the default limits |
-//! | `types` | write-side request and response types ([`PutRecordsEntry`], ...) |
+//! | [`crate::put`] | write-side request and response types ([`PutRecordsEntry`], ...), re-exported here |
 //! | `stream` | a stream's shards, routing, resharding, `ListShards` filters |
+//! | `consumer` | the state of a registered fan-out consumer |
+//! | `fanout` | stream consumers and `SubscribeToShard` |
 //! | `shard` | a shard's records, positions, trimming, reads |
 //! | `sequence` | the sequence-number format and allocator |
 //! | `limits` | token buckets and call windows |
 //! | `token` | sealed shard iterators and `ListShards` tokens |
-//! | `backend_impl` | `impl StreamBackend for KinesisModel` |
+//! | `backend_impl` | `impl StreamBackend for KinesisModel` and `impl FanOut for KinesisModel` |
 
 mod backend_impl;
 mod config;
+mod consumer;
 mod fanout;
 mod limits;
 mod sequence;
 mod shard;
 mod stream;
 mod token;
-mod types;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -146,7 +148,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use self::config::{MIB, ModelConfig};
-pub use self::types::{
+pub use crate::put::{
     PROVISIONED_THROUGHPUT_EXCEEDED, PutRecordOutput, PutRecordsEntry, PutRecordsOutput,
     PutRecordsResultEntry,
 };

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::config::ModelConfig;
-use super::fanout::ConsumerState;
+use super::consumer::ConsumerState;
 use super::limits::{ReadLimiter, WriteLimiter};
 use super::sequence::SequenceAllocator;
 use super::shard::{ShardState, shard_index};

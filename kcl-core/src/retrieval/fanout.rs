@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use super::{GiveUp, PrefetchBudget, RetrievalEvent, record_bytes};
 use crate::backend::{
-    BackendError, ChildShard, ConsumerStatus, StartingPosition, StreamBackend,
+    BackendError, ChildShard, ConsumerStatus, FanOut, StartingPosition, StreamBackend,
     SubscribeToShardEvent,
 };
 use crate::metrics::RetrievalMetrics;
@@ -49,7 +49,7 @@ use crate::retry::RetryBackoff;
 
 /// Settings of enhanced fan-out retrieval. Start from [`FanOutConfig::default`] and use the
 /// `with_*` methods or assign the public fields.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FanOutConfig {
     /// The stream consumer's name (default: the application name).
     pub consumer_name: Option<String>,
@@ -72,16 +72,6 @@ pub struct FanOutConfig {
     pub idle_probe_interval: Option<Duration>,
     /// How often a `CREATING` consumer is described until `ACTIVE` (default 1 s).
     pub activation_poll_interval: Duration,
-    /// Registration state shared by every shard of one worker (the configuration is cloned per
-    /// worker).
-    registered: Arc<tokio::sync::Mutex<Option<Registered>>>,
-}
-
-#[derive(Clone, Debug)]
-struct Registered {
-    stream: String,
-    name: String,
-    arn: String,
 }
 
 impl Default for FanOutConfig {
@@ -94,20 +84,7 @@ impl Default for FanOutConfig {
             silence_timeout: Duration::from_secs(60),
             idle_probe_interval: Some(Duration::from_secs(10)),
             activation_poll_interval: Duration::from_secs(1),
-            registered: Default::default(),
         }
-    }
-}
-
-impl PartialEq for FanOutConfig {
-    fn eq(&self, other: &Self) -> bool {
-        self.consumer_name == other.consumer_name
-            && self.max_prefetch_records == other.max_prefetch_records
-            && self.max_prefetch_bytes == other.max_prefetch_bytes
-            && self.error_backoff == other.error_backoff
-            && self.silence_timeout == other.silence_timeout
-            && self.idle_probe_interval == other.idle_probe_interval
-            && self.activation_poll_interval == other.activation_poll_interval
     }
 }
 
@@ -143,41 +120,50 @@ impl FanOutConfig {
         self.idle_probe_interval = interval;
         self
     }
+}
 
-    /// A copy with its own registration state (one per worker).
-    pub(crate) fn for_worker(&self) -> Self {
-        Self {
-            registered: Default::default(),
-            ..self.clone()
-        }
-    }
+/// The stream consumers a worker looked up or registered, shared by its shard tasks: one of
+/// them asks the service, the others wait for its answer. Runtime state, so it lives in the
+/// worker, not in the configuration.
+#[derive(Debug, Default)]
+pub(crate) struct ConsumerRegistry {
+    known: tokio::sync::Mutex<Option<Registered>>,
+}
 
-    /// The consumer's ARN: described, registered if missing, awaited until `ACTIVE`. Shared by
-    /// the shard tasks of a worker: one of them asks, the others wait for its answer.
-    async fn consumer_arn(
+#[derive(Clone, Debug)]
+struct Registered {
+    stream: String,
+    name: String,
+    arn: String,
+}
+
+impl ConsumerRegistry {
+    /// The consumer's ARN: described, registered if missing, awaited until `ACTIVE`.
+    async fn arn(
         &self,
-        backend: &dyn StreamBackend,
+        fan_out: &dyn FanOut,
         stream: &str,
         name: &str,
+        poll_interval: Duration,
     ) -> Result<String, BackendError> {
-        let mut cached = self.registered.lock().await;
+        let mut cached = self.known.lock().await;
         if let Some(r) = cached.as_ref()
             && r.stream == stream
             && r.name == name
         {
             return Ok(r.arn.clone());
         }
-        let mut consumer = match backend.describe_stream_consumer(stream, name).await {
+        let mut consumer = match fan_out.describe_stream_consumer(stream, name).await {
             Ok(c) => c,
             Err(BackendError::ResourceNotFound(_)) => {
-                match backend.register_stream_consumer(stream, name).await {
+                match fan_out.register_stream_consumer(stream, name).await {
                     Ok(c) => {
                         info!(consumer = name, arn = %c.arn, "registered the stream consumer");
                         c
                     }
                     // Another worker registered it meanwhile.
                     Err(BackendError::ResourceInUse(_)) => {
-                        backend.describe_stream_consumer(stream, name).await?
+                        fan_out.describe_stream_consumer(stream, name).await?
                     }
                     Err(e) => return Err(e),
                 }
@@ -194,8 +180,8 @@ impl FanOutConfig {
                 consumer = name,
                 "waiting for the stream consumer to be ACTIVE"
             );
-            tokio::time::sleep(self.activation_poll_interval).await;
-            consumer = backend.describe_stream_consumer(stream, name).await?;
+            tokio::time::sleep(poll_interval).await;
+            consumer = fan_out.describe_stream_consumer(stream, name).await?;
         }
         *cached = Some(Registered {
             stream: stream.to_owned(),
@@ -207,8 +193,8 @@ impl FanOutConfig {
 
     /// Forgets the cached consumer if it is still `arn` (another shard task may have looked up
     /// its successor already).
-    async fn forget_consumer(&self, arn: &str) {
-        let mut cached = self.registered.lock().await;
+    async fn forget(&self, arn: &str) {
+        let mut cached = self.known.lock().await;
         if cached.as_ref().is_some_and(|r| r.arn == arn) {
             *cached = None;
         }
@@ -218,6 +204,8 @@ impl FanOutConfig {
 /// Everything one fan-out task needs.
 pub(crate) struct FanOutTask {
     pub backend: Arc<dyn StreamBackend>,
+    /// The worker's stream consumers.
+    pub consumers: Arc<ConsumerRegistry>,
     pub stream: String,
     pub consumer_name: String,
     pub shard_id: String,
@@ -248,9 +236,21 @@ impl FanOutTask {
             if self.events.is_closed() {
                 return;
             }
+            let Some(fan_out) = self.backend.fan_out() else {
+                // The worker checks this when it is built; a backend that stops offering
+                // fan-out is a permanent failure.
+                let error = BackendError::Unsupported("SubscribeToShard");
+                let _ = self.events.send(RetrievalEvent::Failed(error)).await;
+                return;
+            };
             let arn = match self
-                .config
-                .consumer_arn(self.backend.as_ref(), &self.stream, &self.consumer_name)
+                .consumers
+                .arn(
+                    fan_out,
+                    &self.stream,
+                    &self.consumer_name,
+                    self.config.activation_poll_interval,
+                )
                 .await
             {
                 Ok(arn) => arn,
@@ -270,8 +270,7 @@ impl FanOutTask {
                     continue;
                 }
             };
-            let ended = match self
-                .backend
+            let ended = match fan_out
                 .subscribe_to_shard(&arn, &self.shard_id, self.start.clone())
                 .await
             {
@@ -454,7 +453,7 @@ impl FanOutTask {
                 // that name exists proves nothing (it may be a new registration with a new ARN),
                 // so ask about the shard itself, as polling would: only `ResourceNotFound` for it
                 // ends it. Anything else: look the consumer up again and re-subscribe.
-                self.config.forget_consumer(arn).await;
+                self.consumers.forget(arn).await;
                 match self
                     .backend
                     .get_shard_iterator(&self.stream, &self.shard_id, StartingPosition::TrimHorizon)
@@ -531,6 +530,7 @@ mod tests {
         let config = FanOutConfig::default();
         let task = FanOutTask {
             backend: model,
+            consumers: Default::default(),
             stream: STREAM.to_owned(),
             consumer_name: "app".to_owned(),
             shard_id: shard_id.to_owned(),

@@ -21,18 +21,42 @@ use crate::record::{ExtendedSequenceNumber, Record};
 pub mod fanout;
 pub mod polling;
 
+pub(crate) use fanout::ConsumerRegistry;
 pub use fanout::FanOutConfig;
 pub use polling::PollingConfig;
 
-/// How records are read: polling `GetRecords` (settings in the worker's [`PollingConfig`]) or
-/// enhanced fan-out (`SubscribeToShard`, a dedicated 2 MiB/s per shard for this application).
-#[derive(Clone, Debug, Default, PartialEq)]
+/// How records are read, with the settings of each way: polling `GetRecords` or enhanced fan-out
+/// (`SubscribeToShard`, a dedicated 2 MiB/s per shard for this application).
+#[derive(Clone, Debug, PartialEq)]
 pub enum Retrieval {
     /// `GetRecords` with a bounded prefetch (the default).
-    #[default]
-    Polling,
-    /// Enhanced fan-out through a registered stream consumer.
+    Polling(PollingConfig),
+    /// Enhanced fan-out through a registered stream consumer. The backend must offer it
+    /// ([`crate::backend::StreamBackend::fan_out`]); the worker's `build` checks.
     FanOut(FanOutConfig),
+}
+
+impl Default for Retrieval {
+    fn default() -> Self {
+        Self::Polling(PollingConfig::default())
+    }
+}
+
+impl Retrieval {
+    /// Polling with the default settings.
+    pub fn polling() -> Self {
+        Self::default()
+    }
+
+    /// Enhanced fan-out with the default settings (a consumer named after the application).
+    pub fn fan_out() -> Self {
+        Self::FanOut(FanOutConfig::default())
+    }
+
+    /// Whether this is enhanced fan-out.
+    pub fn is_fan_out(&self) -> bool {
+        matches!(self, Self::FanOut(_))
+    }
 }
 
 /// Keeps a retriever's task running; aborts it when dropped. [`Retriever::stop`] also waits until
@@ -61,11 +85,20 @@ impl Drop for Retriever {
     }
 }
 
-/// What a retriever needs besides the backend and the shard: the worker's settings for it.
+/// What a retriever needs besides the backend and the shard.
 pub(crate) struct RetrievalContext<'a> {
-    pub config: &'a crate::worker::WorkerConfig,
+    /// Polling or fan-out, and their settings.
+    pub retrieval: &'a Retrieval,
+    /// The stream.
+    pub stream: &'a str,
+    /// The fan-out consumer's name when the settings give none (the application name).
+    pub default_consumer_name: &'a str,
+    /// How long a permanent error may last before the retriever gives up.
+    pub permanent_error_timeout: std::time::Duration,
     /// The worker-wide prefetch bound this shard's queue shares.
     pub worker_budget: &'a Arc<WorkerBudget>,
+    /// The worker's stream consumers (fan-out).
+    pub consumers: &'a Arc<ConsumerRegistry>,
     pub metrics: RetrievalMetrics,
 }
 
@@ -82,12 +115,10 @@ pub(crate) fn spawn(
     Arc<PrefetchBudget>,
     Retriever,
 ) {
-    let config = ctx.config;
     let (tx, rx) = mpsc::channel(16);
-    let give_up = GiveUp::after(config.permanent_error_timeout);
-    let (budget, task) = match &config.retrieval {
-        Retrieval::Polling => {
-            let polling = &config.polling;
+    let give_up = GiveUp::after(ctx.permanent_error_timeout);
+    let (budget, task) = match ctx.retrieval {
+        Retrieval::Polling(polling) => {
             let budget = Arc::new(PrefetchBudget::shared(
                 polling.max_prefetch_records,
                 polling.max_prefetch_bytes,
@@ -95,7 +126,7 @@ pub(crate) fn spawn(
             ));
             let task = polling::PollingTask {
                 backend,
-                stream: config.stream.clone(),
+                stream: ctx.stream.to_owned(),
                 shard_id: shard_id.to_owned(),
                 start,
                 config: polling.clone(),
@@ -117,11 +148,12 @@ pub(crate) fn spawn(
             ));
             let task = fanout::FanOutTask {
                 backend,
-                stream: config.stream.clone(),
+                consumers: ctx.consumers.clone(),
+                stream: ctx.stream.to_owned(),
                 consumer_name: fanout
                     .consumer_name
                     .clone()
-                    .unwrap_or_else(|| config.application_name.clone()),
+                    .unwrap_or_else(|| ctx.default_consumer_name.to_owned()),
                 shard_id: shard_id.to_owned(),
                 start,
                 config: fanout.clone(),

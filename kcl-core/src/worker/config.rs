@@ -12,7 +12,8 @@ use crate::lease::LeaseConfig;
 use crate::lease::LeaseTable;
 use crate::metrics::MetricsLevel;
 use crate::processor::{FailurePolicy, ProcessorFactory};
-use crate::retrieval::{PollingConfig, Retrieval, WorkerPrefetch};
+use crate::retrieval::{FanOutConfig, PollingConfig, Retrieval, WorkerPrefetch};
+use crate::retry::{RetryBackoff, RetryPolicy};
 use crate::shard_sync::InitialPosition;
 
 use super::Worker;
@@ -82,7 +83,8 @@ impl CheckpointCadence {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct WorkerConfig {
-    /// Application name (the default lease table name for stores that use one).
+    /// Application name (the default lease table name for stores that use one, and the
+    /// fan-out consumer's default name).
     pub application_name: String,
     /// Stream name.
     pub stream: String,
@@ -92,12 +94,12 @@ pub struct WorkerConfig {
     pub initial_position: InitialPosition,
     /// Lease timing.
     pub lease: LeaseConfig,
-    /// Polling retrieval settings.
-    pub polling: PollingConfig,
-    /// Polling or enhanced fan-out (default polling).
+    /// Polling or enhanced fan-out, with its settings (default polling).
     pub retrieval: Retrieval,
     /// Automatic checkpoint cadence.
     pub checkpoint: CheckpointCadence,
+    /// How checkpoints, `SHARD_END` and child leases are retried when the lease table fails.
+    pub checkpoint_retry: RetryPolicy,
     /// What to do with failed batches.
     pub failure_policy: FailurePolicy,
     /// How often shards are re-listed to find new shards and repair holes (default 60 s).
@@ -129,9 +131,9 @@ pub struct WorkerBuilder<F> {
     worker_id: Option<String>,
     initial_position: InitialPosition,
     lease: LeaseConfig,
-    polling: PollingConfig,
     retrieval: Retrieval,
     checkpoint: CheckpointCadence,
+    checkpoint_retry: RetryPolicy,
     failure_policy: FailurePolicy,
     shard_sync_interval: Duration,
     parent_poll_interval: Duration,
@@ -163,9 +165,9 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
             worker_id: None,
             initial_position: InitialPosition::default(),
             lease: LeaseConfig::default(),
-            polling: PollingConfig::default(),
             retrieval: Retrieval::default(),
             checkpoint: CheckpointCadence::default(),
+            checkpoint_retry: RetryPolicy::lease_writes(),
             failure_policy: FailurePolicy::default(),
             shard_sync_interval: Duration::from_secs(60),
             parent_poll_interval: Duration::from_secs(1),
@@ -231,15 +233,17 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
         self
     }
 
-    /// Polling retrieval settings.
+    /// Reads by polling `GetRecords` with these settings: shorthand for
+    /// `.retrieval(Retrieval::Polling(config))`, replacing any retrieval set before.
     pub fn polling(mut self, config: PollingConfig) -> Self {
-        self.polling = config;
+        self.retrieval = Retrieval::Polling(config);
         self
     }
 
-    /// How records are read (default [`Retrieval::Polling`]); e.g.
-    /// `Retrieval::FanOut(FanOutConfig::default())` for enhanced fan-out through a stream
-    /// consumer named after the application.
+    /// How records are read (default [`Retrieval::Polling`] with default settings); e.g.
+    /// `Retrieval::fan_out()` for enhanced fan-out through a stream consumer named after the
+    /// application. Fan-out needs a backend that offers it
+    /// ([`StreamBackend::fan_out`]); `build` checks.
     pub fn retrieval(mut self, retrieval: Retrieval) -> Self {
         self.retrieval = retrieval;
         self
@@ -248,6 +252,14 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
     /// Automatic checkpoint cadence (default every 10 000 records or 10 s).
     pub fn checkpoint_cadence(mut self, cadence: CheckpointCadence) -> Self {
         self.checkpoint = cadence;
+        self
+    }
+
+    /// How a checkpoint, the `SHARD_END` write and child-lease creation are retried when the
+    /// lease table fails transiently (default [`RetryPolicy::lease_writes`]: 50 ms doubling to
+    /// 2 s, 4 attempts).
+    pub fn checkpoint_retry(mut self, retry: RetryPolicy) -> Self {
+        self.checkpoint_retry = retry;
         self
     }
 
@@ -312,182 +324,36 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
         let lease_table = self
             .lease_table
             .ok_or(ConfigError::Missing("lease_table"))?;
-        let application_name = match (self.application_name, lease_table.application()) {
-            (Some(given), Some(table)) if given != table => {
-                return Err(invalid(
-                    "application_name",
-                    format!("{given:?} differs from the lease table's application {table:?}"),
-                ));
-            }
-            (Some(given), _) => given,
-            (None, Some(table)) => table.to_owned(),
-            (None, None) => return Err(ConfigError::Missing("application_name")),
-        };
-        validate_name("application_name", &application_name, 255)?;
+        let application_name = application_name(self.application_name, lease_table.as_ref())?;
         let stream = self.stream.ok_or(ConfigError::Missing("stream"))?;
         validate_name("stream", &stream, 128)?;
         let worker_id = match self.worker_id {
             Some(id) => id,
             None => default_worker_id(),
         };
-        if worker_id.is_empty() || worker_id.len() > 256 {
-            return Err(invalid("worker_id", "must be 1 to 256 characters"));
-        }
-        if worker_id.chars().any(char::is_control) {
-            return Err(invalid("worker_id", "must not contain control characters"));
-        }
-        let lease = self.lease;
-        if lease.failover_time < Duration::from_millis(100) {
-            return Err(invalid("failover_time", "must be at least 100 ms"));
-        }
-        // A renewal must land before the previous one stops being valid (the failover time minus
-        // half a renewal interval): the interval must be below two thirds of the failover time.
-        if lease.renew_interval.is_zero() || lease.renew_interval >= lease.validity() {
-            return Err(invalid(
-                "lease_config.renew_interval",
-                "must be positive and shorter than two thirds of the failover time",
-            ));
-        }
-        if lease.scan_interval.is_zero() || lease.scan_interval > lease.idle_scan_interval {
-            return Err(invalid(
-                "lease_config.scan_interval",
-                "must be positive and not longer than idle_scan_interval",
-            ));
-        }
-        if lease.idle_scan_interval >= lease.failover_time {
-            return Err(invalid(
-                "lease_config.idle_scan_interval",
-                "must be shorter than the failover time",
-            ));
-        }
-        if lease.max_leases_for_worker == 0 {
-            return Err(invalid(
-                "lease_config.max_leases_for_worker",
-                "must be at least 1",
-            ));
-        }
-        if lease.max_steals_per_cycle == 0 {
-            return Err(invalid(
-                "lease_config.max_steals_per_cycle",
-                "must be at least 1",
-            ));
-        }
-        if lease.handoff_timeout.is_zero() {
-            return Err(invalid("lease_config.handoff_timeout", "must be positive"));
-        }
-        let polling = self.polling;
-        if !(1..=10_000).contains(&polling.max_records_per_call) {
-            return Err(invalid(
-                "polling.max_records_per_call",
-                format!("{} is outside 1..=10000", polling.max_records_per_call),
-            ));
-        }
-        if polling.max_prefetch_records == 0 {
-            return Err(invalid(
-                "polling.max_prefetch_records",
-                "must be at least 1",
-            ));
-        }
-        if polling.max_prefetch_bytes < 1024 {
-            return Err(invalid(
-                "polling.max_prefetch_bytes",
-                "must be at least 1024",
-            ));
-        }
-        if polling.error_backoff.initial.is_zero()
-            || polling.error_backoff.max < polling.error_backoff.initial
-        {
-            return Err(invalid(
-                "polling.error_backoff",
-                "initial must be positive and not above max",
-            ));
-        }
-        let retrieval = match self.retrieval {
-            Retrieval::Polling => Retrieval::Polling,
-            Retrieval::FanOut(fanout) => {
-                if let Some(name) = &fanout.consumer_name {
-                    validate_name("fanout.consumer_name", name, 128)?;
-                }
-                if fanout.max_prefetch_records == 0 {
-                    return Err(invalid("fanout.max_prefetch_records", "must be at least 1"));
-                }
-                if fanout.max_prefetch_bytes < 1024 {
-                    return Err(invalid(
-                        "fanout.max_prefetch_bytes",
-                        "must be at least 1024",
-                    ));
-                }
-                if fanout.error_backoff.initial.is_zero()
-                    || fanout.error_backoff.max < fanout.error_backoff.initial
-                {
-                    return Err(invalid(
-                        "fanout.error_backoff",
-                        "initial must be positive and not above max",
-                    ));
-                }
-                if fanout.silence_timeout.is_zero() {
-                    return Err(invalid("fanout.silence_timeout", "must be positive"));
-                }
-                if fanout.idle_probe_interval == Some(Duration::ZERO) {
-                    return Err(invalid("fanout.idle_probe_interval", "must be positive"));
-                }
-                if fanout.activation_poll_interval.is_zero() {
-                    return Err(invalid(
-                        "fanout.activation_poll_interval",
-                        "must be positive",
-                    ));
-                }
-                Retrieval::FanOut(fanout.for_worker())
-            }
-        };
-        if self.checkpoint.every_records == Some(0) {
-            return Err(invalid(
-                "checkpoint_cadence.every_records",
-                "must be at least 1",
-            ));
-        }
-        if self.checkpoint.every_interval == Some(Duration::ZERO) {
-            return Err(invalid(
-                "checkpoint_cadence.every_interval",
-                "must be positive",
-            ));
-        }
-        if self.failure_policy.max_attempts() == Some(0) {
-            return Err(invalid("failure_policy.max_attempts", "must be at least 1"));
-        }
-        if self.failure_policy.backoff().max < self.failure_policy.backoff().initial {
-            return Err(invalid(
-                "failure_policy.backoff",
-                "max must not be below initial",
-            ));
-        }
-        if self.shard_sync_interval.is_zero() {
-            return Err(invalid("shard_sync_interval", "must be positive"));
-        }
-        if self.parent_poll_interval.is_zero() {
-            return Err(invalid("parent_poll_interval", "must be positive"));
-        }
-        if self.permanent_error_timeout.is_zero() {
-            return Err(invalid("permanent_error_timeout", "must be positive"));
-        }
-        if self.worker_prefetch.max_records == 0 {
-            return Err(invalid("worker_prefetch.max_records", "must be at least 1"));
-        }
-        if self.worker_prefetch.max_bytes < 1024 {
-            return Err(invalid(
-                "worker_prefetch.max_bytes",
-                "must be at least 1024",
-            ));
-        }
+        validate_worker_id(&worker_id)?;
+        validate_lease(&self.lease)?;
+        validate_retrieval(&self.retrieval, backend.as_ref())?;
+        validate_cadence(&self.checkpoint)?;
+        validate_retry("checkpoint_retry", &self.checkpoint_retry)?;
+        validate_failure_policy(&self.failure_policy)?;
+        positive("shard_sync_interval", self.shard_sync_interval)?;
+        positive("parent_poll_interval", self.parent_poll_interval)?;
+        positive("permanent_error_timeout", self.permanent_error_timeout)?;
+        validate_prefetch(
+            "worker_prefetch",
+            self.worker_prefetch.max_records,
+            self.worker_prefetch.max_bytes,
+        )?;
         let config = WorkerConfig {
             application_name,
             stream,
             worker_id,
             initial_position: self.initial_position,
-            lease,
-            polling,
-            retrieval,
+            lease: self.lease,
+            retrieval: self.retrieval,
             checkpoint: self.checkpoint,
+            checkpoint_retry: self.checkpoint_retry,
             failure_policy: self.failure_policy,
             shard_sync_interval: self.shard_sync_interval,
             parent_poll_interval: self.parent_poll_interval,
@@ -504,6 +370,195 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
             lease_table,
         ))
     }
+}
+
+/// The application name: given, or the lease table's; the two must agree when both are known.
+fn application_name(given: Option<String>, table: &dyn LeaseTable) -> Result<String, ConfigError> {
+    let name = match (given, table.application()) {
+        (Some(given), Some(table)) if given != table => {
+            return Err(invalid(
+                "application_name",
+                format!("{given:?} differs from the lease table's application {table:?}"),
+            ));
+        }
+        (Some(given), _) => given,
+        (None, Some(table)) => table.to_owned(),
+        (None, None) => return Err(ConfigError::Missing("application_name")),
+    };
+    validate_name("application_name", &name, 255)?;
+    Ok(name)
+}
+
+fn validate_worker_id(worker_id: &str) -> Result<(), ConfigError> {
+    if worker_id.is_empty() || worker_id.len() > 256 {
+        return Err(invalid("worker_id", "must be 1 to 256 characters"));
+    }
+    if worker_id.chars().any(char::is_control) {
+        return Err(invalid("worker_id", "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn positive(field: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(invalid(field, "must be positive"));
+    }
+    Ok(())
+}
+
+fn validate_lease(lease: &LeaseConfig) -> Result<(), ConfigError> {
+    if lease.failover_time < Duration::from_millis(100) {
+        return Err(invalid("failover_time", "must be at least 100 ms"));
+    }
+    // A renewal must land before the previous one stops being valid (the failover time minus
+    // the safety margin).
+    if lease.renew_interval.is_zero() || lease.renew_interval >= lease.validity() {
+        return Err(invalid(
+            "lease_config.renew_interval",
+            "must be positive and shorter than the failover time less its safety margin",
+        ));
+    }
+    if lease.scan_interval.is_zero() || lease.scan_interval > lease.idle_scan_interval {
+        return Err(invalid(
+            "lease_config.scan_interval",
+            "must be positive and not longer than idle_scan_interval",
+        ));
+    }
+    if lease.idle_scan_interval >= lease.failover_time {
+        return Err(invalid(
+            "lease_config.idle_scan_interval",
+            "must be shorter than the failover time",
+        ));
+    }
+    if lease.max_leases_for_worker == 0 {
+        return Err(invalid(
+            "lease_config.max_leases_for_worker",
+            "must be at least 1",
+        ));
+    }
+    if lease.max_steals_per_cycle == 0 {
+        return Err(invalid(
+            "lease_config.max_steals_per_cycle",
+            "must be at least 1",
+        ));
+    }
+    positive("lease_config.handoff_timeout", lease.handoff_timeout)
+}
+
+fn validate_backoff(field: &'static str, backoff: &RetryBackoff) -> Result<(), ConfigError> {
+    if backoff.initial.is_zero() || backoff.max < backoff.initial {
+        return Err(invalid(field, "initial must be positive and not above max"));
+    }
+    Ok(())
+}
+
+fn validate_retry(field: &'static str, retry: &RetryPolicy) -> Result<(), ConfigError> {
+    if retry.max_attempts == 0 {
+        return Err(invalid(field, "max_attempts must be at least 1"));
+    }
+    validate_backoff(field, &retry.backoff)
+}
+
+fn validate_prefetch(field: &'static str, records: usize, bytes: usize) -> Result<(), ConfigError> {
+    if records == 0 {
+        return Err(ConfigError::Invalid {
+            field,
+            reason: "max records must be at least 1".into(),
+        });
+    }
+    if bytes < 1024 {
+        return Err(ConfigError::Invalid {
+            field,
+            reason: "max bytes must be at least 1024".into(),
+        });
+    }
+    Ok(())
+}
+
+fn validate_retrieval(
+    retrieval: &Retrieval,
+    backend: &dyn StreamBackend,
+) -> Result<(), ConfigError> {
+    match retrieval {
+        Retrieval::Polling(polling) => validate_polling(polling),
+        Retrieval::FanOut(fanout) => {
+            if backend.fan_out().is_none() {
+                return Err(invalid(
+                    "retrieval",
+                    format!(
+                        "enhanced fan-out needs a backend that offers it, and {backend:?} does not \
+                         (StreamBackend::fan_out is None; a wrapping backend must pass the inner \
+                         one's on)"
+                    ),
+                ));
+            }
+            validate_fan_out(fanout)
+        }
+    }
+}
+
+fn validate_polling(polling: &PollingConfig) -> Result<(), ConfigError> {
+    if !(1..=10_000).contains(&polling.max_records_per_call) {
+        return Err(invalid(
+            "polling.max_records_per_call",
+            format!("{} is outside 1..=10000", polling.max_records_per_call),
+        ));
+    }
+    validate_prefetch(
+        "polling.max_prefetch",
+        polling.max_prefetch_records,
+        polling.max_prefetch_bytes,
+    )?;
+    validate_backoff("polling.error_backoff", &polling.error_backoff)
+}
+
+fn validate_fan_out(fanout: &FanOutConfig) -> Result<(), ConfigError> {
+    if let Some(name) = &fanout.consumer_name {
+        validate_name("fanout.consumer_name", name, 128)?;
+    }
+    validate_prefetch(
+        "fanout.max_prefetch",
+        fanout.max_prefetch_records,
+        fanout.max_prefetch_bytes,
+    )?;
+    validate_backoff("fanout.error_backoff", &fanout.error_backoff)?;
+    positive("fanout.silence_timeout", fanout.silence_timeout)?;
+    if fanout.idle_probe_interval == Some(Duration::ZERO) {
+        return Err(invalid("fanout.idle_probe_interval", "must be positive"));
+    }
+    positive(
+        "fanout.activation_poll_interval",
+        fanout.activation_poll_interval,
+    )
+}
+
+fn validate_cadence(cadence: &CheckpointCadence) -> Result<(), ConfigError> {
+    if cadence.every_records == Some(0) {
+        return Err(invalid(
+            "checkpoint_cadence.every_records",
+            "must be at least 1",
+        ));
+    }
+    if cadence.every_interval == Some(Duration::ZERO) {
+        return Err(invalid(
+            "checkpoint_cadence.every_interval",
+            "must be positive",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_failure_policy(policy: &FailurePolicy) -> Result<(), ConfigError> {
+    if policy.max_attempts() == Some(0) {
+        return Err(invalid("failure_policy.max_attempts", "must be at least 1"));
+    }
+    if policy.backoff().max < policy.backoff().initial {
+        return Err(invalid(
+            "failure_policy.backoff",
+            "max must not be below initial",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_name(field: &'static str, name: &str, max: usize) -> Result<(), ConfigError> {

@@ -3,14 +3,20 @@
 //! Wait for the parents to finish, create and initialize the processor, start retrieval from the
 //! checkpoint, then for every batch: de-aggregate, drop what the checkpoint already covers, hand it
 //! to the processor under the failure policy, and checkpoint at the configured cadence. At the end
-//! of the shard: create the child leases, call `shard_ended`, and record `SHARD_END` once it
-//! returned `Ok`. Lease loss, handoff requests and shutdown are watched throughout; before every
+//! of the shard: call `shard_ended`, record `SHARD_END` once it returned `Ok`, and create the
+//! child leases. Lease loss, handoff requests and shutdown are watched throughout; before every
 //! batch the consumer checks that the worker's claim on the lease is still fresh.
 //!
 //! A handoff (another worker asked for the lease) and a graceful shutdown end the same way: the
 //! batch in flight finishes, `shutdown_requested` is called, the last processed record is
 //! checkpointed, and the lease goes to the worker that asked for it (or, at shutdown, to the least
 //! loaded live worker), which starts right after that checkpoint: no record is delivered twice.
+//!
+//! Every step that can fail and be retried (creating the processor, `initialize`, a batch, the
+//! dead-letter handler, `shard_ended`, the `SHARD_END` write, child leases) counts its attempts
+//! and waits between them with one helper, [`Retry`]: backoff between attempts, an optional
+//! limit, and the wait cut short when the lease is lost or asked for or the worker stops. All
+//! user code runs under the same panic catch ([`catch`]).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -29,12 +35,16 @@ use crate::lease::held::{HeldLease, HeldStatus};
 use crate::lease::{Lease, LeaseTable};
 use crate::metrics::{ShardMetrics, UserCall, WorkerMetrics};
 use crate::processor::{
-    BoxError, DeadLetterBatch, FailurePolicy, InitializationInput, ProcessRecordsInput,
-    ProcessorFactory, RecordProcessor, ShardEndedInput, ShardInfo, ShutdownReason,
+    BoxError, DeadLetterBatch, DeadLetterHandler, FailurePolicy, InitializationInput,
+    ProcessRecordsInput, ProcessorFactory, RecordProcessor, ShardEndedInput, ShardInfo,
+    ShutdownReason,
 };
 use crate::record::{ExtendedSequenceNumber, Record};
-use crate::retrieval::{RetrievalContext, WorkerBudget};
-use crate::retrieval::{RetrievalEvent, Retriever, starting_position};
+use crate::retrieval::{
+    ConsumerRegistry, PrefetchBudget, RetrievalContext, RetrievalEvent, Retriever, WorkerBudget,
+    starting_position,
+};
+use crate::retry::RetryBackoff;
 use crate::sync::Watch;
 
 /// Shared state a consumer needs.
@@ -49,6 +59,7 @@ pub(crate) struct ConsumerContext {
     pub metrics: ShardMetrics,
     pub worker_metrics: Arc<WorkerMetrics>,
     pub budget: Arc<WorkerBudget>,
+    pub consumers: Arc<ConsumerRegistry>,
 }
 
 /// Something that interrupted the consumer.
@@ -81,9 +92,255 @@ async fn interruption(status: &mut Watch<HeldStatus>, shutdown: &mut Watch<Shutd
     }
 }
 
-/// A running retriever and the receiving end of its events.
+/// Whether to try a failed step again.
+enum Again {
+    Yes,
+    /// The attempts allowed were used up (this many).
+    GaveUp(u32),
+    Interrupted(Interrupt),
+}
+
+/// The attempts of a failing step: a backoff between them, an optional limit, and waits cut
+/// short by an interruption. The one retry helper of the consumer.
+struct Retry {
+    delays: crate::retry::Schedule,
+    max_attempts: Option<u32>,
+    failed: u32,
+}
+
+impl Retry {
+    fn new(backoff: &RetryBackoff, max_attempts: Option<u32>) -> Self {
+        Self {
+            delays: backoff.schedule(),
+            max_attempts,
+            failed: 0,
+        }
+    }
+
+    /// The number of the attempt about to be made (or just made), from 1.
+    fn attempt(&self) -> u32 {
+        self.failed.saturating_add(1)
+    }
+
+    /// The attempt failed: waits the next delay unless the limit is reached or `shard` is
+    /// interrupted meanwhile, and says whether to try again.
+    async fn failed(&mut self, shard: &mut Shard) -> Again {
+        self.failed = self.failed.saturating_add(1);
+        if self.max_attempts.is_some_and(|max| self.failed >= max) {
+            return Again::GaveUp(self.failed);
+        }
+        let delay = self.delays.next().unwrap_or_default();
+        match shard.pause(delay).await {
+            Some(interrupt) => Again::Interrupted(interrupt),
+            None => Again::Yes,
+        }
+    }
+}
+
+/// One leased shard on this worker, with or without a processor yet: its context, its lease
+/// and what can interrupt it.
+struct Shard {
+    ctx: ConsumerContext,
+    id: String,
+    held: Arc<HeldLease>,
+    status: Watch<HeldStatus>,
+}
+
+impl Shard {
+    fn set_state(&self, state: ShardState) {
+        self.ctx.status.update(&self.id, |s| s.state = state);
+    }
+
+    /// Sleeps `delay` unless the lease is lost or asked for, or the worker stops.
+    async fn pause(&mut self, delay: Duration) -> Option<Interrupt> {
+        tokio::select! {
+            biased;
+            interrupt = interruption(&mut self.status, &mut self.ctx.shutdown) => Some(interrupt),
+            _ = tokio::time::sleep(delay) => None,
+        }
+    }
+
+    /// Waits until every parent lease is finished or gone (`Ok`), or an interruption.
+    async fn wait_for_parents(&mut self, lease: &Lease) -> Result<(), Interrupt> {
+        loop {
+            let mut pending = None;
+            for parent in &lease.parent_shard_ids {
+                match self.ctx.table.get(parent).await {
+                    Ok(Some(parent_lease)) if !parent_lease.is_finished() => {
+                        pending = Some(parent.clone());
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        warn!(%parent, %error, "could not read parent lease; will retry");
+                        pending = Some(parent.clone());
+                        break;
+                    }
+                }
+            }
+            let Some(parent) = pending else {
+                return Ok(());
+            };
+            debug!(%parent, "waiting for parent shard to finish");
+            if let Some(interrupt) = self.pause(self.ctx.config.parent_poll_interval).await {
+                return Err(interrupt);
+            }
+        }
+    }
+
+    /// Creates the processor under the failure policy: a panicking factory is retried, then
+    /// stops the shard (lease kept), never a silent stall.
+    async fn create<F: ProcessorFactory>(
+        &mut self,
+        factory: &F,
+        info: &ShardInfo,
+    ) -> Result<F::Processor, ConsumerExit> {
+        let policy = self.ctx.config.failure_policy.clone();
+        let mut retry = Retry::new(policy.backoff(), policy.max_attempts());
+        loop {
+            let panic = match std::panic::catch_unwind(AssertUnwindSafe(|| factory.create(info))) {
+                Ok(processor) => return Ok(processor),
+                Err(panic) => panic,
+            };
+            self.ctx.metrics.processor_failure(UserCall::Create);
+            let error = panic_message(panic.as_ref());
+            error!(attempt = retry.attempt(), %error, "creating the processor panicked");
+            self.set_state(ShardState::Retrying);
+            match retry.failed(self).await {
+                Again::Yes => {}
+                Again::GaveUp(attempts) => {
+                    error!(
+                        attempts,
+                        "the processor could not be created; the failure policy stops the shard (lease kept)"
+                    );
+                    self.set_state(ShardState::Stopped);
+                    return Err(ConsumerExit::Stopped);
+                }
+                Again::Interrupted(interrupt) => return Err(self.give_back(interrupt).await),
+            }
+        }
+    }
+
+    /// Whether every parent of `child` other than this shard holds a finished lease.
+    async fn other_parents_finished(&self, child: &ChildShard) -> bool {
+        for parent in child.parent_shards.iter().filter(|p| **p != self.id) {
+            match self.ctx.table.get(parent).await {
+                Ok(Some(lease)) if lease.is_finished() => {}
+                Ok(_) => return false,
+                Err(error) => {
+                    debug!(%parent, %error, "could not read the other parent; leaving the child to it");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Lets the lease go without a processor (no checkpoint to write): to the worker that asked
+    /// for it, or to a live worker at shutdown; a lost lease is simply dropped.
+    async fn give_back(&self, interrupt: Interrupt) -> ConsumerExit {
+        self.set_state(ShardState::Finished);
+        if interrupt != Interrupt::Lost {
+            self.release().await;
+        }
+        ConsumerExit::Released
+    }
+
+    /// Releases the lease to its next owner (see [`successor`]); counts a handover.
+    async fn release(&self) {
+        let successor = successor(&self.ctx, &self.held);
+        let handing_over =
+            successor.is_some() || self.held.status() == HeldStatus::HandoffRequested;
+        match self.held.release(successor.as_deref()).await {
+            Ok(()) => {
+                if handing_over {
+                    self.ctx.worker_metrics.leases_handed_off.increment(1);
+                }
+                info!(?successor, "lease handed over");
+            }
+            Err(error) => warn!(%error, "could not release lease"),
+        }
+    }
+}
+
+/// Where a lease let go at shutdown goes: nowhere in particular when another worker asked for it
+/// (the release completes that handoff), else the least loaded live worker.
+fn successor(ctx: &ConsumerContext, held: &HeldLease) -> Option<String> {
+    if held.status() == HeldStatus::HandoffRequested {
+        None
+    } else {
+        ctx.coordinator.successor_for(held.key())
+    }
+}
+
+/// Runs the consumer of `held` to completion.
+pub(crate) async fn run<F: ProcessorFactory>(
+    ctx: ConsumerContext,
+    factory: Arc<F>,
+    held: Arc<HeldLease>,
+) -> ConsumerExit {
+    let lease = held.lease().await;
+    let mut shard = Shard {
+        id: lease.key.clone(),
+        status: held.watch(),
+        held,
+        ctx,
+    };
+
+    // 1. Parents first.
+    shard.set_state(ShardState::WaitingOnParents);
+    if let Err(interrupt) = shard.wait_for_parents(&lease).await {
+        return shard.give_back(interrupt).await;
+    }
+    if lease.is_finished() {
+        return ConsumerExit::ShardEnded;
+    }
+    // Waiting may have taken long (a paused worker): no user code for a lease no longer ours.
+    if !shard.held.is_valid() {
+        shard.held.mark_lost();
+        return shard.give_back(Interrupt::Lost).await;
+    }
+
+    // 2. Processor.
+    shard.set_state(ShardState::Initializing);
+    let info = ShardInfo {
+        stream: shard.ctx.config.stream.clone(),
+        shard_id: shard.id.clone(),
+        parent_shard_ids: lease.parent_shard_ids.clone(),
+    };
+    let processor = match shard.create(factory.as_ref(), &info).await {
+        Ok(processor) => processor,
+        Err(exit) => return exit,
+    };
+    let checkpointer = Checkpointer::new(
+        shard.held.clone(),
+        lease.checkpoint.clone(),
+        shard.ctx.config.checkpoint_retry,
+    )
+    .with_metrics(
+        shard.ctx.metrics.checkpoints.clone(),
+        shard.ctx.metrics.checkpoint_failures.clone(),
+    );
+    let mut consumer = Consumer {
+        shard,
+        processor,
+        checkpointer,
+        last_processed: None,
+        records_since_checkpoint: 0,
+        resume_after: match &lease.checkpoint {
+            ExtendedSequenceNumber::Sequence { .. } => Some(lease.checkpoint.clone()),
+            _ => None,
+        },
+        feed: None,
+    };
+    consumer.lifecycle(lease).await
+}
+
+/// A running retriever, the receiving end of its events and the budget batches are given back
+/// to.
 struct Feed {
     events: tokio::sync::mpsc::Receiver<RetrievalEvent>,
+    budget: Arc<PrefetchBudget>,
     retriever: Retriever,
 }
 
@@ -101,6 +358,9 @@ enum Next {
     Event(Option<RetrievalEvent>),
 }
 
+/// How one event ended: go on, or the consumer's exit.
+type Step = Result<(), ConsumerExit>;
+
 /// How a batch ended.
 enum BatchOutcome {
     Done,
@@ -108,205 +368,10 @@ enum BatchOutcome {
     Interrupted(Interrupt),
 }
 
-/// Runs the consumer of `held` to completion.
-pub(crate) async fn run<F: ProcessorFactory>(
-    mut ctx: ConsumerContext,
-    factory: Arc<F>,
-    held: Arc<HeldLease>,
-) -> ConsumerExit {
-    let lease = held.lease().await;
-    let shard_id = lease.key.clone();
-    let mut status = held.watch();
-
-    // 1. Parents first.
-    ctx.status
-        .update(&shard_id, |s| s.state = ShardState::WaitingOnParents);
-    if let Err(interrupt) = wait_for_parents(&mut ctx, &lease, &mut status).await {
-        return finish_without_processor(&ctx, &held, interrupt).await;
-    }
-    if lease.is_finished() {
-        return ConsumerExit::ShardEnded;
-    }
-    // Waiting may have taken long (a paused worker): no user code for a lease no longer ours.
-    if !held.is_valid() {
-        held.mark_lost();
-        return finish_without_processor(&ctx, &held, Interrupt::Lost).await;
-    }
-
-    // 2. Processor, created under the failure policy (a panicking factory is retried or stops
-    // the shard, never a silent stall).
-    ctx.status
-        .update(&shard_id, |s| s.state = ShardState::Initializing);
-    let info = ShardInfo {
-        stream: ctx.config.stream.clone(),
-        shard_id: shard_id.clone(),
-        parent_shard_ids: lease.parent_shard_ids.clone(),
-    };
-    let mut attempts = Attempts::new(&ctx.config.failure_policy);
-    let processor = loop {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| factory.create(&info))) {
-            Ok(processor) => break processor,
-            Err(panic) => {
-                let error = panic_error(panic);
-                ctx.metrics.processor_failure(UserCall::Create);
-                match attempts.next() {
-                    Some(delay) => {
-                        error!(attempt = attempts.made(), %error, "creating the processor failed; retrying");
-                        ctx.status
-                            .update(&shard_id, |s| s.state = ShardState::Retrying);
-                        if let Err(interrupt) =
-                            sleep_unless_interrupted(&mut ctx, &mut status, delay).await
-                        {
-                            return finish_without_processor(&ctx, &held, interrupt).await;
-                        }
-                    }
-                    None => {
-                        error!(attempts = attempts.made(), %error, "creating the processor failed; the failure policy stops the shard (lease kept)");
-                        ctx.status
-                            .update(&shard_id, |s| s.state = ShardState::Stopped);
-                        return ConsumerExit::Stopped;
-                    }
-                }
-            }
-        }
-    };
-    let checkpointer = Checkpointer::new(held.clone(), lease.checkpoint.clone()).with_metrics(
-        ctx.metrics.checkpoints.clone(),
-        ctx.metrics.checkpoint_failures.clone(),
-    );
-    let mut consumer = Consumer {
-        ctx,
-        shard_id,
-        processor,
-        checkpointer,
-        held,
-        status,
-        last_processed: None,
-        records_since_checkpoint: 0,
-        resume_after: match &lease.checkpoint {
-            ExtendedSequenceNumber::Sequence { .. } => Some(lease.checkpoint.clone()),
-            _ => None,
-        },
-        feed: None,
-    };
-    consumer.lifecycle(lease).await
-}
-
-/// Waits until every parent lease is finished or gone (`Ok`), or an interruption.
-async fn wait_for_parents(
-    ctx: &mut ConsumerContext,
-    lease: &Lease,
-    status: &mut Watch<HeldStatus>,
-) -> Result<(), Interrupt> {
-    'outer: loop {
-        let mut pending = None;
-        for parent in &lease.parent_shard_ids {
-            match ctx.table.get(parent).await {
-                Ok(Some(parent_lease)) if !parent_lease.is_finished() => {
-                    pending = Some(parent.clone());
-                    break;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    warn!(%parent, %error, "could not read parent lease; will retry");
-                    pending = Some(parent.clone());
-                    break;
-                }
-            }
-        }
-        let Some(parent) = pending else {
-            return Ok(());
-        };
-        debug!(%parent, "waiting for parent shard to finish");
-        tokio::select! {
-            biased;
-            interrupt = interruption(status, &mut ctx.shutdown) => return Err(interrupt),
-            _ = tokio::time::sleep(ctx.config.parent_poll_interval) => continue 'outer,
-        }
-    }
-}
-
-/// Sleeps `delay` unless the lease is lost or asked for, or the worker shuts down.
-async fn sleep_unless_interrupted(
-    ctx: &mut ConsumerContext,
-    status: &mut Watch<HeldStatus>,
-    delay: Duration,
-) -> Result<(), Interrupt> {
-    tokio::select! {
-        biased;
-        interrupt = interruption(status, &mut ctx.shutdown) => Err(interrupt),
-        _ = tokio::time::sleep(delay) => Ok(()),
-    }
-}
-
-/// Counts the attempts of a failing user call under the failure policy: the delay before the
-/// next attempt, or `None` once the policy's attempts are used up.
-struct Attempts {
-    made: u32,
-    max: Option<u32>,
-    delays: crate::retry::Schedule,
-}
-
-impl Attempts {
-    fn new(policy: &FailurePolicy) -> Self {
-        Self {
-            made: 0,
-            max: policy.max_attempts(),
-            delays: policy.backoff().schedule(),
-        }
-    }
-
-    /// One more attempt failed: how long to wait before the next, if there is one.
-    fn next(&mut self) -> Option<Duration> {
-        self.made = self.made.saturating_add(1);
-        if self.max.is_some_and(|max| self.made >= max) {
-            return None;
-        }
-        Some(self.delays.next().unwrap_or_default())
-    }
-
-    /// Attempts made (and failed) so far.
-    fn made(&self) -> u32 {
-        self.made
-    }
-}
-
-async fn finish_without_processor(
-    ctx: &ConsumerContext,
-    held: &HeldLease,
-    interrupt: Interrupt,
-) -> ConsumerExit {
-    ctx.status
-        .update(held.key(), |s| s.state = ShardState::Finished);
-    if interrupt != Interrupt::Lost {
-        let successor = successor(ctx, held);
-        let handing_over = successor.is_some() || held.status() == HeldStatus::HandoffRequested;
-        match held.release(successor.as_deref()).await {
-            Ok(()) if handing_over => ctx.worker_metrics.leases_handed_off.increment(1),
-            Ok(()) => {}
-            Err(error) => debug!(%error, "release failed"),
-        }
-    }
-    ConsumerExit::Released
-}
-
-/// Where a lease let go at shutdown goes: nowhere in particular when another worker asked for it
-/// (the release completes that handoff), else the least loaded live worker.
-fn successor(ctx: &ConsumerContext, held: &HeldLease) -> Option<String> {
-    if held.status() == HeldStatus::HandoffRequested {
-        None
-    } else {
-        ctx.coordinator.successor_for(held.key())
-    }
-}
-
 struct Consumer<P: RecordProcessor> {
-    ctx: ConsumerContext,
-    shard_id: String,
+    shard: Shard,
     processor: P,
     checkpointer: Checkpointer,
-    held: Arc<HeldLease>,
-    status: Watch<HeldStatus>,
     /// The last user record processed successfully (or dead-lettered).
     last_processed: Option<ExtendedSequenceNumber>,
     records_since_checkpoint: u64,
@@ -320,162 +385,190 @@ struct Consumer<P: RecordProcessor> {
 
 impl<P: RecordProcessor> Consumer<P> {
     async fn lifecycle(&mut self, lease: Lease) -> ConsumerExit {
-        // Initialize, retrying with backoff.
-        let input = InitializationInput {
-            stream: self.ctx.config.stream.clone(),
-            shard_id: self.shard_id.clone(),
-            checkpoint: lease.checkpoint.clone(),
-            pending_checkpoint: lease.pending_checkpoint.clone(),
-        };
-        let mut attempts = Attempts::new(&self.ctx.config.failure_policy);
-        loop {
-            let result = AssertUnwindSafe(self.processor.initialize(input.clone()))
-                .catch_unwind()
-                .await;
-            let Err(error) = flatten(result) else {
-                break;
-            };
-            self.ctx.metrics.processor_failure(UserCall::Initialize);
-            let Some(delay) = attempts.next() else {
-                error!(attempts = attempts.made(), %error, "initialize failed; the failure policy stops the shard (lease kept)");
-                self.ctx
-                    .status
-                    .update(&self.shard_id, |s| s.state = ShardState::Stopped);
-                return ConsumerExit::Stopped;
-            };
-            error!(attempt = attempts.made(), %error, "initialize failed; retrying");
-            self.ctx
-                .status
-                .update(&self.shard_id, |s| s.state = ShardState::Retrying);
-            if let Some(interrupt) = self.pause(delay).await {
-                return self.interrupted(interrupt).await;
-            }
+        if let Err(exit) = self.initialize(&lease).await {
+            return exit;
         }
-
-        // Retrieval.
         let Some(start) = starting_position(
             &lease.checkpoint,
-            self.ctx.config.initial_position.timestamp(),
+            self.shard.ctx.config.initial_position.timestamp(),
         ) else {
             return ConsumerExit::ShardEnded;
         };
-        let (events, budget, retriever) = crate::retrieval::spawn(
-            RetrievalContext {
-                config: &self.ctx.config,
-                worker_budget: &self.ctx.budget,
-                metrics: self.ctx.metrics.retrieval.clone(),
-            },
-            self.ctx.backend.clone(),
-            &self.shard_id,
-            start,
-        );
-        self.feed = Some(Feed { events, retriever });
-        self.ctx
-            .status
-            .update(&self.shard_id, |s| s.state = ShardState::Processing);
-
-        let hash_range = lease.hash_key_range;
+        self.start_retrieval(start);
+        self.shard.set_state(ShardState::Processing);
         let mut batch = Vec::new();
         loop {
             let next = tokio::select! {
                 biased;
-                interrupt = interruption(&mut self.status, &mut self.ctx.shutdown) => {
+                interrupt = interruption(&mut self.shard.status, &mut self.shard.ctx.shutdown) => {
                     Next::Interrupt(interrupt)
                 }
                 event = next_event(&mut self.feed) => Next::Event(event),
             };
-            let event = match next {
-                Next::Interrupt(interrupt) => return self.interrupted(interrupt).await,
-                Next::Event(event) => event,
-            };
-            match event {
-                Some(RetrievalEvent::Records {
+            let step = match next {
+                Next::Interrupt(interrupt) => Err(self.interrupted(interrupt).await),
+                Next::Event(Some(RetrievalEvent::Records {
                     records,
                     millis_behind_latest,
                     bytes,
                     queued_at,
-                }) => {
-                    let fetched = records.len();
-                    let metrics = &self.ctx.metrics;
-                    metrics
-                        .prefetch_wait
-                        .record(queued_at.elapsed().as_secs_f64());
-                    metrics.records_fetched.increment(fetched as u64);
-                    batch.clear();
-                    let stats = self.ctx.deaggregator.deaggregate_batch_into(
+                })) => {
+                    let fetched = (records.len(), bytes);
+                    self.on_records(
                         records,
-                        hash_range.as_ref(),
+                        fetched,
+                        millis_behind_latest,
+                        queued_at,
+                        &lease,
                         &mut batch,
-                    );
-                    metrics.deaggregated(&stats);
-                    if let Some(after) = &self.resume_after {
-                        batch.retain(|r| r.position() > *after);
-                        if !batch.is_empty() {
-                            self.resume_after = None;
-                        }
-                    }
-                    self.ctx
-                        .status
-                        .fetched(&self.shard_id, millis_behind_latest);
-                    // A paused or cut-off worker stops here, before anyone may take over.
-                    if !batch.is_empty() && !self.held.is_valid() {
-                        warn!("the worker's claim on the lease went stale; stopping");
-                        self.held.mark_lost();
-                        return self.interrupted(Interrupt::Lost).await;
-                    }
-                    let outcome = if batch.is_empty() {
-                        BatchOutcome::Done
-                    } else {
-                        let records = std::mem::take(&mut batch);
-                        let outcome = self.process_batch(&records, millis_behind_latest).await;
-                        batch = records;
-                        outcome
-                    };
-                    budget.release(fetched, bytes);
-                    match outcome {
-                        BatchOutcome::Done => {
-                            if let Some(exit) = self.maybe_checkpoint().await {
-                                return exit;
-                            }
-                        }
-                        BatchOutcome::Stop => {
-                            error!(
-                                "failure policy stopped the shard; the lease is kept until shutdown"
-                            );
-                            self.stop_retrieval().await;
-                            self.ctx
-                                .status
-                                .update(&self.shard_id, |s| s.state = ShardState::Stopped);
-                            return ConsumerExit::Stopped;
-                        }
-                        BatchOutcome::Interrupted(interrupt) => {
-                            return self.interrupted(interrupt).await;
-                        }
-                    }
+                    )
+                    .await
                 }
-                Some(RetrievalEvent::CaughtUp {
+                Next::Event(Some(RetrievalEvent::CaughtUp {
                     millis_behind_latest,
-                }) => {
-                    self.ctx
+                })) => {
+                    self.shard
+                        .ctx
                         .status
-                        .fetched(&self.shard_id, millis_behind_latest);
-                    if let Some(exit) = self.maybe_checkpoint().await {
-                        return exit;
-                    }
+                        .fetched(&self.shard.id, millis_behind_latest);
+                    self.maybe_checkpoint().await
                 }
-                Some(RetrievalEvent::ShardEnd { child_shards }) => {
-                    return self.shard_end(child_shards).await;
+                Next::Event(Some(RetrievalEvent::ShardEnd { child_shards })) => {
+                    Err(self.shard_end(child_shards).await)
                 }
-                Some(RetrievalEvent::Failed(error)) => {
+                Next::Event(Some(RetrievalEvent::Failed(error))) => {
                     error!(%error, "reading the shard failed permanently; releasing the lease");
                     self.interrupted(Interrupt::Shutdown).await;
-                    return ConsumerExit::Failed(error);
+                    Err(ConsumerExit::Failed(error))
                 }
-                None => {
+                Next::Event(None) => {
                     error!("retrieval stopped unexpectedly; releasing the lease");
-                    return self.interrupted(Interrupt::Shutdown).await;
+                    Err(self.interrupted(Interrupt::Shutdown).await)
                 }
+            };
+            if let Err(exit) = step {
+                return exit;
             }
+        }
+    }
+
+    /// Calls `initialize` under the failure policy.
+    async fn initialize(&mut self, lease: &Lease) -> Step {
+        let input = InitializationInput {
+            stream: self.shard.ctx.config.stream.clone(),
+            shard_id: self.shard.id.clone(),
+            checkpoint: lease.checkpoint.clone(),
+            pending_checkpoint: lease.pending_checkpoint.clone(),
+        };
+        let policy = self.shard.ctx.config.failure_policy.clone();
+        let mut retry = Retry::new(policy.backoff(), policy.max_attempts());
+        loop {
+            let Err(error) = catch(self.processor.initialize(input.clone())).await else {
+                return Ok(());
+            };
+            self.shard
+                .ctx
+                .metrics
+                .processor_failure(UserCall::Initialize);
+            error!(attempt = retry.attempt(), %error, "initialize failed");
+            self.shard.set_state(ShardState::Retrying);
+            match retry.failed(&mut self.shard).await {
+                Again::Yes => {}
+                Again::GaveUp(attempts) => {
+                    error!(
+                        attempts,
+                        "initialize kept failing; the failure policy stops the shard (lease kept)"
+                    );
+                    self.shard.set_state(ShardState::Stopped);
+                    return Err(ConsumerExit::Stopped);
+                }
+                Again::Interrupted(interrupt) => return Err(self.interrupted(interrupt).await),
+            }
+        }
+    }
+
+    fn start_retrieval(&mut self, start: crate::backend::StartingPosition) {
+        let ctx = &self.shard.ctx;
+        let (events, budget, retriever) = crate::retrieval::spawn(
+            RetrievalContext {
+                retrieval: &ctx.config.retrieval,
+                stream: &ctx.config.stream,
+                default_consumer_name: &ctx.config.application_name,
+                permanent_error_timeout: ctx.config.permanent_error_timeout,
+                worker_budget: &ctx.budget,
+                consumers: &ctx.consumers,
+                metrics: ctx.metrics.retrieval.clone(),
+            },
+            ctx.backend.clone(),
+            &self.shard.id,
+            start,
+        );
+        self.feed = Some(Feed {
+            events,
+            budget,
+            retriever,
+        });
+    }
+
+    /// A fetched batch: de-aggregated, filtered past the checkpoint, processed, given back to
+    /// the prefetch budget, checkpointed at the cadence.
+    async fn on_records(
+        &mut self,
+        records: Vec<Record>,
+        (fetched, bytes): (usize, usize),
+        millis_behind_latest: Option<u64>,
+        queued_at: Instant,
+        lease: &Lease,
+        batch: &mut Vec<Record>,
+    ) -> Step {
+        let metrics = &self.shard.ctx.metrics;
+        metrics
+            .prefetch_wait
+            .record(queued_at.elapsed().as_secs_f64());
+        metrics.records_fetched.increment(fetched as u64);
+        batch.clear();
+        let stats = self.shard.ctx.deaggregator.deaggregate_batch_into(
+            records,
+            lease.hash_key_range.as_ref(),
+            batch,
+        );
+        metrics.deaggregated(&stats);
+        if let Some(after) = &self.resume_after {
+            batch.retain(|r| r.position() > *after);
+            if !batch.is_empty() {
+                self.resume_after = None;
+            }
+        }
+        self.shard
+            .ctx
+            .status
+            .fetched(&self.shard.id, millis_behind_latest);
+        // A paused or cut-off worker stops here, before anyone may take over.
+        if !batch.is_empty() && !self.shard.held.is_valid() {
+            warn!("the worker's claim on the lease went stale; stopping");
+            self.shard.held.mark_lost();
+            return Err(self.interrupted(Interrupt::Lost).await);
+        }
+        let outcome = if batch.is_empty() {
+            BatchOutcome::Done
+        } else {
+            let records = std::mem::take(batch);
+            let outcome = self.process_batch(&records, millis_behind_latest).await;
+            *batch = records;
+            outcome
+        };
+        if let Some(feed) = &self.feed {
+            feed.budget.release(fetched, bytes);
+        }
+        match outcome {
+            BatchOutcome::Done => self.maybe_checkpoint().await,
+            BatchOutcome::Stop => {
+                error!("failure policy stopped the shard; the lease is kept until shutdown");
+                self.stop_retrieval().await;
+                self.shard.set_state(ShardState::Stopped);
+                Err(ConsumerExit::Stopped)
+            }
+            BatchOutcome::Interrupted(interrupt) => Err(self.interrupted(interrupt).await),
         }
     }
 
@@ -495,100 +588,105 @@ impl<P: RecordProcessor> Consumer<P> {
 
     async fn deliver_batch(&mut self, records: &[Record], mbl: Option<u64>) -> BatchOutcome {
         self.checkpointer.deliver(records);
-        let policy = self.ctx.config.failure_policy.clone();
-        let mut delays = policy.backoff().schedule();
-        let mut attempt = 1u32;
+        let policy = self.shard.ctx.config.failure_policy.clone();
+        let mut retry = Retry::new(policy.backoff(), policy.max_attempts());
         loop {
+            let attempt = retry.attempt();
+            if attempt > 1 {
+                self.shard.ctx.metrics.batch_retries.increment(1);
+            }
             let input = ProcessRecordsInput {
-                shard_id: &self.shard_id,
+                shard_id: &self.shard.id,
                 records,
                 millis_behind_latest: mbl,
                 attempt,
             };
-            let call = self
-                .processor
-                .process_records(input, &mut self.checkpointer);
             let started = Instant::now();
-            let result = flatten(AssertUnwindSafe(call).catch_unwind().await);
-            self.ctx
-                .metrics
+            let result = catch(
+                self.processor
+                    .process_records(input, &mut self.checkpointer),
+            )
+            .await;
+            let metrics = &self.shard.ctx.metrics;
+            metrics
                 .process_duration
                 .record(started.elapsed().as_secs_f64());
             let error = match result {
                 Ok(()) => {
-                    self.ctx.metrics.batches_processed.increment(1);
+                    metrics.batches_processed.increment(1);
                     self.mark_processed(records);
                     return BatchOutcome::Done;
                 }
                 Err(error) => error,
             };
-            self.ctx.metrics.processor_failure(UserCall::ProcessRecords);
+            metrics.processor_failure(UserCall::ProcessRecords);
             warn!(attempt, %error, records = records.len(), "process_records failed");
-            if policy.max_attempts().is_some_and(|max| attempt >= max) {
-                match &policy {
-                    FailurePolicy::DeadLetter { handler, .. } => {
-                        return self
-                            .dead_letter(handler.as_ref(), records, &error, attempt)
-                            .await;
-                    }
-                    _ => return BatchOutcome::Stop,
+            self.shard.set_state(ShardState::Retrying);
+            match retry.failed(&mut self.shard).await {
+                Again::Yes => {}
+                Again::GaveUp(attempts) => {
+                    return match &policy {
+                        FailurePolicy::DeadLetter { handler, .. } => {
+                            self.dead_letter(handler.as_ref(), records, &error, attempts)
+                                .await
+                        }
+                        _ => BatchOutcome::Stop,
+                    };
                 }
+                Again::Interrupted(interrupt) => return BatchOutcome::Interrupted(interrupt),
             }
-            self.ctx
-                .status
-                .update(&self.shard_id, |s| s.state = ShardState::Retrying);
-            let delay = delays.next().unwrap_or_default();
-            if let Some(interrupt) = self.pause(delay).await {
-                return BatchOutcome::Interrupted(interrupt);
-            }
-            self.ctx.metrics.batch_retries.increment(1);
-            attempt = attempt.saturating_add(1);
         }
     }
 
+    /// Hands a batch the policy gave up on to the dead-letter handler, retrying the handler (it
+    /// is user code too: a panic is a failure) until it succeeds, so no batch is lost without
+    /// trace.
     async fn dead_letter(
         &mut self,
-        handler: &dyn crate::processor::DeadLetterHandler,
+        handler: &dyn DeadLetterHandler,
         records: &[Record],
         error: &BoxError,
         attempts: u32,
     ) -> BatchOutcome {
-        let mut delays = self.ctx.config.failure_policy.backoff().schedule();
+        let backoff = *self.shard.ctx.config.failure_policy.backoff();
+        let mut retry = Retry::new(&backoff, None);
         loop {
             let batch = DeadLetterBatch {
-                stream: &self.ctx.config.stream,
-                shard_id: &self.shard_id,
+                stream: &self.shard.ctx.config.stream,
+                shard_id: &self.shard.id,
                 records,
                 error,
                 attempts,
             };
-            // The handler is user code too: a panic is a failure, retried like an error.
             let handled = match AssertUnwindSafe(handler.handle(batch)).catch_unwind().await {
                 Ok(result) => result,
                 Err(panic) => Err(panic_error(panic)),
             };
-            match handled {
+            let dlq_error = match handled {
                 Ok(()) => {
                     warn!(
                         records = records.len(),
                         "batch handed to the dead-letter handler"
                     );
-                    self.ctx.metrics.batches_dead_lettered.increment(1);
-                    self.ctx
-                        .metrics
+                    let metrics = &self.shard.ctx.metrics;
+                    metrics.batches_dead_lettered.increment(1);
+                    metrics
                         .records_dead_lettered
                         .increment(records.len() as u64);
                     self.mark_processed(records);
                     return BatchOutcome::Done;
                 }
-                Err(dlq_error) => {
-                    self.ctx.metrics.processor_failure(UserCall::DeadLetter);
-                    error!(error = %dlq_error, "dead-letter handler failed; retrying it");
-                    let delay = delays.next().unwrap_or_default();
-                    if let Some(interrupt) = self.pause(delay).await {
-                        return BatchOutcome::Interrupted(interrupt);
-                    }
-                }
+                Err(dlq_error) => dlq_error,
+            };
+            self.shard
+                .ctx
+                .metrics
+                .processor_failure(UserCall::DeadLetter);
+            error!(error = %dlq_error, "dead-letter handler failed; retrying it");
+            match retry.failed(&mut self.shard).await {
+                Again::Yes => {}
+                Again::GaveUp(_) => return BatchOutcome::Stop,
+                Again::Interrupted(interrupt) => return BatchOutcome::Interrupted(interrupt),
             }
         }
     }
@@ -598,23 +696,24 @@ impl<P: RecordProcessor> Consumer<P> {
             self.last_processed = Some(last.position());
         }
         let n = records.len() as u64;
-        self.ctx.metrics.records_processed.increment(n);
-        self.ctx
-            .metrics
+        let metrics = &self.shard.ctx.metrics;
+        metrics.records_processed.increment(n);
+        metrics
             .bytes_processed
             .increment(records.iter().map(|r| r.data().len() as u64).sum());
         self.records_since_checkpoint += n;
-        self.ctx.status.update(&self.shard_id, |s| {
+        self.shard.ctx.status.update(&self.shard.id, |s| {
             s.state = ShardState::Processing;
             s.records_processed += n;
         });
     }
 
-    /// Writes an automatic checkpoint if the cadence says so. Returns an exit if the lease was lost.
-    async fn maybe_checkpoint(&mut self) -> Option<ConsumerExit> {
-        let cadence = self.ctx.config.checkpoint;
+    /// Writes an automatic checkpoint if the cadence says so; ends the consumer if the lease
+    /// was lost.
+    async fn maybe_checkpoint(&mut self) -> Step {
+        let cadence = self.shard.ctx.config.checkpoint;
         if self.records_since_checkpoint == 0 {
-            return None;
+            return Ok(());
         }
         let by_count = cadence
             .every_records
@@ -623,11 +722,11 @@ impl<P: RecordProcessor> Consumer<P> {
             .every_interval
             .is_some_and(|t| self.checkpointer.last_write_at().elapsed() >= t);
         if !(by_count || by_time) {
-            return None;
+            return Ok(());
         }
         match self.checkpoint_processed().await {
-            Err(CheckpointError::LeaseLost(_)) => Some(self.interrupted(Interrupt::Lost).await),
-            _ => None,
+            Err(CheckpointError::LeaseLost(_)) => Err(self.interrupted(Interrupt::Lost).await),
+            _ => Ok(()),
         }
     }
 
@@ -647,24 +746,16 @@ impl<P: RecordProcessor> Consumer<P> {
         {
             Ok(()) => {
                 self.records_since_checkpoint = 0;
-                self.ctx
+                self.shard
+                    .ctx
                     .status
-                    .update(&self.shard_id, |s| s.last_checkpoint = Some(position));
+                    .update(&self.shard.id, |s| s.last_checkpoint = Some(position));
                 Ok(())
             }
             Err(error) => {
                 warn!(%error, "automatic checkpoint failed");
                 Err(error)
             }
-        }
-    }
-
-    /// Sleeps `delay` unless the lease is lost or a shutdown is requested.
-    async fn pause(&mut self, delay: std::time::Duration) -> Option<Interrupt> {
-        tokio::select! {
-            biased;
-            interrupt = interruption(&mut self.status, &mut self.ctx.shutdown) => Some(interrupt),
-            _ = tokio::time::sleep(delay) => None,
         }
     }
 
@@ -682,60 +773,42 @@ impl<P: RecordProcessor> Consumer<P> {
         match interrupt {
             Interrupt::Lost => {
                 info!("lease lost");
-                if let Err(error) = flatten(
-                    AssertUnwindSafe(self.processor.lease_lost())
-                        .catch_unwind()
-                        .await,
-                ) {
-                    self.ctx.metrics.processor_failure(UserCall::LeaseLost);
+                if let Err(error) = catch(self.processor.lease_lost()).await {
+                    self.shard
+                        .ctx
+                        .metrics
+                        .processor_failure(UserCall::LeaseLost);
                     warn!(%error, "lease_lost failed");
                 }
             }
             Interrupt::Handoff | Interrupt::Shutdown => {
-                let held = self.held.clone();
-                let immediate = self.ctx.shutdown.get() == Shutdown::Immediate;
-                if immediate {
+                if self.shard.ctx.shutdown.get() == Shutdown::Immediate {
                     // No processor call, no checkpoint: the worker releases the lease.
                     info!("stopping immediately");
-                } else if !held.is_lost() {
+                } else if !self.shard.held.is_lost() {
                     let reason = if interrupt == Interrupt::Handoff {
                         ShutdownReason::Handoff
                     } else {
                         ShutdownReason::WorkerShutdown
                     };
-                    let result = AssertUnwindSafe(
-                        self.processor
-                            .shutdown_requested(reason, &mut self.checkpointer),
-                    )
-                    .catch_unwind()
-                    .await;
-                    if let Err(error) = flatten(result) {
-                        self.ctx
+                    let call = self
+                        .processor
+                        .shutdown_requested(reason, &mut self.checkpointer);
+                    if let Err(error) = catch(call).await {
+                        self.shard
+                            .ctx
                             .metrics
                             .processor_failure(UserCall::ShutdownRequested);
                         warn!(%error, "shutdown_requested failed");
                     }
-                    if self.ctx.config.checkpoint.is_automatic() {
+                    if self.shard.ctx.config.checkpoint.is_automatic() {
                         let _ = self.checkpoint_processed().await;
                     }
-                    let successor = successor(&self.ctx, &held);
-                    let handing_over =
-                        successor.is_some() || held.status() == HeldStatus::HandoffRequested;
-                    match held.release(successor.as_deref()).await {
-                        Ok(()) => {
-                            if handing_over {
-                                self.ctx.worker_metrics.leases_handed_off.increment(1);
-                            }
-                            info!(?reason, ?successor, "lease handed over")
-                        }
-                        Err(error) => warn!(%error, "could not release lease"),
-                    }
+                    self.shard.release().await;
                 }
             }
         }
-        self.ctx
-            .status
-            .update(&self.shard_id, |s| s.state = ShardState::Finished);
+        self.shard.set_state(ShardState::Finished);
         ConsumerExit::Released
     }
 
@@ -744,26 +817,29 @@ impl<P: RecordProcessor> Consumer<P> {
         let children: Vec<String> = child_shards.iter().map(|c| c.shard_id.clone()).collect();
         // Records processed before the end count: the SHARD_END write covers them.
         self.checkpointer.permit(ExtendedSequenceNumber::ShardEnd);
-        let mut delays = self.ctx.config.failure_policy.backoff().schedule();
+        // `shard_ended` must succeed before SHARD_END is recorded: retried until it does.
+        let backoff = *self.shard.ctx.config.failure_policy.backoff();
+        let mut retry = Retry::new(&backoff, None);
         loop {
             let input = ShardEndedInput {
-                shard_id: self.shard_id.clone(),
+                shard_id: self.shard.id.clone(),
                 child_shards: child_shards.clone(),
             };
             let call = self.processor.shard_ended(input, &mut self.checkpointer);
-            match flatten(AssertUnwindSafe(call).catch_unwind().await) {
-                Ok(()) => break,
-                Err(error) => {
-                    self.ctx.metrics.processor_failure(UserCall::ShardEnded);
-                    warn!(%error, "shard_ended failed; retrying before recording SHARD_END");
-                    let delay = delays.next().unwrap_or_default();
-                    if let Some(interrupt) = self.pause(delay).await {
-                        return self.interrupted(interrupt).await;
-                    }
-                }
+            let Err(error) = catch(call).await else {
+                break;
+            };
+            self.shard
+                .ctx
+                .metrics
+                .processor_failure(UserCall::ShardEnded);
+            warn!(%error, "shard_ended failed; retrying before recording SHARD_END");
+            if let Again::Interrupted(interrupt) = retry.failed(&mut self.shard).await {
+                return self.interrupted(interrupt).await;
             }
         }
-        let mut delays = self.ctx.config.polling.error_backoff.schedule();
+        // SHARD_END, fenced, retried with the lease-write backoff until it is written.
+        let mut retry = Retry::new(&self.shard.ctx.config.checkpoint_retry.backoff, None);
         loop {
             match self
                 .checkpointer
@@ -774,13 +850,10 @@ impl<P: RecordProcessor> Consumer<P> {
                 Err(CheckpointError::LeaseLost(_)) => {
                     return self.interrupted(Interrupt::Lost).await;
                 }
-                Err(error) => {
-                    warn!(%error, "could not record SHARD_END; retrying");
-                    let delay = delays.next().unwrap_or_default();
-                    if let Some(interrupt) = self.pause(delay).await {
-                        return self.interrupted(interrupt).await;
-                    }
-                }
+                Err(error) => warn!(%error, "could not record SHARD_END; retrying"),
+            }
+            if let Again::Interrupted(interrupt) = retry.failed(&mut self.shard).await {
+                return self.interrupted(interrupt).await;
             }
         }
         // Children only now: the SHARD_END write above is fenced, so a worker that lost the lease
@@ -788,32 +861,17 @@ impl<P: RecordProcessor> Consumer<P> {
         // up) never re-creates a child lease. A crash between the two writes leaves a hole that
         // shard sync repairs: it creates the leases of children whose parents all finished.
         self.create_child_leases(&child_shards).await;
-        if self.held.status() == HeldStatus::HandoffRequested
-            && let Err(error) = self.held.release(None).await
+        if self.shard.held.status() == HeldStatus::HandoffRequested
+            && let Err(error) = self.shard.held.release(None).await
         {
             debug!(%error, "could not complete the handoff of an ended shard");
         }
         info!(children = ?children, "shard ended");
-        self.ctx.status.update(&self.shard_id, |s| {
+        self.shard.ctx.status.update(&self.shard.id, |s| {
             s.state = ShardState::Ended;
             s.last_checkpoint = Some(ExtendedSequenceNumber::ShardEnd);
         });
         ConsumerExit::ShardEnded
-    }
-
-    /// Whether every parent of `child` other than this shard holds a finished lease.
-    async fn other_parents_finished(&mut self, child: &ChildShard) -> bool {
-        for parent in child.parent_shards.iter().filter(|p| **p != self.shard_id) {
-            match self.ctx.table.get(parent).await {
-                Ok(Some(lease)) if lease.is_finished() => {}
-                Ok(_) => return false,
-                Err(error) => {
-                    debug!(%parent, %error, "could not read the other parent; leaving the child to it");
-                    return false;
-                }
-            }
-        }
-        true
     }
 
     /// Creates the leases of the children whose every other parent has finished too: a merge
@@ -822,62 +880,69 @@ impl<P: RecordProcessor> Consumer<P> {
     /// before all its parents finished, which is what lets a missing parent lease mean
     /// "finished and cleaned up". Idempotent; a few attempts; shard sync repairs the rest.
     async fn create_child_leases(&mut self, child_shards: &[ChildShard]) {
+        let retry_policy = self.shard.ctx.config.checkpoint_retry;
         for child in child_shards {
             // Only while the claim holds: a worker paused here must not create a child that was
             // processed, finished and removed meanwhile.
-            if !self.held.is_valid() {
+            if !self.shard.held.is_valid() {
                 debug!("claim no longer valid; leaving the children to shard sync");
                 return;
             }
-            if !self.other_parents_finished(child).await {
+            if !self.shard.other_parents_finished(child).await {
                 debug!(child = %child.shard_id, "another parent has not finished; it creates the child");
                 continue;
             }
             let lease = Lease::new(child.shard_id.clone(), ExtendedSequenceNumber::TrimHorizon)
                 .with_parents(child.parent_shards.iter().cloned())
                 .with_hash_key_range(child.hash_key_range);
-            let mut delays = self.ctx.config.polling.error_backoff.schedule().take(4);
+            let mut retry = Retry::new(&retry_policy.backoff, Some(retry_policy.max_attempts));
             loop {
-                match self.ctx.table.create_if_absent(&lease).await {
+                match self.shard.ctx.table.create_if_absent(&lease).await {
                     Ok(created) => {
                         if created {
                             info!(child = %child.shard_id, "created child lease");
                         }
                         break;
                     }
-                    Err(error) => match delays.next() {
-                        Some(delay) if self.held.is_valid() => {
-                            warn!(child = %child.shard_id, %error, "could not create child lease; retrying");
-                            tokio::time::sleep(delay).await;
-                        }
-                        _ => {
-                            warn!(child = %child.shard_id, %error, "could not create child lease; shard sync will");
-                            break;
-                        }
-                    },
+                    Err(error) => {
+                        warn!(child = %child.shard_id, %error, "could not create child lease");
+                    }
+                }
+                let again = if self.shard.held.is_valid() {
+                    retry.failed(&mut self.shard).await
+                } else {
+                    Again::GaveUp(retry.attempt())
+                };
+                if !matches!(again, Again::Yes) {
+                    warn!(child = %child.shard_id, "leaving the child lease to shard sync");
+                    break;
                 }
             }
         }
     }
 }
 
-/// Turns a caught processor result into `Result<(), BoxError>`, panics included.
-fn flatten<E: Into<BoxError>>(
-    result: Result<Result<(), E>, Box<dyn std::any::Any + Send>>,
+/// Runs user code under the panic catch: an error or a panic both come back as an error.
+async fn catch<E: Into<BoxError>>(
+    call: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), BoxError> {
-    match result {
+    match AssertUnwindSafe(call).catch_unwind().await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(error.into()),
         Err(panic) => Err(panic_error(panic)),
     }
 }
 
-/// The error standing for a caught panic of user code.
-fn panic_error(panic: Box<dyn std::any::Any + Send>) -> BoxError {
-    let message = panic
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned());
-    format!("processor panicked: {message}").into()
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// The error standing for a caught panic of user code.
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> BoxError {
+    format!("processor panicked: {}", panic_message(panic.as_ref())).into()
 }

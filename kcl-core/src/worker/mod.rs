@@ -42,7 +42,7 @@ use crate::lease::held::{HeldLease, HeldStatus};
 use crate::lease::instrumented::Instrumented;
 use crate::metrics::{MetricsLevel, Scope, WorkerMetrics};
 use crate::processor::ProcessorFactory;
-use crate::retrieval::WorkerBudget;
+use crate::retrieval::{ConsumerRegistry, WorkerBudget};
 use crate::retry::RetryBackoff;
 use crate::shard_sync::{ShardSyncError, remove_finished_leases, sync_shards};
 use crate::sync::{Signal, Watch};
@@ -242,6 +242,8 @@ pub struct Worker<F: ProcessorFactory> {
     lifecycle: Arc<Lifecycle>,
     metrics: Arc<WorkerMetrics>,
     budget: Arc<WorkerBudget>,
+    /// The stream consumers this worker's fan-out tasks share.
+    consumers: Arc<ConsumerRegistry>,
 }
 
 impl<F: ProcessorFactory> std::fmt::Debug for Worker<F> {
@@ -297,6 +299,7 @@ impl<F: ProcessorFactory> Worker<F> {
         let shutdown = Signal::new(Shutdown::Running);
         Self {
             budget: WorkerBudget::new(config.worker_prefetch),
+            consumers: Arc::default(),
             config: Arc::new(config),
             factory: Arc::new(factory),
             backend,
@@ -737,6 +740,7 @@ impl<F: ProcessorFactory> Worker<F> {
             metrics: crate::metrics::ShardMetrics::new(self.metrics.scope(), held.key()),
             worker_metrics: self.metrics.clone(),
             budget: self.budget.clone(),
+            consumers: self.consumers.clone(),
         };
         let factory = self.factory.clone();
         let exit_tx = exit_tx.clone();

@@ -1,4 +1,5 @@
-//! Request and response types of the model's write API (`PutRecord`, `PutRecords`).
+//! The write side of a stream: `PutRecord` and `PutRecords` requests and results, shared by the
+//! in-memory model and the AWS backend (which producers in tests and tools write through).
 
 use bytes::Bytes;
 
