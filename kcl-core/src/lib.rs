@@ -39,6 +39,7 @@ pub mod checkpoint;
 pub mod deaggregation;
 pub mod lease;
 pub mod metrics;
+#[cfg(any(test, feature = "model"))]
 pub mod model;
 pub mod processor;
 pub mod put;
@@ -49,11 +50,12 @@ pub mod shard_sync;
 pub mod worker;
 
 pub(crate) mod sync;
+#[cfg(any(test, feature = "model"))]
 pub(crate) mod time;
 
 pub use bytes::Bytes;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "model"))]
 pub struct ReadmeDoctests;

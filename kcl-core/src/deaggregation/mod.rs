@@ -49,6 +49,7 @@
 //! reader used by the de-aggregator), [`multi_md5`] (MD5 of several messages at once, the crate's
 //! only `unsafe` code), [`aggregator`] (the producer side), `resume` (checkpoint filtering).
 
+#[cfg(any(test, feature = "aggregator"))]
 pub mod aggregator;
 // The crate's only `unsafe` code: SIMD kernels behind run-time CPU detection.
 #[allow(unsafe_code)]
@@ -63,6 +64,7 @@ use md5::{Digest, Md5};
 
 use crate::record::{HashKeyRange, Record, parse_hash_key, partition_key_hash};
 
+#[cfg(any(test, feature = "aggregator"))]
 pub use aggregator::{
     AggregatedRecord, AggregationError, Aggregator, DEFAULT_AGGREGATION_MAX_SIZE,
 };

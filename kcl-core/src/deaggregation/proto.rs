@@ -19,10 +19,11 @@
 //! message Tag { required string key = 1; optional string value = 2; }
 //! ```
 //!
-//! The `prost` types here are used to *encode* (by [`super::Aggregator`]) and to cross-check the
-//! hand-written zero-copy reader of the de-aggregator in tests. `prost` does not enforce proto2
+//! The `prost` types here (feature `aggregator`) are used to *encode* (by the aggregator) and to
+//! cross-check the hand-written zero-copy reader of the de-aggregator in tests. `prost` does not enforce proto2
 //! `required` fields; the de-aggregator does.
 
+#[cfg(any(test, feature = "aggregator"))]
 use bytes::Bytes;
 
 /// The four magic bytes every KPL aggregated record starts with.
@@ -35,6 +36,7 @@ pub const DIGEST_LEN: usize = 16;
 pub const FRAMING_LEN: usize = MAGIC.len() + DIGEST_LEN;
 
 /// The `AggregatedRecord` protobuf message.
+#[cfg(any(test, feature = "aggregator"))]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AggregatedRecordMessage {
     /// Distinct partition keys, referenced by index from the records.
@@ -49,6 +51,7 @@ pub struct AggregatedRecordMessage {
 }
 
 /// The `Record` protobuf message: one user record inside an aggregate.
+#[cfg(any(test, feature = "aggregator"))]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RecordMessage {
     /// Index into `partition_key_table` (proto2 `required`).
@@ -66,6 +69,7 @@ pub struct RecordMessage {
 }
 
 /// The `Tag` protobuf message.
+#[cfg(any(test, feature = "aggregator"))]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TagMessage {
     /// Tag key (proto2 `required`).
