@@ -271,15 +271,54 @@ impl Checkpointer {
             .await
     }
 
+    /// Validates and writes a checkpoint together with a pending checkpoint of the framework's
+    /// own (a key-ordered shard's completions beyond it), in one write; `None` clears any
+    /// pending checkpoint, as every commit does.
+    pub(crate) async fn checkpoint_with_pending(
+        &mut self,
+        position: ExtendedSequenceNumber,
+        pending: Option<PendingCheckpoint>,
+    ) -> Result<(), CheckpointError> {
+        self.validate(&position)?;
+        if position == self.last_checkpoint && pending.is_none() {
+            return Ok(());
+        }
+        let update = LeaseUpdate {
+            pending_checkpoint: Some(pending),
+            ..LeaseUpdate::checkpoint(position.clone(), None)
+        };
+        self.commit_update(position, &update).await
+    }
+
+    /// Replaces the pending checkpoint alone, the committed checkpoint staying where it is (a
+    /// key-ordered shard whose completions beyond it changed).
+    pub(crate) async fn write_pending(
+        &mut self,
+        pending: Option<PendingCheckpoint>,
+    ) -> Result<(), CheckpointError> {
+        let update = LeaseUpdate {
+            pending_checkpoint: Some(pending),
+            ..LeaseUpdate::default()
+        };
+        let position = self.last_checkpoint.clone();
+        self.commit_update(position, &update).await
+    }
+
     async fn commit_unchecked(
         &mut self,
         position: ExtendedSequenceNumber,
         children: Option<Vec<String>>,
     ) -> Result<(), CheckpointError> {
-        if let Err(error) = self
-            .write(&LeaseUpdate::checkpoint(position.clone(), children))
-            .await
-        {
+        let update = LeaseUpdate::checkpoint(position.clone(), children);
+        self.commit_update(position, &update).await
+    }
+
+    async fn commit_update(
+        &mut self,
+        position: ExtendedSequenceNumber,
+        update: &LeaseUpdate,
+    ) -> Result<(), CheckpointError> {
+        if let Err(error) = self.write(update).await {
             self.failed.increment(1);
             return Err(error);
         }

@@ -50,7 +50,6 @@ pub mod shard_sync;
 pub mod worker;
 
 pub(crate) mod sync;
-#[cfg(any(test, feature = "model"))]
 pub(crate) mod time;
 
 pub use bytes::Bytes;

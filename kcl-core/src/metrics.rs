@@ -89,6 +89,18 @@ pub mod names {
     pub const BATCHES_DEAD_LETTERED: &str = "kcl_batches_dead_lettered_total";
     /// Records handed to the dead-letter handler.
     pub const RECORDS_DEAD_LETTERED: &str = "kcl_records_dead_lettered_total";
+    /// Failed deliveries that reported a partial failure (records from an index on).
+    pub const PARTIAL_BATCH_FAILURES: &str = "kcl_partial_batch_failures_total";
+    /// Failed batches split in two to isolate the failing records.
+    pub const BATCH_BISECTIONS: &str = "kcl_batch_bisections_total";
+    /// Records older than the maximum record age, by what happened to them.
+    pub const RECORDS_EXPIRED: &str = "kcl_records_expired_total";
+    /// Batches in flight at once (key-ordered mode).
+    pub const BATCHES_IN_FLIGHT: &str = "kcl_batches_in_flight";
+    /// Records received and not yet covered by the checkpoint (key-ordered mode).
+    pub const WINDOW_RECORDS: &str = "kcl_window_records";
+    /// Records skipped on resume because a previous owner completed them out of order.
+    pub const REMEMBERED_RECORDS_SKIPPED: &str = "kcl_remembered_records_skipped_total";
     /// Failed calls of user code (errors and panics), by lifecycle call.
     pub const PROCESSOR_FAILURES: &str = "kcl_processor_failures_total";
     /// Raw records fetched from the stream (before de-aggregation).
@@ -248,6 +260,60 @@ pub const CATALOG: &[MetricInfo] = &[
         unit: None,
         labels: SHARD,
         help: "Records handed to the dead-letter handler.",
+        java: "-",
+    },
+    MetricInfo {
+        name: PARTIAL_BATCH_FAILURES,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: SHARD,
+        help: "Failed deliveries that reported a PartialFailure: the records before its index \
+               were processed, the rest is delivered again.",
+        java: "-",
+    },
+    MetricInfo {
+        name: BATCH_BISECTIONS,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: SHARD,
+        help: "Failed batches split in two to isolate the failing records \
+               (bisect_failed_batches).",
+        java: "- (Lambda: BisectBatchOnFunctionError)",
+    },
+    MetricInfo {
+        name: RECORDS_EXPIRED,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &["shard", "action"],
+        help: "Records older than max_record_age, taken out before delivery, by action: \
+               dead_lettered (also counted as dead-lettered records) or skipped.",
+        java: "- (Lambda: MaximumRecordAgeInSeconds)",
+    },
+    MetricInfo {
+        name: BATCHES_IN_FLIGHT,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: SHARD,
+        help: "Batches of the shard being processed at once (key-ordered mode, at most \
+               max_in_flight).",
+        java: "-",
+    },
+    MetricInfo {
+        name: WINDOW_RECORDS,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: SHARD,
+        help: "Records received and not yet covered by the checkpoint: in flight, waiting for \
+               their key, or completed after an unfinished one (key-ordered mode).",
+        java: "-",
+    },
+    MetricInfo {
+        name: REMEMBERED_RECORDS_SKIPPED,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: SHARD,
+        help: "Records not delivered on resume because a previous owner completed them out of \
+               order and remembered them in the checkpoint (key-ordered mode).",
         java: "-",
     },
     MetricInfo {
@@ -633,6 +699,13 @@ pub(crate) struct ShardMetrics {
     pub batch_retries: Counter,
     pub batches_dead_lettered: Counter,
     pub records_dead_lettered: Counter,
+    pub partial_failures: Counter,
+    pub bisections: Counter,
+    /// Records too old to deliver: dead-lettered, skipped.
+    pub records_expired: [Counter; 2],
+    pub batches_in_flight: Gauge,
+    pub window_records: Gauge,
+    pub remembered_skipped: Counter,
     pub records_fetched: Counter,
     pub kpl_aggregates: Counter,
     pub kpl_user_records: Counter,
@@ -704,6 +777,13 @@ impl ShardMetrics {
             batch_retries: scope.counter(BATCH_RETRIES, &labels),
             batches_dead_lettered: scope.counter(BATCHES_DEAD_LETTERED, &labels),
             records_dead_lettered: scope.counter(RECORDS_DEAD_LETTERED, &labels),
+            partial_failures: scope.counter(PARTIAL_BATCH_FAILURES, &labels),
+            bisections: scope.counter(BATCH_BISECTIONS, &labels),
+            records_expired: ["dead_lettered", "skipped"]
+                .map(|action| scope.counter(RECORDS_EXPIRED, &with("action", action))),
+            batches_in_flight: scope.gauge(BATCHES_IN_FLIGHT, &labels),
+            window_records: scope.gauge(WINDOW_RECORDS, &labels),
+            remembered_skipped: scope.counter(REMEMBERED_RECORDS_SKIPPED, &labels),
             records_fetched: scope.counter(RECORDS_FETCHED, &labels),
             kpl_aggregates: scope.counter(KPL_AGGREGATES, &labels),
             kpl_user_records: scope.counter(KPL_USER_RECORDS, &labels),

@@ -70,8 +70,9 @@ impl<T: Copy> Signal<T> {
     }
 }
 
-/// Follows a [`Signal`]: [`Watch::changed`] resolves once per change it has not seen.
-#[derive(Debug)]
+/// Follows a [`Signal`]: [`Watch::changed`] resolves once per change it has not seen. A clone
+/// follows the same signal and has seen what the original had.
+#[derive(Clone, Debug)]
 pub(crate) struct Watch<T> {
     signal: Arc<Signal<T>>,
     seen: u64,

@@ -2,7 +2,8 @@
 //!
 //! Wall-clock values (record arrival times, `AT_TIMESTAMP` positions) are derived from tokio's
 //! monotonic clock through a fixed anchor taken once per process, so that advancing a paused tokio
-//! clock also advances "wall-clock" time consistently for the model and the worker.
+//! clock also advances "wall-clock" time consistently for the model and the worker (the age of a
+//! record, `WorkerBuilder::max_record_age`, is measured on it).
 
 use std::sync::OnceLock;
 use std::time::SystemTime;
@@ -31,6 +32,7 @@ pub(crate) fn system_now() -> SystemTime {
 }
 
 /// Milliseconds between two instants, saturating at zero.
+#[cfg(any(test, feature = "model"))]
 pub(crate) fn millis_between(earlier: Instant, later: Instant) -> u64 {
     u64::try_from(later.saturating_duration_since(earlier).as_millis()).unwrap_or(u64::MAX)
 }

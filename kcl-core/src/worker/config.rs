@@ -11,12 +11,15 @@ use crate::deaggregation::DeaggregationConfig;
 use crate::lease::LeaseConfig;
 use crate::lease::LeaseTable;
 use crate::metrics::MetricsLevel;
-use crate::processor::{FailurePolicy, ProcessorFactory};
+use crate::processor::{
+    ConcurrentProcessor, ExpiredRecords, FailurePolicy, MaxRecordAge, ProcessorFactory,
+};
 use crate::retrieval::{FanOutConfig, PollingConfig, Retrieval, WorkerPrefetch};
 use crate::retry::{RetryBackoff, RetryPolicy};
 use crate::shard_sync::InitialPosition;
 
 use super::Worker;
+use super::key_ordered::{AsShared, KeyOrdered, as_shared};
 
 /// An invalid or missing setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,6 +105,13 @@ pub struct WorkerConfig {
     pub checkpoint_retry: RetryPolicy,
     /// What to do with failed batches.
     pub failure_policy: FailurePolicy,
+    /// Whether a failing batch is split in halves to isolate the failing records (default
+    /// off).
+    pub bisect_failed_batches: bool,
+    /// The maximum age of records delivered, and what happens to older ones (default none).
+    pub max_record_age: Option<MaxRecordAge>,
+    /// Key-ordered concurrency within a shard (default none: one batch at a time).
+    pub key_ordered: Option<KeyOrdered>,
     /// How often shards are re-listed to find new shards and repair holes (default 60 s).
     pub shard_sync_interval: Duration,
     /// How often a child waiting for its parents re-checks them (default 1 s).
@@ -122,7 +132,7 @@ pub struct WorkerConfig {
 }
 
 /// Builds a [`Worker`]. Start with [`Worker::builder`].
-pub struct WorkerBuilder<F> {
+pub struct WorkerBuilder<F: ProcessorFactory> {
     factory: F,
     backend: Option<Arc<dyn StreamBackend>>,
     lease_table: Option<Arc<dyn LeaseTable>>,
@@ -135,6 +145,9 @@ pub struct WorkerBuilder<F> {
     checkpoint: CheckpointCadence,
     checkpoint_retry: RetryPolicy,
     failure_policy: FailurePolicy,
+    bisect_failed_batches: bool,
+    max_record_age: Option<MaxRecordAge>,
+    key_ordered: Option<(KeyOrdered, AsShared<F::Processor>)>,
     shard_sync_interval: Duration,
     parent_poll_interval: Duration,
     deaggregation: DeaggregationConfig,
@@ -144,7 +157,7 @@ pub struct WorkerBuilder<F> {
     metrics_level: MetricsLevel,
 }
 
-impl<F> std::fmt::Debug for WorkerBuilder<F> {
+impl<F: ProcessorFactory> std::fmt::Debug for WorkerBuilder<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerBuilder")
             .field("application_name", &self.application_name)
@@ -169,6 +182,9 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
             checkpoint: CheckpointCadence::default(),
             checkpoint_retry: RetryPolicy::lease_writes(),
             failure_policy: FailurePolicy::default(),
+            bisect_failed_batches: false,
+            max_record_age: None,
+            key_ordered: None,
             shard_sync_interval: Duration::from_secs(60),
             parent_poll_interval: Duration::from_secs(1),
             deaggregation: DeaggregationConfig::default(),
@@ -269,6 +285,27 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
         self
     }
 
+    /// Whether a failing batch of more than one record is split in halves, delivered in turn,
+    /// and so on down to the failing record alone (Lambda's `BisectBatchOnFunctionError`;
+    /// default off). Each part made by a split gets the failure policy's full attempts, so
+    /// under [`FailurePolicy::DeadLetter`] only the failing records go to the handler and every
+    /// other record of the batch is processed once; under [`FailurePolicy::StopShard`] the shard
+    /// stops right at the failing record. Splits wait the policy's backoff like redeliveries.
+    pub fn bisect_failed_batches(mut self, bisect: bool) -> Self {
+        self.bisect_failed_batches = bisect;
+        self
+    }
+
+    /// Records older than `max_age` (from their approximate arrival time) are not delivered:
+    /// checked before every delivery, retries included, they go to the dead-letter handler or
+    /// are skipped and counted, as `expired` says (Lambda's `MaximumRecordAgeInSeconds`; default
+    /// no limit). [`ExpiredRecords::DeadLetter`] needs a [`FailurePolicy::DeadLetter`] (`build`
+    /// checks).
+    pub fn max_record_age(mut self, max_age: Duration, expired: ExpiredRecords) -> Self {
+        self.max_record_age = Some(MaxRecordAge { max_age, expired });
+        self
+    }
+
     /// How often shards are re-listed (default 60 s).
     pub fn shard_sync_interval(mut self, interval: Duration) -> Self {
         self.shard_sync_interval = interval;
@@ -320,6 +357,12 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
 
     /// Validates the configuration and builds the worker.
     pub fn build(self) -> Result<Worker<F>, ConfigError> {
+        validate_failure_options(
+            &self.failure_policy,
+            self.max_record_age.as_ref(),
+            self.key_ordered.as_ref().map(|(mode, _)| mode),
+            &self.checkpoint,
+        )?;
         let backend = self.backend.ok_or(ConfigError::Missing("backend"))?;
         let lease_table = self
             .lease_table
@@ -355,6 +398,9 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
             checkpoint: self.checkpoint,
             checkpoint_retry: self.checkpoint_retry,
             failure_policy: self.failure_policy,
+            bisect_failed_batches: self.bisect_failed_batches,
+            max_record_age: self.max_record_age,
+            key_ordered: self.key_ordered.map(|(mode, _)| mode),
             shard_sync_interval: self.shard_sync_interval,
             parent_poll_interval: self.parent_poll_interval,
             deaggregation: self.deaggregation,
@@ -368,7 +414,31 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
             self.factory,
             backend,
             lease_table,
+            self.key_ordered.map(|(_, shared)| shared),
         ))
+    }
+}
+
+impl<F> WorkerBuilder<F>
+where
+    F: ProcessorFactory,
+    F::Processor: ConcurrentProcessor,
+{
+    /// Key-ordered concurrency within a shard: up to `mode.max_in_flight` batches of one shard
+    /// in flight at once, through [`ConcurrentProcessor::process_batch`], the records of each
+    /// [ordering key](ConcurrentProcessor::ordering_key) (the partition key by default) strictly
+    /// in order, different keys concurrently. `KeyOrdered::new(1)` is the ordinary path (one
+    /// batch at a time through `process_records`). Default: off.
+    ///
+    /// The worker checkpoints over the contiguous prefix of completed records at the cadence,
+    /// which must be automatic; records completed beyond it are remembered in the lease's pending
+    /// checkpoint (the framework's in this mode: a checkpoint the processor prepares itself is
+    /// replaced at the next automatic one), so neither a restart nor a handoff delivers them
+    /// again. Handoffs, shutdowns and shard ends let the batches in flight finish first. See
+    /// the `worker` module docs.
+    pub fn key_ordered(mut self, mode: KeyOrdered) -> Self {
+        self.key_ordered = Some((mode, as_shared::<F::Processor>));
+        self
     }
 }
 
@@ -543,6 +613,63 @@ fn validate_cadence(cadence: &CheckpointCadence) -> Result<(), ConfigError> {
         return Err(invalid(
             "checkpoint_cadence.every_interval",
             "must be positive",
+        ));
+    }
+    Ok(())
+}
+
+/// The options that go with the failure policy: the record age limit and key-ordered mode.
+fn validate_failure_options(
+    policy: &FailurePolicy,
+    max_record_age: Option<&MaxRecordAge>,
+    key_ordered: Option<&KeyOrdered>,
+    cadence: &CheckpointCadence,
+) -> Result<(), ConfigError> {
+    if let Some(limit) = max_record_age {
+        positive("max_record_age", limit.max_age)?;
+        if limit.expired == ExpiredRecords::DeadLetter && policy.handler().is_none() {
+            return Err(invalid(
+                "max_record_age",
+                "expired records go to the dead-letter handler, but the failure policy has none \
+                 (use FailurePolicy::DeadLetter, or ExpiredRecords::Skip)",
+            ));
+        }
+    }
+    let Some(mode) = key_ordered else {
+        return Ok(());
+    };
+    if !(1..=256).contains(&mode.max_in_flight) {
+        return Err(invalid(
+            "key_ordered.max_in_flight",
+            format!("{} is outside 1..=256", mode.max_in_flight),
+        ));
+    }
+    if mode.max_batch_records == 0 {
+        return Err(invalid(
+            "key_ordered.max_batch_records",
+            "must be at least 1",
+        ));
+    }
+    if mode.max_window_records < mode.max_batch_records {
+        return Err(invalid(
+            "key_ordered.max_window_records",
+            format!(
+                "{} is below max_batch_records ({})",
+                mode.max_window_records, mode.max_batch_records
+            ),
+        ));
+    }
+    if !(256..=262_144).contains(&mode.max_state_bytes) {
+        return Err(invalid(
+            "key_ordered.max_state_bytes",
+            format!("{} is outside 256..=262144", mode.max_state_bytes),
+        ));
+    }
+    if mode.max_in_flight > 1 && !cadence.is_automatic() {
+        return Err(invalid(
+            "key_ordered",
+            "batches in flight at once are checkpointed by the worker: the checkpoint cadence \
+             must be automatic (not CheckpointCadence::manual())",
         ));
     }
     Ok(())

@@ -15,8 +15,15 @@
 //! Every step that can fail and be retried (creating the processor, `initialize`, a batch, the
 //! dead-letter handler, `shard_ended`, the `SHARD_END` write, child leases) counts its attempts
 //! and waits between them with one helper, [`Retry`]: backoff between attempts, an optional
-//! limit, and the wait cut short when the lease is lost or asked for or the worker stops. All
-//! user code runs under the same panic catch ([`catch`]).
+//! limit, and the wait cut short when the lease is lost or asked for or the worker stops
+//! ([`Interrupts`]). All user code runs under the same panic catch ([`catch`]). What happens to a
+//! batch that fails (retries, partial failures, bisection, record age, the dead-letter handler)
+//! is decided in one place, the `delivery` module, for both processing modes; automatic
+//! checkpoints are written in one place, [`Progress`].
+//!
+//! With `WorkerBuilder::key_ordered` (more than one batch in flight), the loop over retrieval
+//! events is the `key_ordered` module's instead of [`Consumer::lifecycle`]'s; everything before
+//! (parents, processor, `initialize`) and after (handoff, shutdown, shard end) is shared.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -24,20 +31,21 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{debug, error, info, warn};
 
-use super::{ConsumerExit, ShardState, Shutdown, StatusBoard, WorkerConfig};
+use super::delivery::{self, Call, DeliveryContext, End};
+use super::key_ordered::{self, AsShared, KeyOrdered};
+use super::{CheckpointCadence, ConsumerExit, ShardState, Shutdown, StatusBoard, WorkerConfig};
 use crate::backend::{ChildShard, StreamBackend};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::deaggregation::Deaggregator;
 use crate::lease::coordinator::LeaseCoordinator;
 use crate::lease::held::{HeldLease, HeldStatus};
-use crate::lease::{Lease, LeaseTable};
+use crate::lease::{Lease, LeaseTable, PendingCheckpoint};
 use crate::metrics::{ShardMetrics, UserCall, WorkerMetrics};
 use crate::processor::{
-    BoxError, DeadLetterBatch, DeadLetterHandler, FailurePolicy, InitializationInput,
-    ProcessRecordsInput, ProcessorFactory, RecordProcessor, ShardEndedInput, ShardInfo,
-    ShutdownReason,
+    BoxError, InitializationInput, ProcessRecordsInput, ProcessorFactory, RecordProcessor,
+    ShardEndedInput, ShardInfo, ShutdownReason,
 };
 use crate::record::{ExtendedSequenceNumber, Record};
 use crate::retrieval::{
@@ -64,7 +72,7 @@ pub(crate) struct ConsumerContext {
 
 /// Something that interrupted the consumer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Interrupt {
+pub(super) enum Interrupt {
     /// The lease is no longer ours.
     Lost,
     /// Another worker asked for the lease.
@@ -73,27 +81,69 @@ enum Interrupt {
     Shutdown,
 }
 
-/// Resolves when the lease is lost or asked for, or the worker shuts down.
-async fn interruption(status: &mut Watch<HeldStatus>, shutdown: &mut Watch<Shutdown>) -> Interrupt {
-    loop {
-        match status.get_and_update() {
-            HeldStatus::Lost => return Interrupt::Lost,
-            HeldStatus::HandoffRequested => return Interrupt::Handoff,
-            HeldStatus::Held => {}
+/// What can interrupt a shard's work: its lease's status and the worker's shutdown. A clone
+/// follows the same signals (every batch in flight has its own).
+#[derive(Clone, Debug)]
+pub(super) struct Interrupts {
+    status: Watch<HeldStatus>,
+    shutdown: Watch<Shutdown>,
+}
+
+impl Interrupts {
+    /// Resolves when the lease is lost or asked for, or the worker shuts down.
+    pub(super) async fn next(&mut self) -> Interrupt {
+        loop {
+            match self.status.get_and_update() {
+                HeldStatus::Lost => return Interrupt::Lost,
+                HeldStatus::HandoffRequested => return Interrupt::Handoff,
+                HeldStatus::Held => {}
+            }
+            if self.shutdown.get_and_update().stops_consumers() {
+                return Interrupt::Shutdown;
+            }
+            self.changed().await;
         }
-        if shutdown.get_and_update().stops_consumers() {
-            return Interrupt::Shutdown;
+    }
+
+    /// Resolves when work being finished must stop at once: the lease is lost, or the worker
+    /// stops immediately.
+    pub(super) async fn escalated(&mut self) -> Interrupt {
+        loop {
+            if self.status.get_and_update() == HeldStatus::Lost {
+                return Interrupt::Lost;
+            }
+            if self.shutdown.get_and_update() == Shutdown::Immediate {
+                return Interrupt::Shutdown;
+            }
+            self.changed().await;
         }
+    }
+
+    async fn changed(&mut self) {
         tokio::select! {
             biased;
-            _ = status.changed() => {}
-            _ = shutdown.changed() => {}
+            _ = self.status.changed() => {}
+            _ = self.shutdown.changed() => {}
         }
+    }
+
+    /// Sleeps `delay` unless the lease is lost or asked for, or the worker stops.
+    pub(super) async fn pause(&mut self, delay: Duration) -> Option<Interrupt> {
+        tokio::select! {
+            biased;
+            interrupt = self.next() => Some(interrupt),
+            _ = tokio::time::sleep(delay) => None,
+        }
+    }
+
+    /// How the worker is asked to stop, if it is.
+    pub(super) fn shutdown(&self) -> Shutdown {
+        self.shutdown.get()
     }
 }
 
 /// Whether to try a failed step again.
-enum Again {
+pub(super) enum Again {
     Yes,
     /// The attempts allowed were used up (this many).
     GaveUp(u32),
@@ -102,14 +152,14 @@ enum Again {
 
 /// The attempts of a failing step: a backoff between them, an optional limit, and waits cut
 /// short by an interruption. The one retry helper of the consumer.
-struct Retry {
+pub(super) struct Retry {
     delays: crate::retry::Schedule,
     max_attempts: Option<u32>,
     failed: u32,
 }
 
 impl Retry {
-    fn new(backoff: &RetryBackoff, max_attempts: Option<u32>) -> Self {
+    pub(super) fn new(backoff: &RetryBackoff, max_attempts: Option<u32>) -> Self {
         Self {
             delays: backoff.schedule(),
             max_attempts,
@@ -122,15 +172,15 @@ impl Retry {
         self.failed.saturating_add(1)
     }
 
-    /// The attempt failed: waits the next delay unless the limit is reached or `shard` is
-    /// interrupted meanwhile, and says whether to try again.
-    async fn failed(&mut self, shard: &mut Shard) -> Again {
+    /// The attempt failed: waits the next delay unless the limit is reached or an interruption
+    /// comes meanwhile, and says whether to try again.
+    pub(super) async fn failed(&mut self, interrupts: &mut Interrupts) -> Again {
         self.failed = self.failed.saturating_add(1);
         if self.max_attempts.is_some_and(|max| self.failed >= max) {
             return Again::GaveUp(self.failed);
         }
         let delay = self.delays.next().unwrap_or_default();
-        match shard.pause(delay).await {
+        match interrupts.pause(delay).await {
             Some(interrupt) => Again::Interrupted(interrupt),
             None => Again::Yes,
         }
@@ -139,25 +189,16 @@ impl Retry {
 
 /// One leased shard on this worker, with or without a processor yet: its context, its lease
 /// and what can interrupt it.
-struct Shard {
-    ctx: ConsumerContext,
-    id: String,
-    held: Arc<HeldLease>,
-    status: Watch<HeldStatus>,
+pub(super) struct Shard {
+    pub ctx: ConsumerContext,
+    pub id: String,
+    pub held: Arc<HeldLease>,
+    pub interrupts: Interrupts,
 }
 
 impl Shard {
-    fn set_state(&self, state: ShardState) {
+    pub(super) fn set_state(&self, state: ShardState) {
         self.ctx.status.update(&self.id, |s| s.state = state);
-    }
-
-    /// Sleeps `delay` unless the lease is lost or asked for, or the worker stops.
-    async fn pause(&mut self, delay: Duration) -> Option<Interrupt> {
-        tokio::select! {
-            biased;
-            interrupt = interruption(&mut self.status, &mut self.ctx.shutdown) => Some(interrupt),
-            _ = tokio::time::sleep(delay) => None,
-        }
     }
 
     /// Waits until every parent lease is finished or gone (`Ok`), or an interruption.
@@ -182,7 +223,8 @@ impl Shard {
                 return Ok(());
             };
             debug!(%parent, "waiting for parent shard to finish");
-            if let Some(interrupt) = self.pause(self.ctx.config.parent_poll_interval).await {
+            let delay = self.ctx.config.parent_poll_interval;
+            if let Some(interrupt) = self.interrupts.pause(delay).await {
                 return Err(interrupt);
             }
         }
@@ -206,7 +248,7 @@ impl Shard {
             let error = panic_message(panic.as_ref());
             error!(attempt = retry.attempt(), %error, "creating the processor panicked");
             self.set_state(ShardState::Retrying);
-            match retry.failed(self).await {
+            match retry.failed(&mut self.interrupts).await {
                 Again::Yes => {}
                 Again::GaveUp(attempts) => {
                     error!(
@@ -273,16 +315,21 @@ fn successor(ctx: &ConsumerContext, held: &HeldLease) -> Option<String> {
     }
 }
 
-/// Runs the consumer of `held` to completion.
+/// Runs the consumer of `held` to completion. `key_ordered` is how to share the processor
+/// between batches, when its factory's processors can be ([`crate::processor::ConcurrentProcessor`]).
 pub(crate) async fn run<F: ProcessorFactory>(
     ctx: ConsumerContext,
     factory: Arc<F>,
     held: Arc<HeldLease>,
+    key_ordered: Option<AsShared<F::Processor>>,
 ) -> ConsumerExit {
     let lease = held.lease().await;
     let mut shard = Shard {
         id: lease.key.clone(),
-        status: held.watch(),
+        interrupts: Interrupts {
+            status: held.watch(),
+            shutdown: ctx.shutdown.clone(),
+        },
         held,
         ctx,
     };
@@ -312,40 +359,63 @@ pub(crate) async fn run<F: ProcessorFactory>(
         Ok(processor) => processor,
         Err(exit) => return exit,
     };
+    let config = &shard.ctx.config;
     let checkpointer = Checkpointer::new(
         shard.held.clone(),
         lease.checkpoint.clone(),
-        shard.ctx.config.checkpoint_retry,
+        config.checkpoint_retry,
     )
     .with_metrics(
         shard.ctx.metrics.checkpoints.clone(),
         shard.ctx.metrics.checkpoint_failures.clone(),
     );
-    let mut consumer = Consumer {
-        shard,
-        processor,
+    let delivery = DeliveryContext {
+        stream: config.stream.clone(),
+        shard_id: shard.id.clone(),
+        metrics: shard.ctx.metrics.clone(),
+        status: shard.ctx.status.clone(),
+        policy: config.failure_policy.clone(),
+        bisect: config.bisect_failed_batches,
+        max_age: config.max_record_age,
+    };
+    let progress = Progress {
         checkpointer,
         last_processed: None,
         records_since_checkpoint: 0,
+        remembered: None,
+        written_remembered: lease.pending_checkpoint.clone(),
+        force_remembered: false,
+        cadence: config.checkpoint,
+        status: shard.ctx.status.clone(),
+        shard_id: shard.id.clone(),
+    };
+    // Key-ordered only with more than one batch in flight: one is today's path exactly.
+    let key_ordered = key_ordered.zip(config.key_ordered.filter(|mode| mode.max_in_flight > 1));
+    let mut consumer = Consumer {
+        shard,
+        processor,
+        progress,
+        delivery,
         resume_after: match &lease.checkpoint {
             ExtendedSequenceNumber::Sequence { .. } => Some(lease.checkpoint.clone()),
             _ => None,
         },
         feed: None,
+        key_ordered,
     };
     consumer.lifecycle(lease).await
 }
 
 /// A running retriever, the receiving end of its events and the budget batches are given back
 /// to.
-struct Feed {
+pub(super) struct Feed {
     events: tokio::sync::mpsc::Receiver<RetrievalEvent>,
-    budget: Arc<PrefetchBudget>,
+    pub budget: Arc<PrefetchBudget>,
     retriever: Retriever,
 }
 
 /// The next event of `feed` (`None` once stopped or ended).
-async fn next_event(feed: &mut Option<Feed>) -> Option<RetrievalEvent> {
+pub(super) async fn next_event(feed: &mut Option<Feed>) -> Option<RetrievalEvent> {
     match feed {
         Some(feed) => feed.events.recv().await,
         None => None,
@@ -361,26 +431,205 @@ enum Next {
 /// How one event ended: go on, or the consumer's exit.
 type Step = Result<(), ConsumerExit>;
 
-/// How a batch ended.
-enum BatchOutcome {
-    Done,
-    Stop,
-    Interrupted(Interrupt),
+/// A fetched batch as it arrived from retrieval.
+pub(super) struct Fetched {
+    pub records: Vec<Record>,
+    /// Raw records and bytes fetched (what the prefetch budget is charged).
+    pub fetched: (usize, usize),
+    pub millis_behind_latest: Option<u64>,
+    pub queued_at: Instant,
 }
 
-struct Consumer<P: RecordProcessor> {
-    shard: Shard,
-    processor: P,
-    checkpointer: Checkpointer,
-    /// The last user record processed successfully (or dead-lettered).
+/// Takes a fetched batch in: counted, de-aggregated into `out`, filtered past the checkpoint
+/// the shard resumed from, and the lag noted. Both processing modes receive records this way.
+pub(super) fn receive(
+    shard: &Shard,
+    resume_after: &mut Option<ExtendedSequenceNumber>,
+    lease: &Lease,
+    fetched: Fetched,
+    out: &mut Vec<Record>,
+) {
+    let metrics = &shard.ctx.metrics;
+    metrics
+        .prefetch_wait
+        .record(fetched.queued_at.elapsed().as_secs_f64());
+    metrics.records_fetched.increment(fetched.fetched.0 as u64);
+    out.clear();
+    let stats = shard.ctx.deaggregator.deaggregate_batch_into(
+        fetched.records,
+        lease.hash_key_range.as_ref(),
+        out,
+    );
+    metrics.deaggregated(&stats);
+    if let Some(after) = resume_after {
+        out.retain(|r| r.position() > *after);
+        if !out.is_empty() {
+            *resume_after = None;
+        }
+    }
+    shard
+        .ctx
+        .status
+        .fetched(&shard.id, fetched.millis_behind_latest);
+}
+
+/// How far a shard got and what is checkpointed: the one place automatic checkpoints are
+/// written, in both processing modes.
+pub(super) struct Progress {
+    pub checkpointer: Checkpointer,
+    /// The last record handled (processed, dead-lettered, skipped): in key-ordered mode, the end
+    /// of the contiguous prefix of handled records.
     last_processed: Option<ExtendedSequenceNumber>,
     records_since_checkpoint: u64,
+    /// Key-ordered mode: the records handled beyond `last_processed`, written as the pending
+    /// checkpoint with every checkpoint.
+    remembered: Option<PendingCheckpoint>,
+    /// The pending checkpoint as last written (or found on the lease).
+    written_remembered: Option<PendingCheckpoint>,
+    /// Write `remembered` at the next checkpoint even if it looks written.
+    force_remembered: bool,
+    cadence: CheckpointCadence,
+    status: Arc<StatusBoard>,
+    shard_id: String,
+}
+
+impl Progress {
+    /// `n` more records are handled, up to `last`.
+    pub(super) fn mark(&mut self, last: ExtendedSequenceNumber, n: usize) {
+        self.last_processed = Some(last);
+        self.records_since_checkpoint += n as u64;
+    }
+
+    /// `n` more records are handled, wherever they are (key-ordered mode).
+    pub(super) fn count(&mut self, n: usize) {
+        self.records_since_checkpoint += n as u64;
+    }
+
+    /// The contiguous prefix of handled records now ends at `prefix` (key-ordered mode): the
+    /// checkpoint, automatic or the processor's own, may go that far.
+    pub(super) fn reached(&mut self, prefix: ExtendedSequenceNumber) {
+        self.checkpointer.permit(prefix.clone());
+        self.last_processed = Some(prefix);
+    }
+
+    /// The position a checkpoint written now would hold.
+    pub(super) fn target(&self) -> ExtendedSequenceNumber {
+        let last = self.checkpointer.last_checkpoint();
+        match &self.last_processed {
+            Some(position) if position > last => position.clone(),
+            _ => last.clone(),
+        }
+    }
+
+    /// What to write as the pending checkpoint from now on (key-ordered mode).
+    pub(super) fn remember(&mut self, remembered: Option<PendingCheckpoint>) {
+        self.remembered = remembered;
+    }
+
+    /// Whether the cadence asks for a checkpoint now.
+    pub(super) fn due(&self) -> bool {
+        if self.records_since_checkpoint == 0 {
+            return false;
+        }
+        let by_count = self
+            .cadence
+            .every_records
+            .is_some_and(|n| self.records_since_checkpoint >= n);
+        let by_time = self
+            .cadence
+            .every_interval
+            .is_some_and(|t| self.checkpointer.last_write_at().elapsed() >= t);
+        by_count || by_time
+    }
+
+    /// Writes an automatic checkpoint if the cadence says so; `Err` if the lease was lost.
+    pub(super) async fn maybe_checkpoint(&mut self) -> Result<(), Interrupt> {
+        if !self.due() {
+            return Ok(());
+        }
+        match self.checkpoint().await {
+            Err(CheckpointError::LeaseLost(_)) => Err(Interrupt::Lost),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checkpoints the last handled record, if it is ahead of the last checkpoint, with what is
+    /// remembered beyond it (key-ordered mode; nothing otherwise, which clears any pending
+    /// checkpoint as every commit does).
+    pub(super) async fn checkpoint(&mut self) -> Result<(), CheckpointError> {
+        let position = self.target();
+        let moves = position > *self.checkpointer.last_checkpoint();
+        let state_changes = self.remembered.is_some()
+            && (self.force_remembered || self.remembered != self.written_remembered);
+        if !moves && !state_changes {
+            self.records_since_checkpoint = 0;
+            return Ok(());
+        }
+        let pending = self.remembered.clone();
+        let result = if moves {
+            self.checkpointer
+                .checkpoint_with_pending(position.clone(), pending.clone())
+                .await
+        } else {
+            self.checkpointer.write_pending(pending.clone()).await
+        };
+        match result {
+            Ok(()) => {
+                self.records_since_checkpoint = 0;
+                self.written_remembered = pending;
+                self.force_remembered = false;
+                if moves {
+                    self.status
+                        .update(&self.shard_id, |s| s.last_checkpoint = Some(position));
+                }
+                Ok(())
+            }
+            Err(error) => {
+                warn!(%error, "automatic checkpoint failed");
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The one-batch-at-a-time way of calling the processor: `&mut`, with the checkpointer, each
+/// handled run of records marked and checkpointed at the cadence.
+struct InOrder<'c, P> {
+    processor: &'c mut P,
+    progress: &'c mut Progress,
+}
+
+impl<P: RecordProcessor> Call for InOrder<'_, P> {
+    async fn call(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), BoxError> {
+        self.progress.checkpointer.deliver(input.records);
+        catch(
+            self.processor
+                .process_records(input, &mut self.progress.checkpointer),
+        )
+        .await
+    }
+
+    async fn handled(&mut self, records: &[Record]) -> Result<(), Interrupt> {
+        if let Some(last) = records.last() {
+            self.progress.mark(last.position(), records.len());
+        }
+        self.progress.maybe_checkpoint().await
+    }
+}
+
+pub(super) struct Consumer<P: RecordProcessor> {
+    shard: Shard,
+    processor: P,
+    progress: Progress,
+    delivery: DeliveryContext,
     /// Drop records at or before this position (restart from a checkpoint).
     resume_after: Option<ExtendedSequenceNumber>,
     /// Retrieval, while it runs. Stopped ([`Consumer::stop_retrieval`]) before the lease is let
     /// go or the shard finished, so a fan-out subscription is closed before the next owner
     /// subscribes.
     feed: Option<Feed>,
+    /// Key-ordered mode (more than one batch in flight).
+    key_ordered: Option<(AsShared<P>, KeyOrdered)>,
 }
 
 impl<P: RecordProcessor> Consumer<P> {
@@ -396,13 +645,14 @@ impl<P: RecordProcessor> Consumer<P> {
         };
         self.start_retrieval(start);
         self.shard.set_state(ShardState::Processing);
+        if let Some((as_shared, mode)) = self.key_ordered {
+            return self.key_ordered(as_shared, mode, &lease).await;
+        }
         let mut batch = Vec::new();
         loop {
             let next = tokio::select! {
                 biased;
-                interrupt = interruption(&mut self.shard.status, &mut self.shard.ctx.shutdown) => {
-                    Next::Interrupt(interrupt)
-                }
+                interrupt = self.shard.interrupts.next() => Next::Interrupt(interrupt),
                 event = next_event(&mut self.feed) => Next::Event(event),
             };
             let step = match next {
@@ -413,16 +663,13 @@ impl<P: RecordProcessor> Consumer<P> {
                     bytes,
                     queued_at,
                 })) => {
-                    let fetched = (records.len(), bytes);
-                    self.on_records(
+                    let fetched = Fetched {
+                        fetched: (records.len(), bytes),
                         records,
-                        fetched,
                         millis_behind_latest,
                         queued_at,
-                        &lease,
-                        &mut batch,
-                    )
-                    .await
+                    };
+                    self.on_records(fetched, &lease, &mut batch).await
                 }
                 Next::Event(Some(RetrievalEvent::CaughtUp {
                     millis_behind_latest,
@@ -452,6 +699,45 @@ impl<P: RecordProcessor> Consumer<P> {
         }
     }
 
+    /// The loop of key-ordered mode, then what it ended with.
+    async fn key_ordered(
+        &mut self,
+        as_shared: AsShared<P>,
+        mode: KeyOrdered,
+        lease: &Lease,
+    ) -> ConsumerExit {
+        let exit = key_ordered::run(key_ordered::Parts {
+            shared: as_shared(&self.processor),
+            mode,
+            shard: &mut self.shard,
+            progress: &mut self.progress,
+            delivery: &self.delivery,
+            feed: &mut self.feed,
+            resume_after: &mut self.resume_after,
+            lease,
+        })
+        .await;
+        match exit {
+            key_ordered::Exit::Interrupted(interrupt) => self.interrupted(interrupt).await,
+            key_ordered::Exit::ShardEnd(children) => self.shard_end(children).await,
+            key_ordered::Exit::Stopped => {
+                // What was completed stays completed: the next owner starts right at the
+                // failure.
+                let _ = self.progress.checkpoint().await;
+                self.stopped().await
+            }
+            key_ordered::Exit::Failed(error) => {
+                error!(%error, "reading the shard failed permanently; releasing the lease");
+                self.interrupted(Interrupt::Shutdown).await;
+                ConsumerExit::Failed(error)
+            }
+            key_ordered::Exit::RetrievalStopped => {
+                error!("retrieval stopped unexpectedly; releasing the lease");
+                self.interrupted(Interrupt::Shutdown).await
+            }
+        }
+    }
+
     /// Calls `initialize` under the failure policy.
     async fn initialize(&mut self, lease: &Lease) -> Step {
         let input = InitializationInput {
@@ -472,7 +758,7 @@ impl<P: RecordProcessor> Consumer<P> {
                 .processor_failure(UserCall::Initialize);
             error!(attempt = retry.attempt(), %error, "initialize failed");
             self.shard.set_state(ShardState::Retrying);
-            match retry.failed(&mut self.shard).await {
+            match retry.failed(&mut self.shard.interrupts).await {
                 Again::Yes => {}
                 Again::GaveUp(attempts) => {
                     error!(
@@ -514,248 +800,62 @@ impl<P: RecordProcessor> Consumer<P> {
     /// the prefetch budget, checkpointed at the cadence.
     async fn on_records(
         &mut self,
-        records: Vec<Record>,
-        (fetched, bytes): (usize, usize),
-        millis_behind_latest: Option<u64>,
-        queued_at: Instant,
+        fetched: Fetched,
         lease: &Lease,
         batch: &mut Vec<Record>,
     ) -> Step {
-        let metrics = &self.shard.ctx.metrics;
-        metrics
-            .prefetch_wait
-            .record(queued_at.elapsed().as_secs_f64());
-        metrics.records_fetched.increment(fetched as u64);
-        batch.clear();
-        let stats = self.shard.ctx.deaggregator.deaggregate_batch_into(
-            records,
-            lease.hash_key_range.as_ref(),
-            batch,
-        );
-        metrics.deaggregated(&stats);
-        if let Some(after) = &self.resume_after {
-            batch.retain(|r| r.position() > *after);
-            if !batch.is_empty() {
-                self.resume_after = None;
-            }
-        }
-        self.shard
-            .ctx
-            .status
-            .fetched(&self.shard.id, millis_behind_latest);
+        let (records, bytes) = fetched.fetched;
+        let mbl = fetched.millis_behind_latest;
+        receive(&self.shard, &mut self.resume_after, lease, fetched, batch);
         // A paused or cut-off worker stops here, before anyone may take over.
         if !batch.is_empty() && !self.shard.held.is_valid() {
             warn!("the worker's claim on the lease went stale; stopping");
             self.shard.held.mark_lost();
             return Err(self.interrupted(Interrupt::Lost).await);
         }
-        let outcome = if batch.is_empty() {
-            BatchOutcome::Done
+        let end = if batch.is_empty() {
+            End::Done
         } else {
-            let records = std::mem::take(batch);
-            let outcome = self.process_batch(&records, millis_behind_latest).await;
-            *batch = records;
-            outcome
-        };
-        if let Some(feed) = &self.feed {
-            feed.budget.release(fetched, bytes);
-        }
-        match outcome {
-            BatchOutcome::Done => self.maybe_checkpoint().await,
-            BatchOutcome::Stop => {
-                error!("failure policy stopped the shard; the lease is kept until shutdown");
-                self.stop_retrieval().await;
-                self.shard.set_state(ShardState::Stopped);
-                Err(ConsumerExit::Stopped)
-            }
-            BatchOutcome::Interrupted(interrupt) => Err(self.interrupted(interrupt).await),
-        }
-    }
-
-    /// Delivers one batch under the failure policy, in a span naming its sequence range.
-    async fn process_batch(&mut self, records: &[Record], mbl: Option<u64>) -> BatchOutcome {
-        let (Some(first), Some(last)) = (records.first(), records.last()) else {
-            return BatchOutcome::Done;
-        };
-        let span = info_span!(
-            "batch",
-            first = %first.position(),
-            last = %last.position(),
-            records = records.len(),
-        );
-        self.deliver_batch(records, mbl).instrument(span).await
-    }
-
-    async fn deliver_batch(&mut self, records: &[Record], mbl: Option<u64>) -> BatchOutcome {
-        self.checkpointer.deliver(records);
-        let policy = self.shard.ctx.config.failure_policy.clone();
-        let mut retry = Retry::new(policy.backoff(), policy.max_attempts());
-        loop {
-            let attempt = retry.attempt();
-            if attempt > 1 {
-                self.shard.ctx.metrics.batch_retries.increment(1);
-            }
-            let input = ProcessRecordsInput {
-                shard_id: &self.shard.id,
-                records,
-                millis_behind_latest: mbl,
-                attempt,
+            let taken = std::mem::take(batch);
+            let mut call = InOrder {
+                processor: &mut self.processor,
+                progress: &mut self.progress,
             };
-            let started = Instant::now();
-            let result = catch(
-                self.processor
-                    .process_records(input, &mut self.checkpointer),
+            let delivered = delivery::deliver(
+                &mut call,
+                &self.delivery,
+                &taken,
+                mbl,
+                &mut self.shard.interrupts,
             )
             .await;
-            let metrics = &self.shard.ctx.metrics;
-            metrics
-                .process_duration
-                .record(started.elapsed().as_secs_f64());
-            let error = match result {
-                Ok(()) => {
-                    metrics.batches_processed.increment(1);
-                    self.mark_processed(records);
-                    return BatchOutcome::Done;
-                }
-                Err(error) => error,
-            };
-            metrics.processor_failure(UserCall::ProcessRecords);
-            warn!(attempt, %error, records = records.len(), "process_records failed");
-            self.shard.set_state(ShardState::Retrying);
-            match retry.failed(&mut self.shard).await {
-                Again::Yes => {}
-                Again::GaveUp(attempts) => {
-                    return match &policy {
-                        FailurePolicy::DeadLetter { handler, .. } => {
-                            self.dead_letter(handler.as_ref(), records, &error, attempts)
-                                .await
-                        }
-                        _ => BatchOutcome::Stop,
-                    };
-                }
-                Again::Interrupted(interrupt) => return BatchOutcome::Interrupted(interrupt),
-            }
+            *batch = taken;
+            delivered.end
+        };
+        if let Some(feed) = &self.feed {
+            feed.budget.release(records, bytes);
+        }
+        match end {
+            End::Done => self.maybe_checkpoint().await,
+            End::Stop => Err(self.stopped().await),
+            End::Interrupted(interrupt) => Err(self.interrupted(interrupt).await),
         }
     }
 
-    /// Hands a batch the policy gave up on to the dead-letter handler, retrying the handler (it
-    /// is user code too: a panic is a failure) until it succeeds, so no batch is lost without
-    /// trace.
-    async fn dead_letter(
-        &mut self,
-        handler: &dyn DeadLetterHandler,
-        records: &[Record],
-        error: &BoxError,
-        attempts: u32,
-    ) -> BatchOutcome {
-        let backoff = *self.shard.ctx.config.failure_policy.backoff();
-        let mut retry = Retry::new(&backoff, None);
-        loop {
-            let batch = DeadLetterBatch {
-                stream: &self.shard.ctx.config.stream,
-                shard_id: &self.shard.id,
-                records,
-                error,
-                attempts,
-            };
-            let handled = match AssertUnwindSafe(handler.handle(batch)).catch_unwind().await {
-                Ok(result) => result,
-                Err(panic) => Err(panic_error(panic)),
-            };
-            let dlq_error = match handled {
-                Ok(()) => {
-                    warn!(
-                        records = records.len(),
-                        "batch handed to the dead-letter handler"
-                    );
-                    let metrics = &self.shard.ctx.metrics;
-                    metrics.batches_dead_lettered.increment(1);
-                    metrics
-                        .records_dead_lettered
-                        .increment(records.len() as u64);
-                    self.mark_processed(records);
-                    return BatchOutcome::Done;
-                }
-                Err(dlq_error) => dlq_error,
-            };
-            self.shard
-                .ctx
-                .metrics
-                .processor_failure(UserCall::DeadLetter);
-            error!(error = %dlq_error, "dead-letter handler failed; retrying it");
-            match retry.failed(&mut self.shard).await {
-                Again::Yes => {}
-                Again::GaveUp(_) => return BatchOutcome::Stop,
-                Again::Interrupted(interrupt) => return BatchOutcome::Interrupted(interrupt),
-            }
-        }
-    }
-
-    fn mark_processed(&mut self, records: &[Record]) {
-        if let Some(last) = records.last() {
-            self.last_processed = Some(last.position());
-        }
-        let n = records.len() as u64;
-        let metrics = &self.shard.ctx.metrics;
-        metrics.records_processed.increment(n);
-        metrics
-            .bytes_processed
-            .increment(records.iter().map(|r| r.data().len() as u64).sum());
-        self.records_since_checkpoint += n;
-        self.shard.ctx.status.update(&self.shard.id, |s| {
-            s.state = ShardState::Processing;
-            s.records_processed += n;
-        });
+    /// The failure policy stopped the shard: retrieval stops, the lease is kept.
+    async fn stopped(&mut self) -> ConsumerExit {
+        error!("failure policy stopped the shard; the lease is kept until shutdown");
+        self.stop_retrieval().await;
+        self.shard.set_state(ShardState::Stopped);
+        ConsumerExit::Stopped
     }
 
     /// Writes an automatic checkpoint if the cadence says so; ends the consumer if the lease
     /// was lost.
     async fn maybe_checkpoint(&mut self) -> Step {
-        let cadence = self.shard.ctx.config.checkpoint;
-        if self.records_since_checkpoint == 0 {
-            return Ok(());
-        }
-        let by_count = cadence
-            .every_records
-            .is_some_and(|n| self.records_since_checkpoint >= n);
-        let by_time = cadence
-            .every_interval
-            .is_some_and(|t| self.checkpointer.last_write_at().elapsed() >= t);
-        if !(by_count || by_time) {
-            return Ok(());
-        }
-        match self.checkpoint_processed().await {
-            Err(CheckpointError::LeaseLost(_)) => Err(self.interrupted(Interrupt::Lost).await),
-            _ => Ok(()),
-        }
-    }
-
-    /// Checkpoints the last processed record, if it is ahead of the last checkpoint.
-    async fn checkpoint_processed(&mut self) -> Result<(), CheckpointError> {
-        let Some(position) = self.last_processed.clone() else {
-            return Ok(());
-        };
-        if position <= *self.checkpointer.last_checkpoint() {
-            self.records_since_checkpoint = 0;
-            return Ok(());
-        }
-        match self
-            .checkpointer
-            .checkpoint_position(position.clone())
-            .await
-        {
-            Ok(()) => {
-                self.records_since_checkpoint = 0;
-                self.shard
-                    .ctx
-                    .status
-                    .update(&self.shard.id, |s| s.last_checkpoint = Some(position));
-                Ok(())
-            }
-            Err(error) => {
-                warn!(%error, "automatic checkpoint failed");
-                Err(error)
-            }
+        match self.progress.maybe_checkpoint().await {
+            Err(interrupt) => Err(self.interrupted(interrupt).await),
+            Ok(()) => Ok(()),
         }
     }
 
@@ -782,7 +882,7 @@ impl<P: RecordProcessor> Consumer<P> {
                 }
             }
             Interrupt::Handoff | Interrupt::Shutdown => {
-                if self.shard.ctx.shutdown.get() == Shutdown::Immediate {
+                if self.shard.interrupts.shutdown() == Shutdown::Immediate {
                     // No processor call, no checkpoint: the worker releases the lease.
                     info!("stopping immediately");
                 } else if !self.shard.held.is_lost() {
@@ -793,7 +893,7 @@ impl<P: RecordProcessor> Consumer<P> {
                     };
                     let call = self
                         .processor
-                        .shutdown_requested(reason, &mut self.checkpointer);
+                        .shutdown_requested(reason, &mut self.progress.checkpointer);
                     if let Err(error) = catch(call).await {
                         self.shard
                             .ctx
@@ -802,7 +902,10 @@ impl<P: RecordProcessor> Consumer<P> {
                         warn!(%error, "shutdown_requested failed");
                     }
                     if self.shard.ctx.config.checkpoint.is_automatic() {
-                        let _ = self.checkpoint_processed().await;
+                        // What a key-ordered shard remembers goes out again even if the
+                        // processor committed a checkpoint of its own just now (which clears it).
+                        self.progress.force_remembered = true;
+                        let _ = self.progress.checkpoint().await;
                     }
                     self.shard.release().await;
                 }
@@ -816,7 +919,9 @@ impl<P: RecordProcessor> Consumer<P> {
         self.stop_retrieval().await;
         let children: Vec<String> = child_shards.iter().map(|c| c.shard_id.clone()).collect();
         // Records processed before the end count: the SHARD_END write covers them.
-        self.checkpointer.permit(ExtendedSequenceNumber::ShardEnd);
+        self.progress
+            .checkpointer
+            .permit(ExtendedSequenceNumber::ShardEnd);
         // `shard_ended` must succeed before SHARD_END is recorded: retried until it does.
         let backoff = *self.shard.ctx.config.failure_policy.backoff();
         let mut retry = Retry::new(&backoff, None);
@@ -825,7 +930,9 @@ impl<P: RecordProcessor> Consumer<P> {
                 shard_id: self.shard.id.clone(),
                 child_shards: child_shards.clone(),
             };
-            let call = self.processor.shard_ended(input, &mut self.checkpointer);
+            let call = self
+                .processor
+                .shard_ended(input, &mut self.progress.checkpointer);
             let Err(error) = catch(call).await else {
                 break;
             };
@@ -834,7 +941,7 @@ impl<P: RecordProcessor> Consumer<P> {
                 .metrics
                 .processor_failure(UserCall::ShardEnded);
             warn!(%error, "shard_ended failed; retrying before recording SHARD_END");
-            if let Again::Interrupted(interrupt) = retry.failed(&mut self.shard).await {
+            if let Again::Interrupted(interrupt) = retry.failed(&mut self.shard.interrupts).await {
                 return self.interrupted(interrupt).await;
             }
         }
@@ -842,6 +949,7 @@ impl<P: RecordProcessor> Consumer<P> {
         let mut retry = Retry::new(&self.shard.ctx.config.checkpoint_retry.backoff, None);
         loop {
             match self
+                .progress
                 .checkpointer
                 .checkpoint_shard_end(children.clone())
                 .await
@@ -852,7 +960,7 @@ impl<P: RecordProcessor> Consumer<P> {
                 }
                 Err(error) => warn!(%error, "could not record SHARD_END; retrying"),
             }
-            if let Again::Interrupted(interrupt) = retry.failed(&mut self.shard).await {
+            if let Again::Interrupted(interrupt) = retry.failed(&mut self.shard.interrupts).await {
                 return self.interrupted(interrupt).await;
             }
         }
@@ -909,7 +1017,7 @@ impl<P: RecordProcessor> Consumer<P> {
                     }
                 }
                 let again = if self.shard.held.is_valid() {
-                    retry.failed(&mut self.shard).await
+                    retry.failed(&mut self.shard.interrupts).await
                 } else {
                     Again::GaveUp(retry.attempt())
                 };
@@ -923,7 +1031,7 @@ impl<P: RecordProcessor> Consumer<P> {
 }
 
 /// Runs user code under the panic catch: an error or a panic both come back as an error.
-async fn catch<E: Into<BoxError>>(
+pub(super) async fn catch<E: Into<BoxError>>(
     call: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), BoxError> {
     match AssertUnwindSafe(call).catch_unwind().await {
@@ -943,6 +1051,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// The error standing for a caught panic of user code.
-fn panic_error(panic: Box<dyn std::any::Any + Send>) -> BoxError {
+pub(super) fn panic_error(panic: Box<dyn std::any::Any + Send>) -> BoxError {
     format!("processor panicked: {}", panic_message(panic.as_ref())).into()
 }

@@ -49,14 +49,18 @@ use crate::sync::{Signal, Watch};
 
 mod config;
 mod consumer;
+mod delivery;
 mod error;
 mod health;
+mod key_ordered;
 mod signals;
 mod status;
+mod window;
 
 pub use config::{CheckpointCadence, ConfigError, WorkerBuilder, WorkerConfig};
 pub use error::WorkerError;
 pub use health::{Health, HealthStatus};
+pub use key_ordered::KeyOrdered;
 pub use status::{ShardState, ShardStatus, WorkerStatus};
 
 use health::{Lifecycle, Phase};
@@ -244,6 +248,8 @@ pub struct Worker<F: ProcessorFactory> {
     budget: Arc<WorkerBudget>,
     /// The stream consumers this worker's fan-out tasks share.
     consumers: Arc<ConsumerRegistry>,
+    /// How batches share a processor, in key-ordered mode.
+    key_ordered: Option<key_ordered::AsShared<F::Processor>>,
 }
 
 impl<F: ProcessorFactory> std::fmt::Debug for Worker<F> {
@@ -287,6 +293,7 @@ impl<F: ProcessorFactory> Worker<F> {
         factory: F,
         backend: Arc<dyn StreamBackend>,
         table: Arc<dyn LeaseTable>,
+        key_ordered: Option<key_ordered::AsShared<F::Processor>>,
     ) -> Self {
         let scope = Scope::new(config.metrics_level, &config.stream, &config.worker_id);
         let instrumented = Arc::new(Instrumented::new(table, &scope));
@@ -310,6 +317,7 @@ impl<F: ProcessorFactory> Worker<F> {
             status: Arc::new(StatusBoard::default()),
             lifecycle: Arc::new(Lifecycle::default()),
             metrics: Arc::new(WorkerMetrics::new(scope)),
+            key_ordered,
         }
     }
 
@@ -744,9 +752,10 @@ impl<F: ProcessorFactory> Worker<F> {
         };
         let factory = self.factory.clone();
         let exit_tx = exit_tx.clone();
+        let key_ordered = self.key_ordered;
         set.spawn(
             async move {
-                let exit = consumer::run(ctx, factory, held.clone()).await;
+                let exit = consumer::run(ctx, factory, held.clone(), key_ordered).await;
                 let _ = exit_tx.send((held, exit));
             }
             .instrument(span),
