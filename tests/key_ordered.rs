@@ -483,10 +483,14 @@ async fn a_graceful_handoff_with_out_of_order_completions_redelivers_nothing() {
     assert_order_per_key(&log, &produced);
 }
 
+/// One call of the dead-letter handler: shard, records, attempts, error, reason, and where in
+/// the log it happened.
+type DeadLettered = (String, Vec<Record>, u32, String, DeadLetterReason, u64);
+
 /// Keeps what it is handed.
 #[derive(Debug, Default)]
 struct Dlq {
-    batches: Mutex<Vec<(String, Vec<Record>, u32, String, DeadLetterReason, u64)>>,
+    batches: Mutex<Vec<DeadLettered>>,
     log: Mutex<Option<Arc<Log>>>,
 }
 
