@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run -p kcl-tests --bin kcl-sim -- replay <seed>
+//! cargo run -p kcl-tests --bin kcl-sim -- replay-key-ordered <seed>
 //! cargo run --release -p kcl-tests --bin kcl-sim -- soak <count> [first-seed]
 //! ```
 //!
@@ -16,7 +17,9 @@ use std::process::ExitCode;
 use kcl_tests::sim;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: kcl-sim replay <seed> | kcl-sim soak <count> [first-seed]");
+    eprintln!(
+        "usage: kcl-sim replay <seed> | kcl-sim replay-key-ordered <seed> | kcl-sim soak <count> [first-seed]"
+    );
     ExitCode::from(2)
 }
 
@@ -24,12 +27,16 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
     match args.first().map(String::as_str) {
-        Some("replay") => {
+        Some(mode @ ("replay" | "replay-key-ordered")) => {
             let Some(seed) = number(1) else {
                 return usage();
             };
             kcl_tests::init_tracing_to_stderr();
-            let outcome = sim::run(seed);
+            let outcome = if mode == "replay" {
+                sim::run(seed)
+            } else {
+                sim::run_key_ordered(seed)
+            };
             println!("{}", outcome.report());
             println!(
                 "produced {}, deliveries {}, sessions {}, virtual time {:?}",

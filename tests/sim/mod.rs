@@ -60,6 +60,11 @@ pub struct SimConfig {
     pub kills: bool,
     /// Splits and merges.
     pub resharding: bool,
+    /// Batches in flight per shard: 1 is the ordinary path; more runs the shards key-ordered
+    /// (`WorkerBuilder::key_ordered`) with random processing times, so batches complete out of
+    /// order. [`SimConfig::for_seed`] leaves it at 1; [`SimConfig::key_ordered_for_seed`]
+    /// draws it.
+    pub max_in_flight: usize,
 }
 
 impl SimConfig {
@@ -86,6 +91,17 @@ impl SimConfig {
             zombies: rng.f64() < 0.8,
             kills: rng.f64() < 0.8,
             resharding: rng.f64() < 0.8,
+            max_in_flight: 1,
+        }
+    }
+
+    /// The configuration of `seed` ([`SimConfig::for_seed`]) in key-ordered mode, with 2 to 16
+    /// batches in flight per shard (drawn from the seed, apart from the other draws).
+    pub fn key_ordered_for_seed(seed: u64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0x0bde_4ed0);
+        Self {
+            max_in_flight: rng.usize(2..=16),
+            ..Self::for_seed(seed)
         }
     }
 }
@@ -118,7 +134,7 @@ impl Outcome {
     pub fn report(&self) -> String {
         let mut out = format!(
             "simulation seed {} {} ({})\n  replay: cargo run -p kcl-tests --bin kcl-sim -- \
-             replay {}   (KCL_SIM_VERBOSE=1 for every lease write and session)\n",
+             {} {}   (KCL_SIM_VERBOSE=1 for every lease write and session)\n",
             self.seed,
             if self.violations.is_empty() {
                 "passed"
@@ -126,6 +142,11 @@ impl Outcome {
                 "FAILED"
             },
             world::describe(&self.config),
+            if self.config.max_in_flight > 1 {
+                "replay-key-ordered"
+            } else {
+                "replay"
+            },
             self.seed
         );
         for v in &self.violations {
@@ -163,6 +184,11 @@ pub fn run_range(seeds: std::ops::Range<u64>) -> Vec<u64> {
 /// Runs the schedule of `seed`.
 pub fn run(seed: u64) -> Outcome {
     run_with(seed, SimConfig::for_seed(seed))
+}
+
+/// Runs the schedule of `seed` in key-ordered mode ([`SimConfig::key_ordered_for_seed`]).
+pub fn run_key_ordered(seed: u64) -> Outcome {
+    run_with(seed, SimConfig::key_ordered_for_seed(seed))
 }
 
 /// Runs the schedule of `seed` with `config`.

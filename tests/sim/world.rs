@@ -11,12 +11,12 @@ use kcl_core::deaggregation::Aggregator;
 use kcl_core::lease::{LeaseConfig, LeaseTable};
 use kcl_core::model::{KinesisModel, ModelConfig};
 use kcl_core::processor::{
-    BoxError, InitializationInput, ProcessRecordsInput, ProcessorFactory, RecordProcessor,
-    ShardEndedInput, ShardInfo, ShutdownReason,
+    BoxError, ConcurrentProcessor, InitializationInput, ProcessRecordsInput, ProcessorFactory,
+    RecordProcessor, ShardEndedInput, ShardInfo, ShutdownReason,
 };
 use kcl_core::retrieval::PollingConfig;
 use kcl_core::shard_sync::InitialPosition;
-use kcl_core::worker::{CheckpointCadence, Worker, WorkerHandle};
+use kcl_core::worker::{CheckpointCadence, KeyOrdered, Worker, WorkerHandle};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -34,6 +34,8 @@ struct SimFactory {
     worker: String,
     /// Checkpoint manually after some batches (besides the automatic cadence).
     manual_checkpoints: bool,
+    /// Key-ordered: batches take a random time, so they complete out of order.
+    key_ordered: bool,
 }
 
 impl ProcessorFactory for SimFactory {
@@ -48,6 +50,7 @@ impl ProcessorFactory for SimFactory {
             shard: shard.shard_id.clone(),
             session: None,
             manual_checkpoints: self.manual_checkpoints,
+            key_ordered: self.key_ordered,
             batches: 0,
         }
     }
@@ -62,10 +65,45 @@ struct SimProcessor {
     shard: String,
     session: Option<usize>,
     manual_checkpoints: bool,
+    key_ordered: bool,
     batches: u64,
 }
 
 impl SimProcessor {
+    /// Records a batch as delivered; in key-ordered mode after a processing time drawn from
+    /// the batch (the same on every run of the seed).
+    async fn deliver(&self, input: &ProcessRecordsInput<'_>) -> Result<(), BoxError> {
+        let entered = self.log.stamp();
+        // A paused process does nothing; a batch begun before the pause completes after it.
+        self.gate.pass().await;
+        if self.key_ordered {
+            let seed = input
+                .records
+                .iter()
+                .fold(u64::from(self.incarnation), |h, r| {
+                    r.data()
+                        .iter()
+                        .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+                });
+            let ms = fastrand::Rng::with_seed(seed).u64(0..60);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            self.gate.pass().await;
+        }
+        let delivered = self.log.stamp();
+        let session = self.session.ok_or("process_records before initialize")?;
+        self.log.with(|e| {
+            e.deliveries.extend(input.records.iter().map(|r| Delivery {
+                entered,
+                delivered,
+                session,
+                position: r.position(),
+                key: r.partition_key().to_owned(),
+                payload: r.data().clone(),
+            }))
+        });
+        Ok(())
+    }
+
     fn end(&mut self, end: End) {
         let Some(id) = self.session else { return };
         let at = self.log.stamp();
@@ -114,21 +152,7 @@ impl RecordProcessor for SimProcessor {
         input: ProcessRecordsInput<'_>,
         checkpointer: &mut Checkpointer,
     ) -> Result<(), BoxError> {
-        let entered = self.log.stamp();
-        // A paused process does nothing; a batch begun before the pause completes after it.
-        self.gate.pass().await;
-        let delivered = self.log.stamp();
-        let session = self.session.ok_or("process_records before initialize")?;
-        self.log.with(|e| {
-            e.deliveries.extend(input.records.iter().map(|r| Delivery {
-                entered,
-                delivered,
-                session,
-                position: r.position(),
-                key: r.partition_key().to_owned(),
-                payload: r.data().clone(),
-            }))
-        });
+        self.deliver(&input).await?;
         self.batches += 1;
         if self.manual_checkpoints && self.batches.is_multiple_of(3) {
             // Users may checkpoint themselves; a refusal (lease lost) is theirs to ignore.
@@ -160,6 +184,12 @@ impl RecordProcessor for SimProcessor {
         self.gate.pass().await;
         self.end(End::Shutdown);
         Ok(())
+    }
+}
+
+impl ConcurrentProcessor for SimProcessor {
+    async fn process_batch(&self, input: ProcessRecordsInput<'_>) -> Result<(), BoxError> {
+        self.deliver(&input).await
     }
 }
 
@@ -256,8 +286,9 @@ impl World {
             incarnation: id,
             worker: worker.to_owned(),
             manual_checkpoints: self.rng.bool(),
+            key_ordered: self.config.max_in_flight > 1,
         };
-        let worker_ = Worker::builder(factory)
+        let mut builder = Worker::builder(factory)
             .application_name("sim")
             .stream(STREAM)
             .worker_id(worker)
@@ -274,9 +305,17 @@ impl World {
                 every_interval: Some(Duration::from_secs(5)),
             })
             .shard_sync_interval(Duration::from_secs(10))
-            .parent_poll_interval(Duration::from_secs(1))
-            .build()
-            .expect("valid worker configuration");
+            .parent_poll_interval(Duration::from_secs(1));
+        if self.config.max_in_flight > 1 {
+            // A window of 100 records (plus one fetch of 50) keeps what a crash re-delivers
+            // within the bound the duplicate check allows.
+            builder = builder.key_ordered(
+                KeyOrdered::new(self.config.max_in_flight)
+                    .with_max_batch_records(10)
+                    .with_max_window_records(100),
+            );
+        }
+        let worker_ = builder.build().expect("valid worker configuration");
         let handle = worker_.handle();
         let task = tokio::spawn(async move {
             let _ = worker_.run().await;
@@ -653,7 +692,7 @@ async fn produce(
 pub(crate) fn describe(config: &SimConfig) -> String {
     format!(
         "{} workers, {} shards, {} keys, failover {:?}, renewal {:?}, cadence {} records, \
-         faults {}, zombies {}, kills {}, resharding {}, kpl {}",
+         faults {}, zombies {}, kills {}, resharding {}, kpl {}, in flight {}",
         config.workers,
         config.initial_shards,
         config.keys,
@@ -664,6 +703,7 @@ pub(crate) fn describe(config: &SimConfig) -> String {
         config.zombies,
         config.kills,
         config.resharding,
-        config.kpl
+        config.kpl,
+        config.max_in_flight
     )
 }
