@@ -47,6 +47,13 @@ fn spawn(name: &str, stream: &str, app: &str, dir: &Path, fanout: bool) -> Sink 
     spawn_with(name, stream, app, dir, fanout, &[])
 }
 
+/// The flags of the processes of one scenario besides the common ones.
+#[derive(Clone, Copy)]
+struct Mode {
+    fanout: bool,
+    extra: &'static [&'static str],
+}
+
 fn spawn_with(
     name: &str,
     stream: &str,
@@ -158,9 +165,21 @@ async fn wait_for_all(paths: &[&Path], produced: &HashSet<String>, limit: Durati
 }
 
 async fn scenario(fanout: bool) {
+    scenario_in(Mode { fanout, extra: &[] }).await;
+}
+
+async fn scenario_in(mode: Mode) {
+    let Mode { fanout, extra } = mode;
+    let spawn = |name: &str, stream: &str, app: &str, dir: &Path, fanout: bool| {
+        spawn_with(name, stream, app, dir, fanout, extra)
+    };
     kcl_tests::init_tracing();
     let k = Kinesis::server().await;
-    let stream = unique(if fanout { "e2e-efo" } else { "e2e-poll" });
+    let stream = unique(match (fanout, extra.is_empty()) {
+        (true, _) => "e2e-efo",
+        (false, true) => "e2e-poll",
+        (false, false) => "e2e-keyed",
+    });
     let app = format!("{stream}-app");
     k.create_stream(&stream, 4).await;
     let dir = tempfile::tempdir().unwrap();
@@ -288,7 +307,7 @@ async fn scenario(fanout: bool) {
         "the killed process's shards were taken over"
     );
     eprintln!(
-        "e2e ({}): {} records, {} lines, {duplicated} delivered more than once, workers {workers:?}",
+        "e2e ({} {extra:?}): {} records, {} lines, {duplicated} delivered more than once, workers {workers:?}",
         if fanout { "fan-out" } else { "polling" },
         payloads.len(),
         lines.len()
@@ -305,6 +324,16 @@ async fn record_sink_processes_with_polling() {
 #[ignore = "needs kinesis-local and the record_sink binary: run scripts/test.sh"]
 async fn record_sink_processes_with_fan_out() {
     scenario(true).await;
+}
+
+#[tokio::test]
+#[ignore = "needs kinesis-local and the record_sink binary: run scripts/test.sh"]
+async fn record_sink_processes_key_ordered_with_batches_in_flight() {
+    scenario_in(Mode {
+        fanout: false,
+        extra: &["--max-in-flight", "8", "--delay-ms", "3"],
+    })
+    .await;
 }
 
 /// Waits until `sink` exits (at most `limit`); returns its status and its log.

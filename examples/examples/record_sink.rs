@@ -9,7 +9,8 @@
 //!     --lease-table sqlite:PATH|dynamodb|dynamodb:TABLE \
 //!     --retrieval polling|fanout --initial-position trim-horizon|latest \
 //!     --output FILE [--checkpoint-every N] [--failover-ms MS] \
-//!     [--metrics-listen 127.0.0.1:9090] [--metrics-level detailed|summary]
+//!     [--metrics-listen 127.0.0.1:9090] [--metrics-level detailed|summary] \
+//!     [--max-in-flight N] [--delay-ms D]
 //! ```
 //!
 //! Endpoints, region and credentials come from the standard AWS environment variables
@@ -22,6 +23,11 @@
 //!
 //! With `--metrics-listen ADDR`, Prometheus metrics are served at `http://ADDR/metrics` and the
 //! worker's health at `http://ADDR/health` (200 when ready, 503 otherwise).
+//!
+//! `--max-in-flight N` processes up to N batches of each shard at once, the records of each
+//! partition key in order (key-ordered mode; 1, the default, is one batch at a time), and
+//! `--delay-ms D` makes the processor await D ms per record, standing in for a slow downstream
+//! call: together they show (and benchmark) what the mode buys.
 //!
 //! SIGTERM or SIGINT shuts down gracefully (in-flight batches finish, final checkpoint, leases
 //! handed over) and the process exits 0; a second signal stops at once. A permanent failure
@@ -43,11 +49,11 @@ use kcl_core::checkpoint::Checkpointer;
 use kcl_core::lease::LeaseTable;
 use kcl_core::metrics::MetricsLevel;
 use kcl_core::processor::{
-    BoxError, ProcessRecordsInput, RecordProcessor, ShardInfo, ShutdownReason,
+    BoxError, ConcurrentProcessor, ProcessRecordsInput, RecordProcessor, ShardInfo, ShutdownReason,
 };
 use kcl_core::retrieval::{FanOutConfig, Retrieval};
 use kcl_core::shard_sync::InitialPosition;
-use kcl_core::worker::{CheckpointCadence, Worker};
+use kcl_core::worker::{CheckpointCadence, KeyOrdered, Worker};
 use kcl_lease_dynamo::DynamoLeaseTable;
 use kcl_lease_sqlite::SqliteLeaseTable;
 use tokio::sync::oneshot;
@@ -140,6 +146,15 @@ struct Args {
     /// How much detail the metrics carry.
     #[arg(long, value_enum, default_value = "detailed")]
     metrics_level: LevelArg,
+    /// Batches of each shard processed at once, the records of each partition key still in
+    /// order (key-ordered mode); 1 processes one batch at a time.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    max_in_flight: u16,
+    /// Milliseconds the processor awaits per record before writing it, standing in for a slow
+    /// downstream call (demos and benchmarks).
+    #[arg(long, value_name = "D", default_value_t = 0)]
+    delay_ms: u64,
 }
 
 /// A write for the file thread, and where to say it is on disk (flushed).
@@ -212,11 +227,14 @@ impl Writer {
 }
 
 /// Appends each record of a batch as one JSON line, flushed before the batch returns (and so
-/// before the framework checkpoints it).
+/// before the framework checkpoints it). Batches may run concurrently (`&self`): the file
+/// thread writes each batch's lines in one piece.
 struct RecordSink {
     shard_id: String,
     worker_id: String,
     out: Writer,
+    /// Awaited per record (`--delay-ms`).
+    delay: Duration,
 }
 
 impl RecordProcessor for RecordSink {
@@ -227,12 +245,30 @@ impl RecordProcessor for RecordSink {
         input: ProcessRecordsInput<'_>,
         _checkpointer: &mut Checkpointer,
     ) -> Result<(), BoxError> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
+        self.process_batch(input).await
+    }
+
+    async fn shutdown_requested(
+        &mut self,
+        _reason: ShutdownReason,
+        _checkpointer: &mut Checkpointer,
+    ) -> Result<(), BoxError> {
+        // Every batch was flushed before it returned: nothing is left to write.
+        Ok(())
+    }
+}
+
+impl ConcurrentProcessor for RecordSink {
+    async fn process_batch(&self, input: ProcessRecordsInput<'_>) -> Result<(), BoxError> {
         let mut lines = Vec::new();
         for record in input.records {
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
             let line = serde_json::json!({
                 "shard_id": self.shard_id,
                 "sequence_number": record.sequence_number().as_str(),
@@ -246,15 +282,6 @@ impl RecordProcessor for RecordSink {
             lines.push(b'\n');
         }
         self.out.write(lines).await
-    }
-
-    async fn shutdown_requested(
-        &mut self,
-        _reason: ShutdownReason,
-        _checkpointer: &mut Checkpointer,
-    ) -> Result<(), BoxError> {
-        // Every batch was flushed before it returned: nothing is left to write.
-        Ok(())
     }
 }
 
@@ -286,12 +313,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let table = lease_table(&args).await?;
     let backend = Arc::new(KinesisBackend::from_env().await);
     let worker_id = args.worker_id.clone();
+    let delay = Duration::from_millis(args.delay_ms);
     let factory = {
         let out = sink.writer();
         move |shard: &ShardInfo| RecordSink {
             shard_id: shard.shard_id.clone(),
             worker_id: worker_id.clone(),
             out: out.clone(),
+            delay,
         }
     };
     let mut builder = Worker::builder(factory)
@@ -312,6 +341,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
     }
     if let Some(ms) = args.failover_ms {
         builder = builder.failover_time(Duration::from_millis(ms));
+    }
+    if args.max_in_flight > 1 {
+        builder = builder.key_ordered(KeyOrdered::new(usize::from(args.max_in_flight)));
     }
     if let Some(n) = args.checkpoint_every {
         builder = builder.checkpoint_cadence(CheckpointCadence {
@@ -369,6 +401,7 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn args(line: &str) -> Result<Args, String> {
         Args::try_parse_from(std::iter::once("record_sink").chain(line.split_whitespace()))
@@ -422,5 +455,24 @@ mod tests {
             .err()
             .unwrap();
         assert!(error.contains("--checkpoint-every"), "{error}");
+        for bad in ["0", "257", "many"] {
+            let error = args(&format!("{VALID} --max-in-flight {bad}"))
+                .err()
+                .unwrap();
+            assert!(error.contains("--max-in-flight"), "{error}");
+        }
+        let error = args(&format!("{VALID} --delay-ms soon")).err().unwrap();
+        assert!(error.contains("--delay-ms"), "{error}");
+    }
+
+    #[test]
+    fn key_ordered_mode_and_the_delay_are_opt_in() {
+        let parsed = args(VALID).unwrap();
+        assert_eq!((parsed.max_in_flight, parsed.delay_ms), (1, 0));
+        let parsed = args(&format!("{VALID} --max-in-flight 10 --delay-ms 25")).unwrap();
+        assert_eq!((parsed.max_in_flight, parsed.delay_ms), (10, 25));
+        let help = Args::command().render_long_help().to_string();
+        assert!(help.contains("--max-in-flight <N>"), "{help}");
+        assert!(help.contains("--delay-ms <D>"), "{help}");
     }
 }
