@@ -7,7 +7,9 @@
 //!    checkpoints);
 //!
 //! and the framework overhead per record = (2) - (1); then
-//! 3. the full worker again with its metrics recorded into a real Prometheus recorder
+//! 3. the full worker in key-ordered mode with 10 batches in flight per shard
+//!    (`WorkerBuilder::key_ordered`), and its overhead per record (target under 2 us); then
+//! 4. the full worker again with its metrics recorded into a real Prometheus recorder
 //!    (`metrics-exporter-prometheus`, detailed level: a series per shard), alternating with
 //!    runs without a recorder, and the extra CPU per record that costs (target under 5%).
 //!
@@ -16,7 +18,8 @@
 //!
 //! CPU time on a shared machine is noisy; for an exact figure of what the metrics cost, count
 //! instructions of one worker run with and without the recorder (`KCL_BENCH_ONLY=plain` or
-//! `KCL_BENCH_ONLY=prometheus` runs just that), e.g.
+//! `KCL_BENCH_ONLY=prometheus` runs just that; `KCL_BENCH_ONLY=key-ordered` the key-ordered
+//! worker), e.g.
 //! `KCL_BENCH_RECORDS=200000 KCL_BENCH_ONLY=prometheus valgrind --tool=callgrind target/release/deps/worker_throughput-*`.
 
 use std::sync::Arc;
@@ -28,10 +31,12 @@ use kcl_core::backend::{StartingPosition, StreamBackend};
 use kcl_core::checkpoint::Checkpointer;
 use kcl_core::lease::InMemoryLeaseTable;
 use kcl_core::model::{KinesisModel, ModelConfig, PutRecordsEntry};
-use kcl_core::processor::{BoxError, ProcessRecordsInput, RecordProcessor, ShardInfo};
+use kcl_core::processor::{
+    BoxError, ConcurrentProcessor, ProcessRecordsInput, RecordProcessor, ShardInfo,
+};
 use kcl_core::retrieval::PollingConfig;
 use kcl_core::shard_sync::InitialPosition;
-use kcl_core::worker::Worker;
+use kcl_core::worker::{KeyOrdered, Worker};
 
 const STREAM: &str = "bench";
 const SHARDS: u32 = 16;
@@ -95,6 +100,14 @@ impl RecordProcessor for Noop {
     }
 }
 
+impl ConcurrentProcessor for Noop {
+    async fn process_batch(&self, input: ProcessRecordsInput<'_>) -> Result<(), BoxError> {
+        self.0
+            .fetch_add(input.records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 async fn model_alone(model: &Arc<KinesisModel>) -> u64 {
     let mut total = 0;
     for shard in model.shard_ids(STREAM).expect("shards") {
@@ -120,6 +133,16 @@ async fn model_alone(model: &Arc<KinesisModel>) -> u64 {
 }
 
 async fn worker(model: &Arc<KinesisModel>, expected: u64, application: &str) {
+    run_worker(model, expected, application, None).await;
+}
+
+/// The worker, key-ordered with `in_flight` batches per shard when given.
+async fn run_worker(
+    model: &Arc<KinesisModel>,
+    expected: u64,
+    application: &str,
+    in_flight: Option<usize>,
+) {
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
     let factory = move |_: &ShardInfo| Noop(c.clone());
@@ -128,16 +151,18 @@ async fn worker(model: &Arc<KinesisModel>, expected: u64, application: &str) {
         min_time_between_calls: Duration::ZERO,
         ..PollingConfig::default()
     };
-    let worker = Worker::builder(factory)
+    let mut builder = Worker::builder(factory)
         .application_name(application)
         .stream(STREAM)
         .worker_id("bench-worker")
         .backend(model.clone())
         .lease_table(Arc::new(InMemoryLeaseTable::new()))
         .initial_position(InitialPosition::TrimHorizon)
-        .polling(polling)
-        .build()
-        .expect("config");
+        .polling(polling);
+    if let Some(n) = in_flight {
+        builder = builder.key_ordered(KeyOrdered::new(n));
+    }
+    let worker = builder.build().expect("config");
     let handle = worker.handle();
     let task = tokio::spawn(worker.run());
     while count.load(Ordering::Relaxed) < expected {
@@ -179,7 +204,13 @@ fn main() {
         match only.as_str() {
             "plain" => run(),
             "prometheus" => metrics::with_local_recorder(&prometheus, run),
-            other => panic!("KCL_BENCH_ONLY={other}: expected plain or prometheus"),
+            "key-ordered" => runtime.block_on(async {
+                let model = KinesisModel::new(ModelConfig::unlimited());
+                model.create_stream(STREAM, SHARDS).expect("stream");
+                fill(&model, records);
+                run_worker(&model, records as u64, "only", Some(10)).await;
+            }),
+            other => panic!("KCL_BENCH_ONLY={other}: expected plain, prometheus or key-ordered"),
         }
         return;
     }
@@ -205,6 +236,20 @@ fn main() {
         let overhead = worker_cpu.saturating_sub(model_cpu);
         println!(
             "framework overhead           {:>7.0} ns CPU/record (target < 1000 ns)",
+            overhead.as_nanos() as f64 / records as f64
+        );
+
+        // Key-ordered, 10 batches in flight per shard, on a model of its own.
+        let model = KinesisModel::new(ModelConfig::unlimited());
+        model.create_stream(STREAM, SHARDS).expect("stream");
+        fill(&model, records);
+        let (wall0, cpu0) = (Instant::now(), cpu_time());
+        run_worker(&model, records as u64, "bench-key-ordered", Some(10)).await;
+        let (keyed_wall, keyed_cpu) = (wall0.elapsed(), cpu_time() - cpu0);
+        report("full worker, key-ordered N=10", records as u64, keyed_wall, keyed_cpu);
+        let overhead = keyed_cpu.saturating_sub(model_cpu);
+        println!(
+            "key-ordered overhead (N=10)  {:>7.0} ns CPU/record (target < 2000 ns)",
             overhead.as_nanos() as f64 / records as f64
         );
     });
