@@ -19,6 +19,43 @@
 //! lease table) end `run` with a [`WorkerError`] once they outlast
 //! [`WorkerBuilder::permanent_error_timeout`].
 //!
+//! ## Beyond one record at a time
+//!
+//! By default a shard is one ordered lane: one batch at a time, the next only once the last
+//! succeeded (or the [`FailurePolicy`](crate::processor::FailurePolicy) gave up on it). Three
+//! opt-in features go further; each leaves everything else as it was.
+//!
+//! - **Key-ordered concurrency** ([`WorkerBuilder::key_ordered`], for processors that implement
+//!   [`ConcurrentProcessor`](crate::processor::ConcurrentProcessor)): up to
+//!   [`KeyOrdered::max_in_flight`] batches of a shard in flight at once, a key in at most one of
+//!   them, so the records of each key stay strictly in order while different keys run
+//!   concurrently. The worker checkpoints the contiguous prefix of completed records at the
+//!   cadence, so a crash re-delivers at most the window (the batches in flight and the records
+//!   waiting behind them, at most [`KeyOrdered::max_window_records`] plus one fetch); the runs
+//!   of records completed beyond it are written with each checkpoint into the lease's pending
+//!   checkpoint (its application state; no new lease attribute, Java KCL reads the table as
+//!   before) and skipped by whoever processes the shard next. Handoffs, graceful shutdowns and
+//!   shard ends let the batches in flight finish first, so a graceful handoff re-delivers
+//!   nothing; `SHARD_END` is written only once every record is done, so children still start
+//!   after their parents. KPL sub-records are records like any other: each is scheduled,
+//!   completed and remembered on its own `(sequence, sub-sequence)` position.
+//! - **Partial batch failures**: `process_records` returns a
+//!   [`PartialFailure`](crate::processor::PartialFailure) to say "records from index `i` on
+//!   failed"; the records before `i` are processed (checkpointed when the cadence says so, even
+//!   while the rest waits for its retry), and only the rest is delivered again.
+//! - **Poison records**: [`WorkerBuilder::bisect_failed_batches`] splits a failing batch down to
+//!   the failing record, so only it exhausts the policy's attempts and goes to the dead-letter
+//!   handler; [`WorkerBuilder::max_record_age`] takes records older than an age out before every
+//!   delivery (to the handler, or skipped and counted). The handler receives the records
+//!   themselves ([`DeadLetterBatch`](crate::processor::DeadLetterBatch)), with the shard, their
+//!   sequence numbers, the attempts, the last error and why. A record dead-lettered or skipped
+//!   counts as handled: the later records of its key are processed after it, in order, without
+//!   it.
+//!
+//! Whatever the mode, every record is processed, dead-lettered (counted in
+//! `kcl_records_dead_lettered_total`), skipped for its age by configuration (counted in
+//! `kcl_records_expired_total`), or the shard stops by policy; none is dropped silently.
+//!
 //! [`WorkerHandle`] stops it: [`WorkerHandle::shutdown`] gracefully (in-flight batches finish,
 //! `shutdown_requested`, final checkpoint, each lease handed to a live worker, which starts
 //! right after that checkpoint) or [`WorkerHandle::shutdown_now`] immediately (processing
