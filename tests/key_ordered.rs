@@ -487,6 +487,75 @@ async fn a_graceful_handoff_with_out_of_order_completions_redelivers_nothing() {
 /// the log it happened.
 type DeadLettered = (String, Vec<Record>, u32, String, DeadLetterReason, u64);
 
+#[tokio::test(start_paused = true)]
+async fn kpl_sub_records_are_scheduled_and_remembered_one_by_one_across_a_handoff() {
+    let model = model(1);
+    let table = table();
+    let log = Arc::new(Log::default());
+    // 60 aggregates of 5 user records each, every one of a different key: the sub-records of
+    // one aggregate go to different batches and complete out of order (key-0 is slow).
+    let mut produced = Vec::new();
+    let mut aggregator = kcl_core::deaggregation::aggregator::Aggregator::default();
+    for a in 0..60 {
+        for k in 0..5 {
+            let key = format!("key-{k}");
+            let payload = Bytes::from(format!("{key}:{a:06}"));
+            assert!(
+                aggregator
+                    .try_add(&key, None, payload.clone())
+                    .unwrap()
+                    .is_none()
+            );
+            produced.push((key, payload));
+        }
+        let aggregate = aggregator.flush().unwrap();
+        model
+            .put_record(STREAM, &aggregate.partition_key, aggregate.data, None)
+            .unwrap();
+    }
+    let all: HashSet<Bytes> = produced.iter().map(|(_, p)| p.clone()).collect();
+    let behaviour = Behaviour::latency(|r: &Record| {
+        Duration::from_millis(if r.partition_key() == "key-0" { 300 } else { 5 })
+    });
+    let configure = |b: WorkerBuilder<Factory>| {
+        b.key_ordered(KeyOrdered::new(5).with_max_batch_records(3))
+            .checkpoint_cadence(CheckpointCadence {
+                every_records: Some(20),
+                every_interval: None,
+            })
+    };
+    let w1 = start("kpl-1", &model, &table, &log, behaviour.clone(), configure);
+    log.wait_until(LONG, |l| l.processed().len() >= 120).await;
+    let w2 = start("kpl-2", &model, &table, &log, behaviour, configure);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w1.stop().await;
+    log.wait_until(LONG, |l| l.processed().is_superset(&all))
+        .await;
+    w2.stop().await;
+    let processed = log.of(Kind::Processed);
+    assert_eq!(processed.len(), all.len(), "a sub-record processed twice");
+    // Sub-records of one aggregate were split between the two workers.
+    let mut by_sequence: HashMap<String, HashSet<String>> = HashMap::new();
+    for e in &processed {
+        assert!(matches!(
+            e.position,
+            ExtendedSequenceNumber::Sequence { .. }
+        ));
+        if let ExtendedSequenceNumber::Sequence { sequence, .. } = &e.position {
+            by_sequence
+                .entry(sequence.as_str().to_owned())
+                .or_default()
+                .insert(e.worker.clone());
+        }
+    }
+    assert!(
+        by_sequence.values().any(|workers| workers.len() == 2),
+        "an aggregate finished by the next owner after the handoff"
+    );
+    assert!(metric(names::REMEMBERED_RECORDS_SKIPPED, "kpl-2") > 0.0);
+    assert_order_per_key(&log, &produced);
+}
+
 /// Keeps what it is handed.
 #[derive(Debug, Default)]
 struct Dlq {
