@@ -147,6 +147,8 @@ struct Behaviour {
     /// The first batch holding this payload processes the records before it and reports a
     /// partial failure from it.
     partial: Option<(Bytes, Arc<AtomicBool>)>,
+    /// `ordering_key` panics for payloads ending in 7.
+    panicky_key: bool,
 }
 
 impl Behaviour {
@@ -155,6 +157,7 @@ impl Behaviour {
             latency: Arc::new(f),
             poison: None,
             partial: None,
+            panicky_key: false,
         }
     }
 }
@@ -245,6 +248,13 @@ impl RecordProcessor for Proc {
 impl ConcurrentProcessor for Proc {
     async fn process_batch(&self, input: ProcessRecordsInput<'_>) -> Result<(), BoxError> {
         self.run(input.records, true).await
+    }
+
+    fn ordering_key(&self, record: &Record) -> u64 {
+        if self.behaviour.panicky_key && record.data().ends_with(b"7") {
+            panic!("ordering_key failed (injected)");
+        }
+        kcl_core::processor::partition_key_ordering(record)
     }
 }
 
@@ -850,6 +860,32 @@ async fn one_batch_in_flight_is_the_ordinary_path() {
     // In shard order, as ever.
     let positions: Vec<&ExtendedSequenceNumber> = processed.iter().map(|e| &e.position).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ordering_key_that_panics_is_caught_and_the_partition_key_orders_the_record() {
+    let model = model(1);
+    let table = table();
+    let log = Arc::new(Log::default());
+    let produced = produce(&model, STREAM, 10, 100, 0);
+    let behaviour = Behaviour {
+        panicky_key: true,
+        ..Behaviour::latency(random_ms(0..10))
+    };
+    let w = start("panicky", &model, &table, &log, behaviour, |b| {
+        b.key_ordered(KeyOrdered::new(4))
+    });
+    let all: HashSet<Bytes> = produced.iter().map(|(_, p)| p.clone()).collect();
+    log.wait_until(LONG, |l| l.processed().is_superset(&all))
+        .await;
+    w.stop().await;
+    assert_eq!(log.of(Kind::Processed).len(), 100);
+    let failures = kcl_tests::metrics::recorder().value(
+        names::PROCESSOR_FAILURES,
+        &[("worker", "panicky"), ("call", "ordering_key")],
+    );
+    assert_eq!(failures, 10.0, "one per record whose key function panicked");
+    assert_order_per_key(&log, &produced);
 }
 
 #[test]

@@ -322,7 +322,8 @@ pub const CATALOG: &[MetricInfo] = &[
         unit: None,
         labels: &["shard", "call"],
         help: "Failed calls of user code (errors and panics), by call: create, initialize, \
-               process_records, shard_ended, shutdown_requested, lease_lost, dead_letter.",
+               process_records, shard_ended, shutdown_requested, lease_lost, dead_letter, \
+               ordering_key.",
         java: "RecordsFailedProcessing (3.5.4, records)",
     },
     MetricInfo {
@@ -711,7 +712,7 @@ pub(crate) struct ShardMetrics {
     pub kpl_user_records: Counter,
     pub kpl_dropped_aggregates: Counter,
     kpl_passed_through: [Counter; 4],
-    processor_failures: [Counter; 7],
+    processor_failures: [Counter; 8],
     pub retrieval: RetrievalMetrics,
 }
 
@@ -725,10 +726,11 @@ pub(crate) enum UserCall {
     ShutdownRequested,
     LeaseLost,
     DeadLetter,
+    OrderingKey,
 }
 
 impl UserCall {
-    const ALL: [UserCall; 7] = [
+    const ALL: [UserCall; 8] = [
         Self::Create,
         Self::Initialize,
         Self::ProcessRecords,
@@ -736,6 +738,7 @@ impl UserCall {
         Self::ShutdownRequested,
         Self::LeaseLost,
         Self::DeadLetter,
+        Self::OrderingKey,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -747,6 +750,7 @@ impl UserCall {
             Self::ShutdownRequested => "shutdown_requested",
             Self::LeaseLost => "lease_lost",
             Self::DeadLetter => "dead_letter",
+            Self::OrderingKey => "ordering_key",
         }
     }
 }

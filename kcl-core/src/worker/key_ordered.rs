@@ -42,21 +42,26 @@
 //! retrieval, interruptions and checkpoint writes, so no checkpoint write holds them up.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Shutdown;
 use super::consumer::{
-    Feed, Fetched, Interrupt, Interrupts, Progress, Shard, catch, next_event, receive,
+    Feed, Fetched, Interrupt, Interrupts, Progress, Shard, catch, next_event, panic_message,
+    receive,
 };
 use super::delivery::{self, Call, Delivered, DeliveryContext, End};
 use super::window::{self, Advance, Batch, Limits, Runs, Window};
 use crate::backend::{BackendError, ChildShard};
 use crate::lease::Lease;
-use crate::processor::{BoxError, ConcurrentProcessor, ProcessRecordsInput};
+use crate::metrics::{ShardMetrics, UserCall};
+use crate::processor::{
+    BoxError, ConcurrentProcessor, ProcessRecordsInput, partition_key_ordering,
+};
 use crate::record::{ExtendedSequenceNumber, Record};
 use crate::retrieval::RetrievalEvent;
 
@@ -286,6 +291,23 @@ async fn deliver_batch(
     Done { batch, delivered }
 }
 
+/// The ordering key of `record`, under the panic catch like all user code: a key function that
+/// panics orders the record by its partition key instead (logged and counted).
+fn ordering_key(shared: &dyn SharedBatches, record: &Record, metrics: &ShardMetrics) -> u64 {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| shared.ordering_key(record))) {
+        Ok(key) => key,
+        Err(panic) => {
+            metrics.processor_failure(UserCall::OrderingKey);
+            error!(
+                error = %panic_message(panic.as_ref()),
+                record = %record.position(),
+                "ordering_key panicked; the record is ordered by its partition key"
+            );
+            partition_key_ordering(record)
+        }
+    }
+}
+
 /// Waits for what may interrupt: anything while running, only what cuts the draining short
 /// (a lost lease, an immediate shutdown) while draining.
 async fn interruption(interrupts: &mut Interrupts, draining: bool) -> Interrupt {
@@ -455,7 +477,7 @@ pub(super) async fn run(parts: Parts<'_>) -> Exit {
                             continue;
                         }
                     }
-                    let key = shared.ordering_key(&record);
+                    let key = ordering_key(shared, &record, &metrics);
                     state.window.push(record, key);
                 }
                 let advance = state.window.end_fetch(count, bytes);
