@@ -22,7 +22,14 @@
 //! `window::encode_remembered`). Whoever processes the shard next, after a restart or a handoff,
 //! reads them back and skips those records (counted in `kcl_remembered_records_skipped_total`).
 //! The lease carries nothing new: Java KCL reads such a table as one with a prepared checkpoint
-//! and starts from the committed one.
+//! and starts from the committed one, and so does a worker of ours that processes the shard one
+//! batch at a time (it delivers those records again, and its first checkpoint clears them). In
+//! this mode the pending checkpoint is the framework's: one the processor prepares itself (in
+//! `shutdown_requested`, say) is replaced by the next automatic checkpoint.
+//!
+//! A [`PartialFailure`](crate::processor::PartialFailure) in a batch of this mode is handled as
+//! in any batch, except that the records before the failed one join the checkpoint prefix when
+//! their batch comes back, not while the rest of it waits for its retry.
 //!
 //! **Handoffs, shutdowns and shard ends drain first.** A handoff or a graceful shutdown stops
 //! handing out batches and lets those in flight finish (a batch waiting to be retried stops
