@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
-use kcl_tests::kinesis::{Kinesis, unique};
+use kcl_testkit::kinesis::{Kinesis, Target, TargetExt, unique};
 
 fn record_sink() -> PathBuf {
     let path = match std::env::var_os("KCL_RECORD_SINK") {
@@ -181,7 +181,9 @@ async fn scenario_in(mode: Mode) {
         (false, false) => "e2e-keyed",
     });
     let app = format!("{stream}-app");
-    k.create_stream(&stream, 4).await;
+    k.create_stream(&stream, 4)
+        .await
+        .expect("create the stream");
     let dir = tempfile::tempdir().unwrap();
     let keys = 200;
     let per_round = 200;
@@ -213,12 +215,16 @@ async fn scenario_in(mode: Mode) {
                 let open = k.open_shards(&stream).await;
                 let s = &open[0];
                 let mid = s.hash_key_range.start / 2 + s.hash_key_range.end / 2;
-                k.split(&stream, &s.shard_id, mid).await;
+                k.split_shard(&stream, &s.shard_id, mid)
+                    .await
+                    .expect("split");
             }
             10 => {
                 let open = k.open_shards(&stream).await;
                 let (a, b) = (&open[open.len() - 2], &open[open.len() - 1]);
-                k.merge(&stream, &a.shard_id, &b.shard_id).await;
+                k.merge_shards(&stream, &a.shard_id, &b.shard_id)
+                    .await
+                    .expect("merge");
             }
             12 => sinks.push(spawn("w4", &stream, &app, dir.path(), fanout)),
             _ => {}
@@ -453,7 +459,9 @@ async fn record_sink_serves_metrics_and_health_that_match_what_it_did() {
     let stream = unique("e2e-metrics");
     let app = format!("{stream}-app");
     let shards = 4;
-    k.create_stream(&stream, shards).await;
+    k.create_stream(&stream, shards)
+        .await
+        .expect("create the stream");
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_port(), free_port()];
     let mut sinks: Vec<Sink> = ["m1", "m2"]

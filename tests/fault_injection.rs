@@ -18,8 +18,8 @@ use kcl_core::retrieval::{FanOutConfig, PollingConfig, Retrieval};
 use kcl_core::retry::RetryBackoff;
 use kcl_core::shard_sync::InitialPosition;
 use kcl_core::worker::Worker;
+use kcl_testkit::kinesis::{Kinesis, Target, TargetExt, server_backend, unique};
 use kcl_tests::faults::{FaultInjector, FaultPlan};
-use kcl_tests::kinesis::{Kinesis, server_backend, unique};
 use kcl_tests::{Faults, Recorder, RecordingProcessor};
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -124,7 +124,9 @@ async fn polling_recovers_from_throttling_server_errors_expired_iterators_and_pa
     })
     .await;
     let stream = unique("faults-poll");
-    k.create_stream(&stream, 2).await;
+    k.create_stream(&stream, 2)
+        .await
+        .expect("create the stream");
     let mut produced = produce(&k, &stream, 20, 300, 0).await;
     let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
     let recorder = Recorder::new();
@@ -182,7 +184,9 @@ async fn fan_out_recovers_from_dropped_subscriptions() {
     })
     .await;
     let stream = unique("faults-efo");
-    k.create_stream(&stream, 2).await;
+    k.create_stream(&stream, 2)
+        .await
+        .expect("create the stream");
     let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
     let recorder = Recorder::new();
     let fanout = FanOutConfig::default().with_error_backoff(RetryBackoff::new(
@@ -227,7 +231,9 @@ async fn the_cached_stream_arn_is_dropped_on_resource_not_found() {
         panic!("a server backend")
     };
     let stream = unique("arn-cache");
-    k.create_stream(&stream, 1).await;
+    k.create_stream(&stream, 1)
+        .await
+        .expect("create the stream");
     let described = || faults.attempts("DescribeStreamSummary");
     // Creating waited for ACTIVE with DescribeStreamSummary: the stream's ARN is cached.
     let before = described();
@@ -267,7 +273,9 @@ async fn denied(operation: &'static str) -> kcl_core::worker::WorkerError {
     })
     .await;
     let stream = unique("faults-denied");
-    k.create_stream(&stream, 1).await;
+    k.create_stream(&stream, 1)
+        .await
+        .expect("create the stream");
     produce(&k, &stream, 5, 20, 0).await;
     let worker = Worker::builder(RecordingProcessor::factory(
         "w1",

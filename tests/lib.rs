@@ -528,4 +528,3 @@ impl kcl_core::backend::StreamBackend for CountingBackend {
 }
 
 pub mod faults;
-pub mod kinesis;

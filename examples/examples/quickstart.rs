@@ -138,7 +138,7 @@ async fn main() -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let lease_file = dir.path().join("leases.sqlite");
     println!(
-        "kcl-rs quickstart: in-memory stream, SQLite leases at {}",
+        "Kinesin quickstart: in-memory stream, SQLite leases at {}",
         lease_file.display()
     );
 

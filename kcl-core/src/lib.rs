@@ -1,31 +1,38 @@
 //! # kcl-core
 //!
-//! The core of a Rust Kinesis Client Library: everything a consumer of an Amazon Kinesis data
-//! stream needs except the concrete lease stores and the AWS SDK adapter.
+//! The core of Kinesin, a Kinesis Client Library for Rust: everything a consumer of an Amazon
+//! Kinesis data stream needs except the concrete lease stores (`kcl-lease-sqlite`,
+//! `kcl-lease-dynamo`).
 //!
 //! A user implements one trait, [`processor::RecordProcessor`], and runs a
 //! [`worker::Worker`]. The worker discovers the shards of a stream through a
-//! [`backend::StreamBackend`], shares them with other workers through a
-//! [`lease::LeaseTable`], reads records, de-aggregates KPL records, hands them to one
-//! processor per shard and checkpoints.
+//! [`backend::StreamBackend`] (the AWS backend, feature `aws`, or the in-memory model, feature
+//! `model`), shares them with other workers through a [`lease::LeaseTable`], reads records,
+//! de-aggregates KPL records, hands them to one processor per shard, checkpoints, and publishes
+//! metrics.
 //!
 //! Module map (one concept, one home):
 //!
 //! | module | owns |
 //! |---|---|
 //! | [`record`] | records, sequence numbers and extended sequence numbers (sentinels) |
-//! | [`processor`] | the `RecordProcessor` trait, its factory and lifecycle inputs |
+//! | [`processor`] | the `RecordProcessor` trait, its factory and lifecycle inputs, the failure policy |
 //! | [`checkpoint`] | the `Checkpointer` handed to processors and its validation |
 //! | [`lease`] | the `Lease` type, the `LeaseTable` trait, the in-memory table, lease coordination |
-//! | [`metrics`] | what the worker publishes through the `metrics` facade, and the catalog of names |
-//! | [`backend`] | the `StreamBackend` trait: the one boundary to a Kinesis-like service |
-//! | [`model`] | an in-memory Kinesis model implementing `StreamBackend` (feature `model`) |
+//! | [`backend`] | the `StreamBackend` trait (the one boundary to a Kinesis-like service) and the `FanOut` capability |
+//! | `aws` | the AWS backend on aws-sdk-kinesis, polling and enhanced fan-out (feature `aws`) |
+//! | `model` | an in-memory Kinesis model implementing `StreamBackend` (feature `model`) |
 //! | [`put`] | the write side: `PutRecord`/`PutRecords` requests and results |
-//! | [`retry`] | backoff schedules shared by every retry loop |
-//! | [`retrieval`] | reading records from a shard (polling with bounded prefetch) |
-//! | [`deaggregation`] | KPL aggregated-record format: de-aggregation and aggregation |
+//! | [`retrieval`] | reading records from a shard: polling and fan-out, the prefetch budgets |
+//! | [`deaggregation`] | KPL aggregated-record format: de-aggregation (and, feature `aggregator`, aggregation) |
 //! | [`shard_sync`] | shard discovery and lease creation, lineage rules |
-//! | [`worker`] | the worker, its builder and configuration, per-shard consumers |
+//! | [`worker`] | the worker, its builder and configuration, per-shard consumers, errors, health |
+//! | [`metrics`] | what the worker publishes through the `metrics` facade, and the catalog of names |
+//! | [`retry`] | backoff schedules and retry policies shared by every retry loop |
+//!
+//! Features: `aws` (the AWS backend), `model` (the in-memory model), `aggregator` (the KPL
+//! aggregator and `prost`), `contract-tests` (the `LeaseTable` contract suite). None is on by
+//! default.
 #![deny(missing_docs)]
 // The only `unsafe` code is the SIMD kernels in `deaggregation::multi_md5`.
 #![deny(unsafe_code)]

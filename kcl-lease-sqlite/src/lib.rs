@@ -417,7 +417,7 @@ fn init_schema(conn: &mut Connection, path: &Path) -> Result<(), SchemaError> {
         ))?;
     } else {
         return Err(SchemaError::Wrong(format!(
-            "not a kcl-rs lease file: it is a SQLite database of something else (application_id \
+            "not a kcl-core lease file: it is a SQLite database of something else (application_id \
              {application_id:#x}, user_version {version}, objects [{}]); use a separate file",
             objects.join(", ")
         )));
@@ -439,7 +439,7 @@ fn check_columns(conn: &Connection) -> Result<(), SchemaError> {
         Ok(())
     } else if columns.is_empty() {
         Err(SchemaError::Wrong(format!(
-            "marked as a kcl-rs lease file but has no {TABLE} table"
+            "marked as a kcl-core lease file but has no {TABLE} table"
         )))
     } else {
         let found: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();

@@ -348,7 +348,7 @@ async fn unrelated_database_is_misconfigured_and_left_alone() {
         result,
         &[
             path.to_str().expect("utf-8 path"),
-            "not a kcl-rs lease file",
+            "not a kcl-core lease file",
             "leases",
         ],
     );

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CPU cost of consuming a Kinesis stream: kcl-rs's record_sink beside the Python peer
+"""CPU cost of consuming a Kinesis stream: Kinesin's record_sink beside the Python peer
 async-kinesis, on the same stream of kinesis-local, on this machine.
 
     scripts/bench/consumer_cpu.sh [RECORDS]      (the wrapper installs what this needs)

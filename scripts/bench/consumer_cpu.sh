@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Consumer CPU benchmark: kcl-rs's record_sink (release, polling, SQLite leases) and the Python
+# Consumer CPU benchmark: Kinesin's record_sink (release, polling, SQLite leases) and the Python
 # peer async-kinesis 3.0.1 consume the same kinesis-local stream of RECORDS records (default
 # 100000, 4 shards, 100-byte records) one after the other; each writes one JSON line per record.
 # Prints one JSON line per consumer: wall time, CPU (user+system of the consumer process only),
@@ -41,9 +41,9 @@ echo "producing $RECORDS records into $STREAM" >&2
 
 OUT=$DIR/out-$STREAM
 mkdir -p "$OUT"
-"$PY" scripts/bench/consumer_cpu.py measure kcl-rs "$RECORDS" "$OUT/kcl-rs.jsonl" -- \
+"$PY" scripts/bench/consumer_cpu.py measure kinesin "$RECORDS" "$OUT/kinesin.jsonl" -- \
   "$SINK" --stream "$STREAM" --application "bench-$$" --worker-id bench \
   --lease-table "sqlite:$OUT/leases.db" --retrieval polling --initial-position trim-horizon \
-  --output "$OUT/kcl-rs.jsonl"
+  --output "$OUT/kinesin.jsonl"
 "$PY" scripts/bench/consumer_cpu.py measure async-kinesis "$RECORDS" "$OUT/peer.jsonl" -- \
   "$PY" scripts/bench/consumer_cpu.py peer "$STREAM" "$OUT/peer.jsonl"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# KPL de-aggregation throughput of kcl-rs, the official Python library and the official Node.js
+# KPL de-aggregation throughput of Kinesin (kcl-core), the official Python library and the official Node.js
 # library, on the identical input, printed as one table. One command:
 #
 #   scripts/kpl/bench.sh

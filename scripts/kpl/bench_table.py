@@ -26,7 +26,7 @@ def main():
         return rows.get((impl, inp, key))
 
     for inp, title in (("distinct", "a distinct partition key per user record (the input all three libraries read)"),
-                       ("shared", "10 shared partition keys (kcl-rs only)")):
+                       ("shared", "10 shared partition keys (Kinesin only)")):
         rank = {"rust": 0, "python": 1, "node": 2}
         keys = sorted((k for k in order if k[1] == inp), key=lambda k: rank.get(k[0], 3))
         if not keys:
@@ -41,7 +41,7 @@ def main():
         print("|---|---:|---:|---:|---:|---:|---:|")
         for k in keys:
             name, best, median, rps = rows[k]
-            impl = {"rust": "kcl-rs", "python": "Python", "node": "Node"}[k[0]]
+            impl = {"rust": "Kinesin", "python": "Python", "node": "Node"}[k[0]]
             cells = [
                 "%s: %s" % (impl, name),
                 "%.0f" % best,
@@ -59,7 +59,7 @@ def main():
     node = get("node", "distinct", "deagg")
     if batch and md5 and multi:
         print()
-        print("kcl-rs deaggregate_batch_into (best round), distinct keys:")
+        print("Kinesin deaggregate_batch_into (best round), distinct keys:")
         print("  %.0f%% of MD5 only with md-5 (target 85%%), %.0f%% of MD5 only with the multi-buffer kernel"
               % (100 * batch[1] / md5[1], 100 * batch[1] / multi[1]))
         if python:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Interop helper: the official KPL aggregation library (aws-kinesis-agg, awslabs/kinesis-aggregation)
-against kcl-rs.
+against kcl-core.
 
 Subcommands (JSON on stdout; bytes as lowercase hex):
 
@@ -12,7 +12,7 @@ Subcommands (JSON on stdout; bytes as lowercase hex):
 
   deaggregate
       Reads {"records": [{"seq", "pk", "data"}]} from stdin (raw Kinesis records, e.g. written by
-      the kcl-rs Aggregator), de-aggregates them with the official deaggregator and prints
+      the kcl-core Aggregator), de-aggregates them with the official deaggregator and prints
       {"user_records": [{"seq", "sub_seq", "aggregated", "pk", "ehk", "data"}]}.
 
   compare FILE

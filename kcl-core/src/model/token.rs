@@ -26,7 +26,7 @@ impl TokenCodec {
     pub(crate) fn new() -> Self {
         let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let mut hasher = Md5::new();
-        hasher.update(b"kcl-rs model token key");
+        hasher.update(b"kcl-core model token key");
         hasher.update(instance.to_le_bytes());
         Self {
             key: hasher.finalize().into(),
