@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use kcl_core::lease::{Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
+use kcl_core::lease::{Consistency, Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
 
 /// Operation counts, shared by every wrapper of one table.
 #[derive(Debug, Default)]
@@ -13,6 +13,10 @@ pub struct Counts {
     pub scans: AtomicU64,
     /// Rows returned by scans.
     pub rows_scanned: AtomicU64,
+    /// `list_workers` calls (reads of the heartbeat rows alone).
+    pub worker_reads: AtomicU64,
+    /// Rows returned by them.
+    pub worker_rows: AtomicU64,
     /// `get` calls.
     pub gets: AtomicU64,
     /// Writes to heartbeat rows (create, update, delete).
@@ -31,10 +35,12 @@ impl Counts {
         }
     }
 
-    fn all(&self) -> [&AtomicU64; 6] {
+    fn all(&self) -> [&AtomicU64; 8] {
         [
             &self.scans,
             &self.rows_scanned,
+            &self.worker_reads,
+            &self.worker_rows,
             &self.gets,
             &self.heartbeat_writes,
             &self.checkpoint_writes,
@@ -85,6 +91,15 @@ impl LeaseTable for CountingTable {
         let rows = self.inner.list().await?;
         self.counts
             .rows_scanned
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        Ok(rows)
+    }
+
+    async fn list_workers(&self, consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        bump(&self.counts.worker_reads);
+        let rows = self.inner.list_workers(consistency).await?;
+        self.counts
+            .worker_rows
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
         Ok(rows)
     }

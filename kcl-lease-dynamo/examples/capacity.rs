@@ -32,7 +32,7 @@ use aws_sdk_dynamodb::config::Credentials;
 use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
 use kcl_core::checkpoint::Checkpointer;
-use kcl_core::lease::{Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
+use kcl_core::lease::{Consistency, Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
 use kcl_core::model::{KinesisModel, ModelConfig};
 use kcl_core::processor::{ProcessRecordsInput, RecordProcessor, ShardInfo};
 use kcl_core::shard_sync::InitialPosition;
@@ -81,6 +81,10 @@ impl LeaseTable for Counting {
     async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
         self.count("list (scan)");
         self.inner.list().await
+    }
+    async fn list_workers(&self, consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        self.count("list_workers (scan)");
+        self.inner.list_workers(consistency).await
     }
     async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
         self.count("get");

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Expectation, InMemoryLeaseTable, Lease, LeaseError, LeaseTable, LeaseUpdate};
+use super::{
+    Consistency, Expectation, InMemoryLeaseTable, Lease, LeaseError, LeaseTable, LeaseUpdate,
+};
 
 /// An [`InMemoryLeaseTable`] whose updates fail with `Unavailable` while `failing` is set, and
 /// reach the table only after `delay` (a paused client, a slow network).
@@ -35,6 +37,10 @@ impl LeaseTable for FaultyTable {
 
     async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
         self.inner.list().await
+    }
+
+    async fn list_workers(&self, consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        self.inner.list_workers(consistency).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
