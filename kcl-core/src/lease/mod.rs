@@ -21,6 +21,8 @@
 //! | `held` | a lease this worker holds: fenced writes, loss and handoff signals |
 //! | `liveness` | this worker's own heartbeat and how long it may act on its leases |
 //! | `observer` | other workers' liveness, observed on the local monotonic clock |
+//! | `membership` | what the heartbeat rows say: live, leaving, poked, the takeover ring, the sync leader |
+//! | `poke` | asking another worker to read the table now |
 //! | `balance` | which leases to take, give and ask for (a pure function) |
 //! | [`coordinator`] | the scan cycle tying them together, and shard sync by the leader |
 //! | [`memory`] | the in-memory table |
@@ -38,8 +40,10 @@ pub mod config;
 pub mod coordinator;
 pub(crate) mod held;
 pub(crate) mod liveness;
+mod membership;
 pub mod memory;
 mod observer;
+pub(crate) mod poke;
 #[cfg(test)]
 pub(crate) mod test_table;
 

@@ -2,8 +2,8 @@
 //!
 //! A [`Worker`] is built with [`Worker::builder`] and driven by [`Worker::run`]. While running it
 //!
-//! - syncs shards into leases at start, every `shard_sync_interval`, and right after a shard ends
-//!   ([`crate::shard_sync`]);
+//! - syncs shards into leases when it leads shard sync: at start, every `shard_sync_interval`,
+//!   and right after a shard ends ([`crate::shard_sync`]);
 //! - renews its claim (its heartbeat) on a task of its own, so slow scans or processors never
 //!   delay renewals, and scans the table to take, steal and receive leases
 //!   ([`crate::lease::coordinator`]);
@@ -33,7 +33,6 @@ use crate::lease::coordinator::{LeaseCoordinator, LeaseStats};
 use crate::lease::held::{HeldLease, HeldStatus};
 use crate::processor::ProcessorFactory;
 use crate::record::ExtendedSequenceNumber;
-use crate::shard_sync::{remove_finished_leases, sync_shards};
 use crate::sync::{Signal, Watch};
 
 mod config;
@@ -304,8 +303,7 @@ impl<F: ProcessorFactory> Worker<F> {
                 break;
             }
             if Instant::now() >= next_sync {
-                self.sync_shards().await;
-                next_sync = Instant::now() + self.config.shard_sync_interval;
+                next_sync = self.sync_shards().await;
             }
             let polling = self.coordinator.has_pending();
             tokio::select! {
@@ -426,33 +424,18 @@ impl<F: ProcessorFactory> Worker<F> {
         }
     }
 
-    /// Syncs shards into leases and removes finished leases no longer needed (once they have been
-    /// still for twice the failover time, see [`remove_finished_leases`]).
-    async fn sync_shards(&self) {
-        match sync_shards(
-            self.backend.as_ref(),
-            self.table.as_ref(),
-            &self.config.stream,
-            self.config.initial_position,
-        )
-        .await
-        {
-            Ok(report) => {
-                if !report.created.is_empty() {
-                    debug!(created = ?report.created, "shard sync created leases");
-                }
-            }
-            Err(error) => warn!(%error, "shard sync failed; will retry"),
-        }
-        let grace = self.config.lease.failover_time * 2;
-        let settled = |lease: &crate::lease::Lease| self.coordinator.quiet_for(&lease.key) > grace;
-        match remove_finished_leases(self.table.as_ref(), settled).await {
-            Ok(removed) if !removed.is_empty() => {
-                debug!(?removed, "removed finished leases");
-            }
-            Ok(_) => {}
-            Err(error) => warn!(%error, "removing finished leases failed; will retry"),
-        }
+    /// Syncs shards into leases and removes finished leases no longer needed, when it is this
+    /// worker's duty (one worker of the fleet, the sync leader, does it; see
+    /// [`crate::lease::coordinator`]). Returns when to check again.
+    async fn sync_shards(&self) -> Instant {
+        self.coordinator
+            .sync_shards(
+                self.backend.as_ref(),
+                &self.config.stream,
+                self.config.initial_position,
+                self.config.shard_sync_interval,
+            )
+            .await
     }
 
     /// Starts a consumer for every held lease without one; passes on the leases of stopped
@@ -563,8 +546,7 @@ impl Consumers {
 /// Renews the worker's claim every renewal interval (sooner after a failure) until the worker
 /// stops.
 async fn renew_loop(coordinator: Arc<LeaseCoordinator>, mut shutdown: Watch<Shutdown>) {
-    let interval = coordinator.config().renew_interval;
-    let mut next = Instant::now() + interval;
+    let mut next = Instant::now() + coordinator.config().renew_interval;
     loop {
         tokio::select! {
             biased;
@@ -576,7 +558,7 @@ async fn renew_loop(coordinator: Arc<LeaseCoordinator>, mut shutdown: Watch<Shut
             _ = tokio::time::sleep_until(next) => {
                 let started = Instant::now();
                 let ok = coordinator.renew().await;
-                next = started + if ok { interval } else { interval / 4 };
+                next = started + coordinator.next_renewal_in(ok);
             }
         }
     }
