@@ -60,6 +60,8 @@ pub struct SimConfig {
     pub kills: bool,
     /// Splits and merges.
     pub resharding: bool,
+    /// How far behind an eventually consistent read of the heartbeat rows may be (zero: never).
+    pub stale_reads: Duration,
 }
 
 impl SimConfig {
@@ -86,6 +88,11 @@ impl SimConfig {
             zombies: rng.f64() < 0.8,
             kills: rng.f64() < 0.8,
             resharding: rng.f64() < 0.8,
+            stale_reads: if rng.f64() < 0.7 {
+                Duration::from_millis(rng.u64(200..=3_000))
+            } else {
+                Duration::ZERO
+            },
         }
     }
 }

@@ -199,7 +199,7 @@ impl World {
             .collect();
         Self {
             rng: fastrand::Rng::with_seed(seed),
-            table: SimTable::new(log.clone()),
+            table: SimTable::new(log.clone(), config.stale_reads, seed),
             model,
             log,
             slots,
@@ -653,7 +653,7 @@ async fn produce(
 pub(crate) fn describe(config: &SimConfig) -> String {
     format!(
         "{} workers, {} shards, {} keys, failover {:?}, renewal {:?}, cadence {} records, \
-         faults {}, zombies {}, kills {}, resharding {}, kpl {}",
+         faults {}, zombies {}, kills {}, resharding {}, kpl {}, stale reads up to {:?}",
         config.workers,
         config.initial_shards,
         config.keys,
@@ -664,6 +664,7 @@ pub(crate) fn describe(config: &SimConfig) -> String {
         config.zombies,
         config.kills,
         config.resharding,
-        config.kpl
+        config.kpl,
+        config.stale_reads
     )
 }
