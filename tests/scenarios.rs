@@ -33,7 +33,8 @@ pub fn shared(table: Arc<dyn LeaseTable>) -> Tables {
     })
 }
 
-const STREAM: &str = "orders";
+/// The stream every scenario consumes.
+pub const STREAM: &str = "orders";
 /// Records per `GetRecords` call, so per processor batch, in every scenario.
 const MAX_BATCH: u32 = 10;
 
