@@ -399,12 +399,14 @@ pub struct WorkerTable {
     pub faults: Arc<FaultPlan>,
     /// The run's log.
     pub log: Arc<Log>,
+    /// Lease-store calls in the whole run past which it counts as a livelock.
+    pub call_limit: u64,
 }
 
 impl WorkerTable {
     /// Waits out a pause and decides this call's fault.
     async fn enter(&self, op: &str, write: bool) -> Result<Option<Fault>, LeaseError> {
-        self.log.count_call(2_000_000);
+        self.log.count_call(self.call_limit);
         self.gate.pass().await;
         let fault = self.faults.draw(write);
         if let Some(fault) = fault {

@@ -69,20 +69,22 @@ impl Membership {
     }
 
     /// Records the poke count of this worker's own row (from a read or a heartbeat reply);
-    /// returns whether it went up since last seen. The first count seen is the baseline.
+    /// returns whether it went up since last seen. The first count seen is the baseline. A count
+    /// lower than the last one means the row was created again (it was removed while this
+    /// worker was paused): the new count is the baseline, and any poke on it counts.
     pub(crate) fn note_pokes(&mut self, pokes: u64, now: Instant) -> bool {
-        match self.pokes_seen {
-            Some(seen) if pokes <= seen => false,
-            Some(_) => {
-                self.pokes_seen = Some(pokes);
-                self.poked_at = Some(now);
-                true
-            }
-            None => {
-                self.pokes_seen = Some(pokes);
-                false
-            }
+        let poked = match self.pokes_seen {
+            Some(seen) if pokes == seen => false,
+            Some(seen) if pokes > seen => true,
+            // Created again: pokes on the new row are news.
+            Some(_) => pokes > 0,
+            None => false,
+        };
+        self.pokes_seen = Some(pokes);
+        if poked {
+            self.poked_at = Some(now);
         }
+        poked
     }
 
     /// Notes that this worker was poked (or poked itself) now.
@@ -181,6 +183,10 @@ mod tests {
         assert!(!m.note_pokes(3, now));
         assert!(m.note_pokes(4, now));
         assert!(m.expecting(now, Duration::from_secs(1)));
+        // The row was created again: its count starts over, and a poke on it is news.
+        assert!(!m.note_pokes(0, now));
+        assert!(m.note_pokes(1, now));
+        assert!(!m.note_pokes(1, now));
         tokio::time::advance(Duration::from_secs(2)).await;
         let later = Instant::now();
         assert!(!m.expecting(later, Duration::from_secs(1)));
