@@ -600,3 +600,97 @@ async fn a_request_withdrawn_at_shutdown_leaves_the_owner_holding_its_lease() {
     }
     assert_eq!(owner.held().len(), 2, "nothing lost");
 }
+
+/// Three workers that have watched each other for an idle interval.
+async fn three_visible(table: &Arc<dyn LeaseTable>) -> [LeaseCoordinator; 3] {
+    let c = config();
+    let workers = [
+        worker("a", table, c.clone()).await,
+        worker("b", table, c.clone()).await,
+        worker("c", table, c).await,
+    ];
+    for w in &workers {
+        w.backdate_visibility();
+        w.scan().await.unwrap();
+    }
+    workers
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_sync_leader_creates_leases_each_in_a_live_workers_name() {
+    use crate::model::{KinesisModel, ModelConfig};
+    use crate::shard_sync::InitialPosition;
+    let model = KinesisModel::new(ModelConfig::unlimited());
+    model.create_stream("s", 6).unwrap();
+    let table = table_with(&[]).await;
+    let [a, b, c] = three_visible(&table).await;
+    async fn sync(w: &LeaseCoordinator, model: &KinesisModel) -> Instant {
+        w.sync_shards(
+            model,
+            "s",
+            InitialPosition::TrimHorizon,
+            Duration::from_secs(60),
+        )
+        .await
+    }
+    // The others only check whether they lead; the smallest live id does.
+    for w in [&b, &c] {
+        let next = sync(w, &model).await;
+        assert_eq!(next - Instant::now(), config().idle_scan_interval);
+        assert_eq!(w.stats().created, 0);
+    }
+    let next = sync(&a, &model).await;
+    assert_eq!(next - Instant::now(), Duration::from_secs(60));
+    assert_eq!(a.stats().created, 6);
+    let leases: Vec<Lease> = table
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.heartbeat_of().is_none())
+        .collect();
+    let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &leases {
+        *per_owner.entry(l.owner.clone().unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_owner.values().copied().collect::<Vec<_>>(), [2, 2, 2]);
+    // Each was poked (a poked itself): their next scans read the table and take them.
+    for w in [&a, &b, &c] {
+        assert_eq!(w.scan().await.unwrap().len(), 2, "{w:?}");
+    }
+    // A second sync creates nothing.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    for w in [&a, &b, &c] {
+        w.renew().await;
+    }
+    sync(&a, &model).await;
+    assert_eq!(a.stats().created, 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_leaders_audit_finds_a_lease_given_to_a_worker_that_never_heard_of_it() {
+    use crate::model::{KinesisModel, ModelConfig};
+    use crate::shard_sync::InitialPosition;
+    let model = KinesisModel::new(ModelConfig::unlimited());
+    model.create_stream("s", 1).unwrap();
+    let table = table_with(&[]).await;
+    let [a, b, _c] = three_visible(&table).await;
+    // A lease written in b's name by someone whose poke never arrived.
+    let mut lost = Lease::new("lost", ExtendedSequenceNumber::TrimHorizon);
+    lost.owner = Some("b".into());
+    table.create_if_absent(&lost).await.unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    for w in [&a, &b] {
+        w.renew().await;
+    }
+    assert!(b.scan().await.unwrap().is_empty(), "b does not know");
+    // The leader compares b's reported load (0) with the leases in its name (1), and pokes it.
+    a.sync_shards(
+        model.as_ref(),
+        "s",
+        InitialPosition::TrimHorizon,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(keys(&b.scan().await.unwrap()), ["lost"]);
+}
