@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: installs the pinned helper tools it needs
-# (under target/test-env), builds, runs every test (including the ones that need those tools),
-# the doctests, and stops whatever it started.
+# Runs the whole test suite on a fresh machine: checks formatting and lints, installs the pinned
+# helper tools it needs (under target/test-env), builds, runs every test (including the ones that
+# need those tools), the doctests, checks the Prometheus rules, and stops whatever it started.
 #
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 # Env:   KCL_TEST_ENV=DIR           where helper tools are installed (default target/test-env)
@@ -21,7 +21,17 @@ export AWS_EC2_METADATA_DISABLED=true
 
 log() { printf '\n==> %s\n' "$*"; }
 
+# ---- formatting and lints (fast failures first) -----------------------------------------------
+log "checking formatting (cargo fmt --check)"
+cargo fmt --all -- --check
+
+log "linting (cargo clippy --workspace --all-targets -- -D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+
 # ---- pinned helper tools -------------------------------------------------------------------
+log "installing promtool (Debian's prometheus package, pinned) to check the alerting rules"
+PROMTOOL=$(scripts/tools/promtool.sh install "$ENV_DIR/promtool" | tail -n 1)
+
 if [ -x scripts/kpl/setup.sh ]; then
   log "installing the official KPL aggregation library (pinned) for interop tests"
   KCL_KPL_PYTHON=$(scripts/kpl/setup.sh "$ENV_DIR/kpl" | tail -n 1)
@@ -91,5 +101,9 @@ fi
 
 log "running doctests"
 cargo test --workspace --doc
+
+log "checking and unit-testing the Prometheus alerting rules (deploy/prometheus)"
+"$PROMTOOL" check rules deploy/prometheus/kcl-alerts.yml
+(cd deploy/prometheus && "$PROMTOOL" test rules kcl-alerts.test.yml)
 
 log "all tests passed"

@@ -44,6 +44,17 @@ struct Sink {
 }
 
 fn spawn(name: &str, stream: &str, app: &str, dir: &Path, fanout: bool) -> Sink {
+    spawn_with(name, stream, app, dir, fanout, &[])
+}
+
+fn spawn_with(
+    name: &str,
+    stream: &str,
+    app: &str,
+    dir: &Path,
+    fanout: bool,
+    extra: &[&str],
+) -> Sink {
     let output = dir.join(format!("{name}.jsonl"));
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let child = Command::new(record_sink())
@@ -64,6 +75,7 @@ fn spawn(name: &str, stream: &str, app: &str, dir: &Path, fanout: bool) -> Sink 
         // The default failover time: four processes and kinesis-local share the machine, and a
         // shorter one lets a busy (not dead) process lapse, which the test counts as an error.
         .args(["--checkpoint-every", "25", "--failover-ms", "10000"])
+        .args(extra)
         .env(
             "RUST_LOG",
             std::env::var("KCL_E2E_LOG").unwrap_or_else(|_| "warn".into()),
@@ -293,4 +305,223 @@ async fn record_sink_processes_with_polling() {
 #[ignore = "needs kinesis-local and the record_sink binary: run scripts/test.sh"]
 async fn record_sink_processes_with_fan_out() {
     scenario(true).await;
+}
+
+/// Waits until `sink` exits (at most `limit`); returns its status and its log.
+async fn exit_of(
+    sink: &mut Sink,
+    dir: &Path,
+    limit: Duration,
+) -> (std::process::ExitStatus, String) {
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = sink.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not exit",
+            sink.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(dir.join(format!("{}.log", sink.name))).unwrap();
+    (status, log)
+}
+
+#[tokio::test]
+#[ignore = "needs kinesis-local and the record_sink binary: run scripts/test.sh"]
+async fn record_sink_exits_with_a_clear_error_on_a_missing_stream() {
+    let _k = Kinesis::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stream = unique("does-not-exist");
+    let started = std::time::Instant::now();
+    let mut sink = spawn("w1", &stream, "missing-app", dir.path(), false);
+    let (status, log) = exit_of(&mut sink, dir.path(), Duration::from_secs(120)).await;
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    let message = format!("record_sink: stream {stream:?} does not exist");
+    assert!(log.contains(&message), "log:\n{log}");
+    assert!(log.contains("ResourceNotFoundException"), "log:\n{log}");
+    eprintln!(
+        "record_sink exited {:.1} s after start on a missing stream",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A free loopback port (bound and released; the process binds it a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` over plain HTTP/1.1; the status code and the body.
+async fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// One sample of the Prometheus text format: name, labels, value.
+fn samples(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    Some((k.to_owned(), v.trim_matches('"').to_owned()))
+                })
+                .collect();
+            Some((name.to_owned(), labels, value))
+        })
+        .collect()
+}
+
+fn sum(samples: &[(String, HashMap<String, String>, f64)], name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, ..)| n == name)
+        .map(|(.., v)| v)
+        .sum()
+}
+
+fn max(samples: &[(String, HashMap<String, String>, f64)], name: &str) -> Option<f64> {
+    samples
+        .iter()
+        .filter(|(n, ..)| n == name)
+        .map(|(.., v)| *v)
+        .reduce(f64::max)
+}
+
+#[tokio::test]
+#[ignore = "needs kinesis-local and the record_sink binary: run scripts/test.sh"]
+async fn record_sink_serves_metrics_and_health_that_match_what_it_did() {
+    kcl_tests::init_tracing();
+    let k = Kinesis::server().await;
+    let stream = unique("e2e-metrics");
+    let app = format!("{stream}-app");
+    let shards = 4;
+    k.create_stream(&stream, shards).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let mut sinks: Vec<Sink> = ["m1", "m2"]
+        .iter()
+        .zip(ports)
+        .map(|(name, port)| {
+            let listen = format!("127.0.0.1:{port}");
+            spawn_with(
+                name,
+                &stream,
+                &app,
+                dir.path(),
+                false,
+                &["--metrics-listen", &listen],
+            )
+        })
+        .collect();
+    let mut produced = Vec::new();
+    for round in 0..4 {
+        produced.extend(k.produce(&stream, 50, 250, round * 250).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let payloads: HashSet<String> = produced
+        .iter()
+        .map(|(_, d)| String::from_utf8(d.to_vec()).unwrap())
+        .collect();
+    let paths: Vec<PathBuf> = sinks.iter().map(|s| s.output.clone()).collect();
+    let path_refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    wait_for_all(&path_refs, &payloads, Duration::from_secs(240)).await;
+
+    // Scrape both until the figures settle: every line written is counted, the lag is back to
+    // about zero, and the two workers hold every shard between them, each ready.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (all, lines) = loop {
+        let mut all = Vec::new();
+        let mut ready = 0;
+        for port in ports {
+            if let Ok((_, body)) = get(port, "/metrics").await {
+                all.extend(samples(&body));
+            }
+            if let Ok((200, body)) = get(port, "/health").await {
+                assert!(body.contains("\"status\":\"ready\""), "{body}");
+                ready += 1;
+            }
+        }
+        let lines = read_lines(&path_refs).len() as f64;
+        let settled = sum(&all, "kcl_records_processed_total") == lines
+            && max(&all, "kcl_behind_latest_seconds").is_some_and(|lag| lag <= 1.0)
+            && sum(&all, "kcl_leases_held") == shards as f64
+            && ready == ports.len();
+        if settled {
+            break (all, lines);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics never settled: processed {} for {lines} lines, lag {:?}, leases held {}, \
+             {ready} ready",
+            sum(&all, "kcl_records_processed_total"),
+            max(&all, "kcl_behind_latest_seconds"),
+            sum(&all, "kcl_leases_held"),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        lines,
+        payloads.len() as f64,
+        "no duplicates without a crash: every record once"
+    );
+    assert_eq!(sum(&all, "kcl_live_workers"), 4.0, "each sees both workers");
+    assert!(sum(&all, "kcl_get_records_calls_total") > 0.0);
+    assert!(sum(&all, "kcl_lease_table_calls_total") > 0.0);
+    assert!(
+        all.iter()
+            .any(|(n, labels, _)| n == "kcl_records_processed_total"
+                && labels.get("stream") == Some(&stream)
+                && labels
+                    .get("shard")
+                    .is_some_and(|s| s.starts_with("shardId-"))
+                && labels.get("worker").is_some()),
+        "per-shard series carry stream, shard and worker"
+    );
+    assert!(
+        all.iter()
+            .any(|(n, ..)| n == "kcl_process_records_duration_seconds_bucket"),
+        "durations are histograms with buckets"
+    );
+    let (status, _) = get(ports[0], "/nowhere").await.unwrap();
+    assert_eq!(status, 404);
+    for sink in &mut sinks {
+        terminate(sink);
+    }
+    for sink in &mut sinks {
+        let (status, log) = exit_of(sink, dir.path(), Duration::from_secs(60)).await;
+        assert!(
+            status.success(),
+            "{} exited with {status}; log:\n{log}",
+            sink.name
+        );
+    }
 }

@@ -257,3 +257,75 @@ async fn the_cached_stream_arn_is_dropped_on_resource_not_found() {
         .unwrap();
     assert_eq!(described(), before + 1, "and cached again");
 }
+
+/// A worker whose credentials lack `operation` on a stream with records.
+async fn denied(operation: &'static str) -> kcl_core::worker::WorkerError {
+    kcl_tests::init_tracing();
+    let (k, _faults) = faulty(FaultPlan {
+        deny: vec![operation],
+        ..Default::default()
+    })
+    .await;
+    let stream = unique("faults-denied");
+    k.create_stream(&stream, 1).await;
+    produce(&k, &stream, 5, 20, 0).await;
+    let worker = Worker::builder(RecordingProcessor::factory(
+        "w1",
+        Recorder::new(),
+        Faults::default(),
+    ))
+    .application_name("faults-denied")
+    .stream(&stream)
+    .worker_id("w1")
+    .backend(k.backend())
+    .lease_table(Arc::new(InMemoryLeaseTable::new()))
+    .initial_position(InitialPosition::TrimHorizon)
+    .permanent_error_timeout(Duration::from_secs(2))
+    .build()
+    .unwrap();
+    let handle = worker.handle();
+    let error = tokio::time::timeout(WAIT, worker.run())
+        .await
+        .expect("a permanent failure ends run")
+        .unwrap_err();
+    assert_eq!(
+        handle.health().status,
+        kcl_core::worker::HealthStatus::Failed
+    );
+    error
+}
+
+#[tokio::test]
+#[ignore = "needs a Kinesis endpoint: run scripts/test.sh"]
+async fn access_denied_for_get_records_ends_run_naming_the_shard_and_the_action() {
+    let error = denied("GetRecords").await;
+    assert!(
+        matches!(
+            &error,
+            kcl_core::worker::WorkerError::AccessDenied { shard: Some(_), .. }
+        ),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(text.contains("GetRecords: AccessDeniedException"), "{text}");
+    assert!(text.contains("shardId-000000000000"), "{text}");
+}
+
+#[tokio::test]
+#[ignore = "needs a Kinesis endpoint: run scripts/test.sh"]
+async fn access_denied_for_list_shards_ends_run_naming_the_action() {
+    let error = denied("ListShards").await;
+    assert!(
+        matches!(
+            &error,
+            kcl_core::worker::WorkerError::AccessDenied { shard: None, .. }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("ListShards: AccessDeniedException"),
+        "{error}"
+    );
+}

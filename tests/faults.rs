@@ -55,6 +55,9 @@ pub struct FaultPlan {
     /// Every n-th `PutRecords` entry (counted over all calls) is not written and answered with
     /// `ProvisionedThroughputExceededException`.
     pub drop_put_entry_every: u64,
+    /// Every call of these operations (e.g. `"GetRecords"`) answers HTTP 400
+    /// `AccessDeniedException`, as IAM does for an action the policy lacks.
+    pub deny: Vec<&'static str>,
 }
 
 /// What was injected.
@@ -165,6 +168,13 @@ impl Intercept for FaultInjector {
             .unwrap()
             .entry(operation.clone())
             .or_default() += 1;
+        if plan.deny.contains(&operation.as_str()) {
+            cfg.interceptor_state().store_put(Chosen::Error {
+                status: 400,
+                code: "AccessDeniedException",
+            });
+            return Ok(());
+        }
         match operation.as_str() {
             "GetRecords" => {
                 let calls = &self.calls.get_records;

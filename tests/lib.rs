@@ -21,6 +21,7 @@ use kcl_core::record::ExtendedSequenceNumber;
 use tokio::sync::Notify;
 
 pub mod counting;
+pub mod metrics;
 pub mod scenarios;
 pub mod sim;
 

@@ -77,8 +77,8 @@ async fn start_worker(
         shard_id: shard.shard_id.clone(),
         tally: tally.clone(),
     };
+    // The application name comes with the lease table.
     let worker = Worker::builder(factory)
-        .application_name(APPLICATION)
         .stream(STREAM)
         .worker_id(name)
         .backend(model.clone())
@@ -96,7 +96,7 @@ async fn start_worker(
 }
 
 /// Writes `count` records with PutRecords, retrying the entries the shard throttled.
-fn produce(model: &KinesisModel, next: &mut usize, count: usize) -> Result<usize, BoxError> {
+async fn produce(model: &KinesisModel, next: &mut usize, count: usize) -> Result<usize, BoxError> {
     let mut pending: Vec<PutRecordsEntry> = (0..count)
         .map(|i| {
             let n = *next + i;
@@ -120,7 +120,7 @@ fn produce(model: &KinesisModel, next: &mut usize, count: usize) -> Result<usize
         pending = failed;
         if !pending.is_empty() {
             // A real producer would back off here; the model's limits refill every second.
-            std::thread::sleep(Duration::from_millis(100));
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     Ok(throttled)
@@ -155,7 +155,7 @@ async fn main() -> Result<(), BoxError> {
     let mut stopped_w1 = false;
     // Ten seconds of traffic: 400 records every 200 ms (2 000 records/s over four shards).
     for tick in 0..50 {
-        throttled += produce(&model, &mut produced, 400)?;
+        throttled += produce(&model, &mut produced, 400).await?;
         if tick == 15 && !split_done {
             let shard = model.shards(STREAM)?.into_iter().find(|s| s.is_open());
             if let Some(shard) = shard {

@@ -19,47 +19,206 @@ use futures::stream::BoxStream;
 
 use crate::record::{HashKeyRange, Record, SequenceNumber};
 
-/// An error returned by a [`StreamBackend`].
-#[derive(Debug, Clone, thiserror::Error)]
+/// What a backend reported about a failed call: a message naming the operation and the
+/// resource, and where the service gave them, its error code, its request id and the underlying
+/// error (kept as the [`source`](std::error::Error::source) of the [`BackendError`]).
+///
+/// Cheap to clone (the source is shared). Built from a message with `From<String>` /
+/// `From<&str>`, then [`ErrorDetail::with_code`], [`ErrorDetail::with_request_id`] and
+/// [`ErrorDetail::with_source`].
+#[derive(Clone, Debug)]
+pub struct ErrorDetail(Arc<DetailInner>);
+
+#[derive(Clone, Debug)]
+struct DetailInner {
+    message: String,
+    code: Option<String>,
+    request_id: Option<String>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl ErrorDetail {
+    /// A detail with this message only.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(Arc::new(DetailInner {
+            message: message.into(),
+            code: None,
+            request_id: None,
+            source: None,
+        }))
+    }
+
+    fn inner(&mut self) -> &mut DetailInner {
+        Arc::make_mut(&mut self.0)
+    }
+
+    /// Records the service's error code (e.g. `ResourceNotFoundException`).
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.inner().code = Some(code.into());
+        self
+    }
+
+    /// Records the service's request id, for support cases and log correlation.
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.inner().request_id = Some(request_id.into());
+        self
+    }
+
+    /// Keeps the underlying error as the source.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.inner().source = Some(Arc::new(source));
+        self
+    }
+
+    /// The message: the operation, the resource and what the service said.
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    /// The service's error code, when it gave one.
+    pub fn code(&self) -> Option<&str> {
+        self.0.code.as_deref()
+    }
+
+    /// The service's request id, when it gave one.
+    pub fn request_id(&self) -> Option<&str> {
+        self.0.request_id.as_deref()
+    }
+
+    /// The underlying error, when there is one.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.0.source.as_deref()
+    }
+}
+
+impl fmt::Display for ErrorDetail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.message)?;
+        if let Some(id) = &self.0.request_id {
+            write!(f, " (request id {id})")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<String> for ErrorDetail {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for ErrorDetail {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
+}
+
+/// An error returned by a [`StreamBackend`]. The variant says what happened in the service's
+/// terms; the [`ErrorDetail`] carries the message, the error code, the request id and the
+/// underlying error (the [`source`](std::error::Error::source)).
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum BackendError {
     /// Read or write throughput of a shard exceeded (`ProvisionedThroughputExceededException`).
-    #[error("provisioned throughput exceeded: {0}")]
-    ProvisionedThroughputExceeded(String),
+    ProvisionedThroughputExceeded(ErrorDetail),
     /// The shard iterator is older than five minutes (`ExpiredIteratorException`).
-    #[error("shard iterator expired: {0}")]
-    ExpiredIterator(String),
+    ExpiredIterator(ErrorDetail),
     /// The stream, shard or consumer does not exist (`ResourceNotFoundException`).
-    #[error("resource not found: {0}")]
-    ResourceNotFound(String),
+    ResourceNotFound(ErrorDetail),
     /// The resource is busy, e.g. a second subscription to the same consumer and shard
     /// (`ResourceInUseException`).
-    #[error("resource in use: {0}")]
-    ResourceInUse(String),
+    ResourceInUse(ErrorDetail),
     /// An account or request limit was hit (`LimitExceededException`).
-    #[error("limit exceeded: {0}")]
-    LimitExceeded(String),
+    LimitExceeded(ErrorDetail),
     /// The request was malformed (`InvalidArgumentException`, validation errors).
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
+    InvalidArgument(ErrorDetail),
     /// The `NextToken` of a `ListShards` call expired (`ExpiredNextTokenException`).
-    #[error("list-shards token expired: {0}")]
-    ExpiredNextToken(String),
+    ExpiredNextToken(ErrorDetail),
     /// A transient failure worth retrying: a timeout, a 5xx, a dropped connection.
-    #[error("transient backend failure: {0}")]
-    Transient(String),
-    /// The credentials lack a permission; the message names the action.
-    #[error("access denied: {0}")]
-    AccessDenied(String),
+    Transient(ErrorDetail),
+    /// The credentials lack a permission or were refused; the message names the action.
+    AccessDenied(ErrorDetail),
     /// The backend does not implement this operation.
-    #[error("operation not supported by this backend: {0}")]
     Unsupported(&'static str),
     /// Anything else, with the service's message.
-    #[error("backend error: {0}")]
-    Other(String),
+    Other(ErrorDetail),
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self {
+            Self::ProvisionedThroughputExceeded(_) => "provisioned throughput exceeded",
+            Self::ExpiredIterator(_) => "shard iterator expired",
+            Self::ResourceNotFound(_) => "resource not found",
+            Self::ResourceInUse(_) => "resource in use",
+            Self::LimitExceeded(_) => "limit exceeded",
+            Self::InvalidArgument(_) => "invalid argument",
+            Self::ExpiredNextToken(_) => "list-shards token expired",
+            Self::Transient(_) => "transient backend failure",
+            Self::AccessDenied(_) => "access denied",
+            Self::Unsupported(operation) => {
+                return write!(f, "operation not supported by this backend: {operation}");
+            }
+            Self::Other(_) => "backend error",
+        };
+        match self.detail() {
+            Some(detail) => write!(f, "{what}: {detail}"),
+            None => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.detail()
+            .and_then(|d| d.source())
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl BackendError {
+    /// The message, code, request id and source, for every variant but `Unsupported`.
+    pub fn detail(&self) -> Option<&ErrorDetail> {
+        match self {
+            Self::ProvisionedThroughputExceeded(d)
+            | Self::ExpiredIterator(d)
+            | Self::ResourceNotFound(d)
+            | Self::ResourceInUse(d)
+            | Self::LimitExceeded(d)
+            | Self::InvalidArgument(d)
+            | Self::ExpiredNextToken(d)
+            | Self::Transient(d)
+            | Self::AccessDenied(d)
+            | Self::Other(d) => Some(d),
+            Self::Unsupported(_) => None,
+        }
+    }
+
+    /// The message of the error (without the variant's prefix), or the operation for
+    /// `Unsupported`.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Unsupported(operation) => operation,
+            other => other.detail().map_or("", ErrorDetail::message),
+        }
+    }
+
+    /// Whether retrying cannot help: the stream or consumer does not exist, access is denied,
+    /// the request is invalid, or the backend lacks the operation. The worker surfaces these
+    /// (after [`crate::worker::WorkerBuilder::permanent_error_timeout`], to ride out IAM
+    /// propagation and streams still being created) instead of retrying them forever. A shard
+    /// reported not found is its end, not a permanent error; callers that know the resource is
+    /// a shard decide that themselves.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::ResourceNotFound(_)
+                | Self::AccessDenied(_)
+                | Self::InvalidArgument(_)
+                | Self::Unsupported(_)
+        )
+    }
+
     /// Whether retrying the same call later can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(

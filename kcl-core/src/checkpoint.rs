@@ -100,6 +100,9 @@ pub struct Checkpointer {
     backoff: RetryBackoff,
     attempts: u32,
     last_write_at: Instant,
+    /// Checkpoints written and failed (no-ops outside a worker).
+    written: metrics::Counter,
+    failed: metrics::Counter,
 }
 
 impl Checkpointer {
@@ -115,7 +118,20 @@ impl Checkpointer {
             ),
             attempts: 4,
             last_write_at: Instant::now(),
+            written: metrics::Counter::noop(),
+            failed: metrics::Counter::noop(),
         }
+    }
+
+    /// Counts written and failed checkpoints in these counters.
+    pub(crate) fn with_metrics(
+        mut self,
+        written: metrics::Counter,
+        failed: metrics::Counter,
+    ) -> Self {
+        self.written = written;
+        self.failed = failed;
+        self
     }
 
     /// A checkpointer on a fresh in-memory lease, for unit-testing a processor outside a worker.
@@ -257,8 +273,15 @@ impl Checkpointer {
         position: ExtendedSequenceNumber,
         children: Option<Vec<String>>,
     ) -> Result<(), CheckpointError> {
-        self.write(&LeaseUpdate::checkpoint(position.clone(), children))
-            .await?;
+        if let Err(error) = self
+            .write(&LeaseUpdate::checkpoint(position.clone(), children))
+            .await
+        {
+            self.failed.increment(1);
+            return Err(error);
+        }
+        self.written.increment(1);
+        tracing::debug!(shard_id = %self.shard_id, checkpoint = %position, "checkpoint written");
         self.last_checkpoint = position;
         Ok(())
     }

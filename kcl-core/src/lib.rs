@@ -17,6 +17,7 @@
 //! | [`processor`] | the `RecordProcessor` trait, its factory and lifecycle inputs |
 //! | [`checkpoint`] | the `Checkpointer` handed to processors and its validation |
 //! | [`lease`] | the `Lease` type, the `LeaseTable` trait, the in-memory table, lease coordination |
+//! | [`metrics`] | what the worker publishes through the `metrics` facade, and the catalog of names |
 //! | [`backend`] | the `StreamBackend` trait: the one boundary to a Kinesis-like service |
 //! | [`model`] | an in-memory Kinesis model implementing `StreamBackend` |
 //! | [`retry`] | backoff schedules shared by every retry loop |
@@ -36,6 +37,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod deaggregation;
 pub mod lease;
+pub mod metrics;
 pub mod model;
 pub mod processor;
 pub mod record;

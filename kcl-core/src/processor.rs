@@ -215,7 +215,15 @@ pub trait DeadLetterHandler: Send + Sync + std::fmt::Debug {
     async fn handle(&self, batch: DeadLetterBatch<'_>) -> Result<(), BoxError>;
 }
 
-/// What to do with a batch whose processing failed.
+/// What to do with a batch whose processing failed, and with a processor that cannot be
+/// created or initialized.
+///
+/// `ProcessorFactory::create` (a panic) and `initialize` (an error or a panic) are retried
+/// with the same backoff; after `max_attempts` of them, under `DeadLetter` and `StopShard`
+/// alike, the shard stops (its lease is kept, nothing is processed past the failure, the
+/// worker's health says so and `kcl_shards_stopped` counts it): there is no batch to hand to a
+/// dead-letter handler. A `shard_ended` that fails is retried until it succeeds, since
+/// `SHARD_END` is recorded only after it.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum FailurePolicy {

@@ -118,7 +118,7 @@ async fn bad_explicit_hash_keys_are_invalid_arguments_naming_the_value() {
             .unwrap_err();
         match err {
             BackendError::InvalidArgument(msg) => {
-                assert!(msg.contains(&format!("{bad:?}")), "{msg}")
+                assert!(msg.message().contains(&format!("{bad:?}")), "{msg}")
             }
             other => panic!("{bad}: {other:?}"),
         }
@@ -133,8 +133,8 @@ async fn bad_explicit_hash_keys_are_invalid_arguments_naming_the_value() {
             .unwrap_err();
         match err {
             BackendError::InvalidArgument(msg) => {
-                assert!(msg.contains("record 1"), "{msg}");
-                assert!(msg.contains(&format!("{bad:?}")), "{msg}");
+                assert!(msg.message().contains("record 1"), "{msg}");
+                assert!(msg.message().contains(&format!("{bad:?}")), "{msg}");
             }
             other => panic!("{bad}: {other:?}"),
         }
@@ -202,7 +202,7 @@ async fn partition_keys_must_have_1_to_256_characters() {
         .put_record("s", "", Bytes::from_static(b"x"), None)
         .unwrap_err();
     assert!(
-        matches!(err, BackendError::InvalidArgument(ref m) if m.contains("partition key")),
+        matches!(err, BackendError::InvalidArgument(ref m) if m.message().contains("partition key")),
         "{err:?}"
     );
     let long = "k".repeat(257);
@@ -210,7 +210,7 @@ async fn partition_keys_must_have_1_to_256_characters() {
         .put_record("s", &long, Bytes::from_static(b"x"), None)
         .unwrap_err();
     assert!(
-        matches!(err, BackendError::InvalidArgument(ref m) if m.contains("257")),
+        matches!(err, BackendError::InvalidArgument(ref m) if m.message().contains("257")),
         "{err:?}"
     );
     // 256 characters are fine even when they take more than 256 bytes.
@@ -230,7 +230,7 @@ async fn records_over_one_mib_including_the_key_are_refused() {
         .put_record("s", "k", Bytes::from(vec![0u8; mib]), None)
         .unwrap_err();
     assert!(
-        matches!(err, BackendError::InvalidArgument(ref m) if m.contains("1048577 bytes")),
+        matches!(err, BackendError::InvalidArgument(ref m) if m.message().contains("1048577 bytes")),
         "{err:?}"
     );
     // Exactly 1 MiB with the key is accepted.
@@ -249,7 +249,7 @@ async fn put_records_validates_count_and_total_size() {
         .collect();
     let err = m.put_records("s", many).unwrap_err();
     assert!(
-        matches!(err, BackendError::InvalidArgument(ref m) if m.contains("501")),
+        matches!(err, BackendError::InvalidArgument(ref m) if m.message().contains("501")),
         "{err:?}"
     );
     let big = Bytes::from(vec![0u8; 1024 * 1024 - 1]);
@@ -258,7 +258,7 @@ async fn put_records_validates_count_and_total_size() {
         .collect();
     let err = m.put_records("s", six_mib).unwrap_err();
     assert!(
-        matches!(err, BackendError::InvalidArgument(ref m) if m.contains("6291456 bytes")),
+        matches!(err, BackendError::InvalidArgument(ref m) if m.message().contains("6291456 bytes")),
         "{err:?}"
     );
     let oversize = vec![
@@ -267,7 +267,7 @@ async fn put_records_validates_count_and_total_size() {
     ];
     let err = m.put_records("s", oversize).unwrap_err();
     assert!(
-        matches!(err, BackendError::InvalidArgument(ref m) if m.contains("record 1")),
+        matches!(err, BackendError::InvalidArgument(ref m) if m.message().contains("record 1")),
         "{err:?}"
     );
     // Nothing was stored by the refused calls.
@@ -392,7 +392,7 @@ async fn sequence_numbers_from_elsewhere_are_invalid_arguments() {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, BackendError::InvalidArgument(ref m) if m.contains(bad)),
+            matches!(err, BackendError::InvalidArgument(ref m) if m.message().contains(bad)),
             "{err:?}"
         );
     }
@@ -515,7 +515,7 @@ async fn get_records_limit_must_be_between_1_and_10000() {
     for bad in [0, 10_001] {
         let err = m.get_records(&it, bad).await.unwrap_err();
         assert!(
-            matches!(err, BackendError::InvalidArgument(ref m) if m.contains(&bad.to_string())),
+            matches!(err, BackendError::InvalidArgument(ref m) if m.message().contains(&bad.to_string())),
             "{err:?}"
         );
     }
@@ -556,7 +556,7 @@ async fn unknown_streams_and_shards_are_resource_not_found() {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, BackendError::ResourceNotFound(ref msg) if msg.contains(shard)),
+            matches!(err, BackendError::ResourceNotFound(ref msg) if msg.message().contains(shard)),
             "{err:?}"
         );
     }

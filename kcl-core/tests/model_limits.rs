@@ -70,7 +70,7 @@ async fn writes_are_limited_to_1000_records_per_second_per_shard() {
         .put_record("s", "k", Bytes::from_static(b"x"), None)
         .unwrap_err();
     assert!(
-        matches!(err, BackendError::ProvisionedThroughputExceeded(ref msg) if msg.contains("records per second") && msg.contains(SHARD)),
+        matches!(err, BackendError::ProvisionedThroughputExceeded(ref msg) if msg.message().contains("records per second") && msg.message().contains(SHARD)),
         "{err:?}"
     );
     tokio::time::advance(Duration::from_millis(100)).await;
@@ -96,7 +96,7 @@ async fn writes_are_limited_to_one_mib_per_second_per_shard() {
         .put_record("s", "k", Bytes::from(vec![0u8; 10]), None)
         .unwrap_err();
     assert!(
-        matches!(err, BackendError::ProvisionedThroughputExceeded(ref msg) if msg.contains("bytes per second")),
+        matches!(err, BackendError::ProvisionedThroughputExceeded(ref msg) if msg.message().contains("bytes per second")),
         "{err:?}"
     );
     tokio::time::advance(Duration::from_secs(1)).await;
@@ -255,7 +255,7 @@ async fn reads_are_limited_to_two_mib_per_second_per_shard() {
     it = out.next_shard_iterator.unwrap();
     let err = m.get_records(&it, 4).await.unwrap_err();
     assert!(
-        matches!(err, BackendError::ProvisionedThroughputExceeded(ref msg) if msg.contains("bytes per second")),
+        matches!(err, BackendError::ProvisionedThroughputExceeded(ref msg) if msg.message().contains("bytes per second")),
         "{err:?}"
     );
     // Half a second refills one MiB.

@@ -179,14 +179,14 @@ async fn split_needs_a_key_strictly_inside_the_open_shard() {
     for bad in ["0", second_start.as_str(), "x", "-5", ""] {
         let err = m.split_shard("s", &id(0), bad).unwrap_err();
         assert!(
-            matches!(err, BackendError::InvalidArgument(ref msg) if msg.contains(bad)),
+            matches!(err, BackendError::InvalidArgument(ref msg) if msg.message().contains(bad)),
             "{bad}: {err:?}"
         );
     }
     m.split_shard("s", &id(0), "1").unwrap();
     let err = m.split_shard("s", &id(0), "7").unwrap_err();
     assert!(
-        matches!(err, BackendError::InvalidArgument(ref msg) if msg.contains("closed")),
+        matches!(err, BackendError::InvalidArgument(ref msg) if msg.message().contains("closed")),
         "{err:?}"
     );
     assert!(matches!(
@@ -215,7 +215,7 @@ async fn merge_needs_two_open_adjacent_shards() {
     for (a, b) in [(0, 2), (2, 0), (1, 1)] {
         let err = m.merge_shards("s", &id(a), &id(b)).unwrap_err();
         assert!(
-            matches!(err, BackendError::InvalidArgument(ref msg) if msg.contains("adjacent")),
+            matches!(err, BackendError::InvalidArgument(ref msg) if msg.message().contains("adjacent")),
             "{err:?}"
         );
     }
@@ -244,7 +244,7 @@ async fn merge_needs_two_open_adjacent_shards() {
     // Closed shards cannot be merged again.
     let err = m.merge_shards("s", &id(0), &id(1)).unwrap_err();
     assert!(
-        matches!(err, BackendError::InvalidArgument(ref msg) if msg.contains("closed")),
+        matches!(err, BackendError::InvalidArgument(ref msg) if msg.message().contains("closed")),
         "{err:?}"
     );
     // Both parents end with the merged child, listing both parents.
@@ -516,7 +516,7 @@ async fn list_shards_paginates_with_opaque_tokens() {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, BackendError::InvalidArgument(ref msg) if msg.contains(&bad.to_string())),
+            matches!(err, BackendError::InvalidArgument(ref msg) if msg.message().contains(&bad.to_string())),
             "{err:?}"
         );
     }

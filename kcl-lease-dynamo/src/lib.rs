@@ -187,6 +187,7 @@ pub enum Billing {
 #[must_use]
 pub struct DynamoLeaseTableBuilder {
     table_name: String,
+    application: Option<String>,
     create_if_missing: bool,
     billing: Billing,
     deletion_protection: bool,
@@ -214,6 +215,14 @@ impl DynamoLeaseTableBuilder {
     /// cheaper.
     pub fn scan_segments(mut self, segments: NonZeroU32) -> Self {
         self.scan_segments = Some(segments);
+        self
+    }
+
+    /// The application whose leases the table holds (default: the table name, as Java KCL names
+    /// the table after the application). A worker given this table takes its application name
+    /// from here ([`LeaseTable::application`]).
+    pub fn application(mut self, application: impl Into<String>) -> Self {
+        self.application = Some(application.into());
         self
     }
 
@@ -311,6 +320,10 @@ impl DynamoLeaseTableBuilder {
             inner: Arc::new(Inner {
                 client: Client::from_conf(client_config),
                 table_name: self.table_name.clone(),
+                application: self
+                    .application
+                    .clone()
+                    .unwrap_or_else(|| self.table_name.clone()),
                 policy: RetryPolicy {
                     max_retries: self.max_retries,
                     min_delay: Duration::from_millis(25),
@@ -365,6 +378,7 @@ struct Inner {
     table_name: String,
     /// The companion table of the heartbeat rows.
     workers_table: String,
+    application: String,
     policy: RetryPolicy,
     counters: Counters,
     scan_page_size: Option<NonZeroU32>,
@@ -386,6 +400,7 @@ impl DynamoLeaseTable {
     pub fn builder(table_name: impl Into<String>) -> DynamoLeaseTableBuilder {
         DynamoLeaseTableBuilder {
             table_name: table_name.into(),
+            application: None,
             create_if_missing: true,
             billing: Billing::OnDemand,
             deletion_protection: false,
@@ -1034,5 +1049,8 @@ impl LeaseTable for DynamoLeaseTable {
             Outcome::Done(()) => Ok(()),
             Outcome::Condition(old) => Err(self.condition_failed(key, old).await?),
         }
+    }
+    fn application(&self) -> Option<&str> {
+        Some(&self.inner.application)
     }
 }

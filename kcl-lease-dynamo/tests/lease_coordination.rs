@@ -31,8 +31,10 @@ async fn tables() -> (Server, Tables) {
     let tables: Tables = Arc::new(move || {
         let (name, config) = (name.clone(), config.clone());
         Box::pin(async move {
+            // A table of its own per test, for the scenarios' application "app".
             let table: Arc<dyn LeaseTable> = Arc::new(
                 DynamoLeaseTable::builder(name)
+                    .application("app")
                     .build(&config)
                     .await
                     .expect("open the lease table"),

@@ -917,6 +917,9 @@ impl LeaseTable for SqliteLeaseTable {
         })
         .await
     }
+    fn application(&self) -> Option<&str> {
+        Some(&self.inner.application)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::backend::{
 use crate::record::{HashKeyRange, Record, SequenceNumber, parse_hash_key};
 
 fn malformed(what: impl std::fmt::Display) -> BackendError {
-    BackendError::Other(format!("malformed response: {what}"))
+    BackendError::Other(format!("malformed response: {what}").into())
 }
 
 pub(crate) fn sequence(text: &str) -> Result<SequenceNumber, BackendError> {
@@ -108,7 +108,7 @@ pub(crate) fn shard_filter(filter: &ShardFilter) -> Result<sdk::ShardFilter, Bac
     };
     builder
         .build()
-        .map_err(|e| BackendError::InvalidArgument(e.to_string()))
+        .map_err(|e| BackendError::InvalidArgument(e.to_string().into()))
 }
 
 /// `(iterator type, sequence number, timestamp)` of a position.
@@ -138,7 +138,7 @@ pub(crate) fn starting_position(
         .set_sequence_number(seq)
         .set_timestamp(at)
         .build()
-        .map_err(|e| BackendError::InvalidArgument(e.to_string()))
+        .map_err(|e| BackendError::InvalidArgument(e.to_string().into()))
 }
 
 pub(crate) fn stream_status(status: &sdk::StreamStatus) -> StreamStatus {

@@ -3,7 +3,9 @@
 
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use crate::backend::BackendError;
+use aws_sdk_kinesis::operation::RequestId;
+
+use crate::backend::{BackendError, ErrorDetail};
 
 /// Error codes meaning the request was refused for lack of permission or bad credentials.
 const DENIED_CODES: [&str; 8] = [
@@ -26,45 +28,56 @@ fn describe<E: ProvideErrorMetadata>(err: &E) -> String {
     }
 }
 
-/// Maps a service error code (and the HTTP status, when there is one) to a [`BackendError`].
-pub(crate) fn from_code(code: &str, text: String, status: Option<u16>) -> BackendError {
+/// Maps a service error code (and the HTTP status, when there is one) to a [`BackendError`]
+/// carrying `detail`.
+pub(crate) fn from_code(code: &str, detail: ErrorDetail, status: Option<u16>) -> BackendError {
     match code {
         "ProvisionedThroughputExceededException" | "KMSThrottlingException" => {
-            BackendError::ProvisionedThroughputExceeded(text)
+            BackendError::ProvisionedThroughputExceeded(detail)
         }
-        "LimitExceededException" | "ThrottlingException" => BackendError::LimitExceeded(text),
-        "ExpiredIteratorException" => BackendError::ExpiredIterator(text),
-        "ExpiredNextTokenException" => BackendError::ExpiredNextToken(text),
-        "ResourceNotFoundException" => BackendError::ResourceNotFound(text),
-        "ResourceInUseException" => BackendError::ResourceInUse(text),
-        "InvalidArgumentException" | "ValidationException" => BackendError::InvalidArgument(text),
+        "LimitExceededException" | "ThrottlingException" => BackendError::LimitExceeded(detail),
+        "ExpiredIteratorException" => BackendError::ExpiredIterator(detail),
+        "ExpiredNextTokenException" => BackendError::ExpiredNextToken(detail),
+        "ResourceNotFoundException" => BackendError::ResourceNotFound(detail),
+        "ResourceInUseException" => BackendError::ResourceInUse(detail),
+        "InvalidArgumentException" | "ValidationException" => BackendError::InvalidArgument(detail),
         "InternalFailureException"
         | "InternalFailure"
         | "ServiceUnavailable"
         | "ServiceUnavailableException"
-        | "InternalServerError" => BackendError::Transient(text),
-        code if DENIED_CODES.contains(&code) => BackendError::AccessDenied(text),
+        | "InternalServerError" => BackendError::Transient(detail),
+        code if DENIED_CODES.contains(&code) => BackendError::AccessDenied(detail),
         _ => match status {
-            Some(403) => BackendError::AccessDenied(text),
-            Some(s) if s >= 500 => BackendError::Transient(text),
-            _ => BackendError::Other(text),
+            Some(403) => BackendError::AccessDenied(detail),
+            Some(s) if s >= 500 => BackendError::Transient(detail),
+            _ => BackendError::Other(detail),
         },
     }
 }
 
-/// Maps an SDK error of `action` (the API name, for messages).
+/// Maps an SDK error of `action` (the API name, for messages). The SDK error is kept as the
+/// source; the service's code and request id are recorded when present.
 pub(crate) fn classify<E, R>(action: &str, err: SdkError<E, R>) -> BackendError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + RawStatus,
+    R: std::fmt::Debug + RawStatus + Send + Sync + 'static,
 {
-    match err {
+    match &err {
         SdkError::ServiceError(context) => {
             let code = context.err().code().unwrap_or_default().to_owned();
-            let text = format!("{action}: {}", describe(context.err()));
-            from_code(&code, text, context.raw().status())
+            let mut detail = ErrorDetail::new(format!("{action}: {}", describe(context.err())));
+            if !code.is_empty() {
+                detail = detail.with_code(code.clone());
+            }
+            if let Some(id) = context.err().meta().request_id() {
+                detail = detail.with_request_id(id);
+            }
+            let status = context.raw().status();
+            from_code(&code, detail.with_source(err), status)
         }
-        SdkError::TimeoutError(_) => BackendError::Transient(format!("{action}: timed out")),
+        SdkError::TimeoutError(_) => BackendError::Transient(
+            ErrorDetail::new(format!("{action}: timed out")).with_source(err),
+        ),
         SdkError::DispatchFailure(failure) => {
             let credentials = failure
                 .as_connector_error()
@@ -73,17 +86,21 @@ where
                 Some(error) => format!("{action}: {}", DisplayErrorContext(error)),
                 None => format!("{action}: the request could not be sent"),
             };
+            let detail = ErrorDetail::new(text).with_source(err);
             if credentials {
-                BackendError::AccessDenied(text)
+                BackendError::AccessDenied(detail)
             } else {
-                BackendError::Transient(text)
+                BackendError::Transient(detail)
             }
         }
-        SdkError::ResponseError(context) => BackendError::Transient(format!(
-            "{action}: the reply could not be read: {:?}",
-            context.raw()
-        )),
-        other => BackendError::Other(format!("{action}: {}", DisplayErrorContext(other))),
+        SdkError::ResponseError(context) => {
+            let text = format!("{action}: the reply could not be read: {:?}", context.raw());
+            BackendError::Transient(ErrorDetail::new(text).with_source(err))
+        }
+        other => {
+            let text = format!("{action}: {}", DisplayErrorContext(other));
+            BackendError::Other(ErrorDetail::new(text).with_source(err))
+        }
     }
 }
 
@@ -106,13 +123,16 @@ pub(crate) fn classify_event(
         },
         _ => None,
     };
-    match (code, err) {
-        (Some(code), SdkError::ServiceError(context)) => from_code(
-            code,
-            format!("SubscribeToShard event: {}", describe(context.err())),
-            None,
-        ),
-        (_, err) => classify("SubscribeToShard event", err),
+    match (code, &err) {
+        (Some(code), SdkError::ServiceError(context)) => {
+            let detail = ErrorDetail::new(format!(
+                "SubscribeToShard event: {}",
+                describe(context.err())
+            ))
+            .with_code(code);
+            from_code(code, detail.with_source(err), None)
+        }
+        _ => classify("SubscribeToShard event", err),
     }
 }
 
@@ -152,7 +172,7 @@ mod tests {
 
     #[test]
     fn codes_keep_their_meaning() {
-        let t = || "x".to_owned();
+        let t = || ErrorDetail::new("x");
         assert!(matches!(
             from_code("ProvisionedThroughputExceededException", t(), Some(400)),
             BackendError::ProvisionedThroughputExceeded(_)

@@ -404,7 +404,7 @@ impl KinesisBackend {
         wait: Duration,
     ) -> Result<(), BackendError> {
         let count = i32::try_from(shards)
-            .map_err(|_| BackendError::InvalidArgument(format!("{shards} shards")))?;
+            .map_err(|_| BackendError::InvalidArgument(format!("{shards} shards").into()))?;
         self.client
             .create_stream()
             .stream_name(stream)
@@ -429,9 +429,9 @@ impl KinesisBackend {
                 Err(e) => return Err(e),
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(BackendError::Other(format!(
-                    "stream {stream:?} not ACTIVE within {wait:?}"
-                )));
+                return Err(BackendError::Other(
+                    format!("stream {stream:?} not ACTIVE within {wait:?}").into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -464,7 +464,7 @@ impl KinesisBackend {
                 .data(aws_smithy_types::Blob::new(entry.data.to_vec()))
                 .set_explicit_hash_key(entry.explicit_hash_key)
                 .build()
-                .map_err(|e| BackendError::InvalidArgument(e.to_string()))?;
+                .map_err(|e| BackendError::InvalidArgument(e.to_string().into()))?;
             request = request.records(e);
         }
         let out = request
@@ -533,7 +533,7 @@ impl KinesisBackend {
     /// `UpdateShardCount` with `UNIFORM_SCALING`.
     pub async fn update_shard_count(&self, stream: &str, target: u32) -> Result<(), BackendError> {
         let target = i32::try_from(target)
-            .map_err(|_| BackendError::InvalidArgument(format!("{target} shards")))?;
+            .map_err(|_| BackendError::InvalidArgument(format!("{target} shards").into()))?;
         self.client
             .update_shard_count()
             .stream_name(stream)

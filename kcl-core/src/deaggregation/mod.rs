@@ -97,6 +97,18 @@ pub enum PassThroughReason {
     IndexOutOfRange,
 }
 
+impl PassThroughReason {
+    /// A stable index (0 to 3) for per-reason counters.
+    pub fn index(&self) -> usize {
+        match self {
+            Self::TooShort => 0,
+            Self::DigestMismatch => 1,
+            Self::Undecodable(_) => 2,
+            Self::IndexOutOfRange => 3,
+        }
+    }
+}
+
 /// What [`Deaggregator::deaggregate_into`] did with one fetched record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -140,6 +152,9 @@ pub struct DeaggregationStats {
     pub user_records: u64,
     /// Fetched records with the magic that were passed through unchanged.
     pub passed_through: u64,
+    /// Of those, by reason, in the order of [`PassThroughReason::index`]: too short, digest
+    /// mismatch, undecodable, index out of range.
+    pub passed_through_by_reason: [u64; 4],
     /// Aggregates dropped by hash-range filtering.
     pub dropped_aggregates: u64,
     /// User records inside dropped aggregates.
@@ -155,7 +170,10 @@ impl DeaggregationStats {
                 self.aggregates += 1;
                 self.user_records += records as u64;
             }
-            Outcome::PassedThrough(_) => self.passed_through += 1,
+            Outcome::PassedThrough(reason) => {
+                self.passed_through += 1;
+                self.passed_through_by_reason[reason.index()] += 1;
+            }
             Outcome::Dropped { records } => {
                 self.dropped_aggregates += 1;
                 self.dropped_user_records += records as u64;
@@ -169,6 +187,13 @@ impl DeaggregationStats {
         self.aggregates += other.aggregates;
         self.user_records += other.user_records;
         self.passed_through += other.passed_through;
+        for (mine, theirs) in self
+            .passed_through_by_reason
+            .iter_mut()
+            .zip(other.passed_through_by_reason)
+        {
+            *mine += theirs;
+        }
         self.dropped_aggregates += other.dropped_aggregates;
         self.dropped_user_records += other.dropped_user_records;
     }

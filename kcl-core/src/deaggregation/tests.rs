@@ -437,6 +437,7 @@ fn stats_count_outcomes() {
             aggregates: 2,
             user_records: 12,
             passed_through: 1,
+            passed_through_by_reason: [1, 0, 0, 0],
             dropped_aggregates: 0,
             dropped_user_records: 0,
         }

@@ -75,6 +75,8 @@ use super::{Consistency, Lease, LeaseError, LeaseTable, LeaseTableExt, LeaseUpda
 
 mod leader;
 
+pub(crate) use leader::SyncOutcome;
+
 /// Counts of what a worker's lease coordination did, for status pages, tests and figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -104,6 +106,16 @@ pub struct LeaseStats {
     pub assigned: u64,
     /// Leases created by this worker's shard syncs.
     pub created: u64,
+    /// Times this worker's claim lapsed (its heartbeat was not renewed in time) and it dropped
+    /// every held lease.
+    pub heartbeat_lapses: u64,
+    /// Assignable leases (open, parents finished) as of the last full read of the table.
+    pub assignable: usize,
+    /// Leases of other workers seen expired in the last full read.
+    pub expired: usize,
+    /// Live workers seen in the last read (of the heartbeat rows or the whole table), this one
+    /// included.
+    pub live_workers: usize,
 }
 
 #[derive(Debug, Default)]
@@ -119,6 +131,9 @@ struct StatCounters {
     pokes_received: AtomicU64,
     assigned: AtomicU64,
     created: AtomicU64,
+    heartbeat_lapses: AtomicU64,
+    /// What the last scan saw: assignable leases, expired leases, live workers.
+    last_scan: Mutex<(usize, usize, usize)>,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -292,6 +307,10 @@ pub(crate) struct LeaseCoordinator {
     heartbeat: Heartbeat,
     poker: Arc<Poker>,
     leaving: AtomicBool,
+    /// A full read found at least one lease (the stream's leases exist: a readiness signal).
+    saw_leases: AtomicBool,
+    /// Whether the current lapse of the claim was counted already.
+    in_lapse: AtomicBool,
     held: Mutex<BTreeMap<String, Arc<HeldLease>>>,
     pending: Mutex<BTreeMap<String, Pending>>,
     observer: Mutex<Observer>,
@@ -335,6 +354,8 @@ impl LeaseCoordinator {
             liveness,
             heartbeat: Heartbeat::default(),
             leaving: AtomicBool::new(false),
+            saw_leases: AtomicBool::new(false),
+            in_lapse: AtomicBool::new(false),
             held: Mutex::new(BTreeMap::new()),
             pending: Mutex::new(BTreeMap::new()),
             observer: Mutex::new(Observer::default()),
@@ -371,6 +392,7 @@ impl LeaseCoordinator {
     pub(crate) fn stats(&self) -> LeaseStats {
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (assignable, expired, live_workers) = *lock(&s.last_scan);
         LeaseStats {
             taken: get(&s.taken),
             taken_expired: get(&s.taken_expired),
@@ -384,7 +406,17 @@ impl LeaseCoordinator {
             pokes_received: get(&s.pokes_received),
             assigned: get(&s.assigned),
             created: get(&s.created),
+            heartbeat_lapses: get(&s.heartbeat_lapses),
+            assignable,
+            expired,
+            live_workers,
         }
+    }
+
+    /// Whether a full read of the table has found leases yet: until someone's shard sync created
+    /// them, an empty first scan says nothing about what this worker will hold.
+    pub(crate) fn has_seen_leases(&self) -> bool {
+        self.saw_leases.load(Ordering::SeqCst)
     }
 
     /// The leases currently held (lost ones are dropped from the set).
@@ -412,6 +444,13 @@ impl LeaseCoordinator {
         (self.held().len() + lock(&self.pending).len()) as u64
     }
 
+    /// Counts a lapse of this worker's claim, once per lapse.
+    fn note_lapse(&self) {
+        if !self.in_lapse.swap(true, Ordering::SeqCst) {
+            bump(&self.stats.heartbeat_lapses);
+        }
+    }
+
     fn drop_all(&self, reason: &str) {
         let held = self.held();
         if !held.is_empty() {
@@ -431,6 +470,9 @@ impl LeaseCoordinator {
                 // over already. Drop everything before renewing, so nothing is used on the
                 // strength of a heartbeat written after the gap.
                 if !self.liveness.is_alive() {
+                    if self.liveness.ever_renewed() {
+                        self.note_lapse();
+                    }
                     self.drop_all("heartbeat not renewed within the failover time");
                 }
                 let leaving = self.leaving.load(Ordering::SeqCst);
@@ -448,6 +490,7 @@ impl LeaseCoordinator {
                             // held before is void already; say so to the consumers. The others
                             // took this worker for dead: it counts as newly joined again, and
                             // reads the table afresh.
+                            self.note_lapse();
                             self.drop_all("heartbeat renewed only after a lapse");
                             *lock(&self.visible_since) = Some(sent);
                             let mut watch = lock(&self.watch);
@@ -460,6 +503,7 @@ impl LeaseCoordinator {
                             bump(&self.stats.pokes_received);
                             self.poker.poke_self();
                         }
+                        self.in_lapse.store(false, Ordering::SeqCst);
                         true
                     }
                     Err(error) => {
@@ -564,6 +608,10 @@ impl LeaseCoordinator {
         }
         let (turn_due, next) = self.turns(&watch.membership, &observer, now);
         watch.next_deadline = next;
+        lock(&self.stats.last_scan).2 = watch
+            .membership
+            .live(&self.worker_id, &observer, self.config.failover_time, now)
+            .len();
         // A handoff this worker waits for, from a worker that now looks dead: a full read
         // settles it (a single read of the lease carries no heartbeat).
         let pending_from_dead = lock(&self.pending).values().any(|p| {
@@ -630,6 +678,9 @@ impl LeaseCoordinator {
     async fn act_on(&self, rows: &[Lease], audit: bool) -> Result<Vec<Arc<HeldLease>>, LeaseError> {
         let now = Instant::now();
         let view = View::new(rows);
+        if !view.leases.is_empty() {
+            self.saw_leases.store(true, Ordering::SeqCst);
+        }
         {
             let mut observer = lock(&self.observer);
             if self.config.renewal == Renewal::PerLease {
@@ -687,6 +738,20 @@ impl LeaseCoordinator {
         let (candidates, live_workers) = self.candidates(&view, now);
         let receivers = self.receivers(&view, now);
         let receivers: Vec<&str> = receivers.iter().map(String::as_str).collect();
+        let expired = candidates
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.standing,
+                    Standing::Free | Standing::Rescue | Standing::Waiting
+                ) && c
+                    .lease
+                    .owner
+                    .as_deref()
+                    .is_some_and(|o| o != self.worker_id)
+            })
+            .count();
+        *lock(&self.stats.last_scan) = (candidates.len(), expired, live_workers);
         let limits = Limits {
             live_workers,
             max_leases_for_worker: self.config.max_leases_for_worker,

@@ -58,6 +58,11 @@ impl Liveness {
         self.state().0
     }
 
+    /// Whether a heartbeat ever succeeded.
+    pub(crate) fn ever_renewed(&self) -> bool {
+        self.last_heartbeat().is_some()
+    }
+
     /// The current epoch (see the module docs).
     pub(crate) fn epoch(&self) -> u64 {
         self.state().1

@@ -19,6 +19,7 @@
 //! |---|---|
 //! | [`config`] | [`LeaseConfig`]: failover time, renewal mode, scan interval, limits |
 //! | `held` | a lease this worker holds: fenced writes, loss and handoff signals |
+//! | `instrumented` | the worker's wrapper of its table: calls counted, timed, health watched |
 //! | `liveness` | this worker's own heartbeat and how long it may act on its leases |
 //! | `observer` | other workers' liveness, observed on the local monotonic clock |
 //! | `membership` | what the heartbeat rows say: live, leaving, poked, the takeover ring, the sync leader |
@@ -39,6 +40,7 @@ mod balance;
 pub mod config;
 pub mod coordinator;
 pub(crate) mod held;
+pub(crate) mod instrumented;
 pub(crate) mod liveness;
 mod membership;
 pub mod memory;
@@ -435,6 +437,14 @@ pub trait LeaseTable: Send + Sync + fmt::Debug {
 
     /// Deletes the lease if it matches `expect`. Deleting a missing lease is `NotFound`.
     async fn delete(&self, key: &str, expect: &Expectation) -> Result<(), LeaseError>;
+
+    /// The application whose leases this table holds, when the store knows it (SQLite and
+    /// DynamoDB tables are opened for an application). A worker built without
+    /// [`crate::worker::WorkerBuilder::application_name`] takes it from here, and one built
+    /// with a different name is refused, so the name is given once. Default: `None`.
+    fn application(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Lease transitions built on the [`LeaseTable`] primitives. Implemented for every lease table.

@@ -20,9 +20,9 @@ impl KinesisModel {
         let now = Instant::now();
         let max = request.max_results.unwrap_or(LIST_SHARDS_DEFAULT);
         if !(1..=LIST_SHARDS_MAX).contains(&max) {
-            return Err(BackendError::InvalidArgument(format!(
-                "max results {max} is not between 1 and {LIST_SHARDS_MAX}"
-            )));
+            return Err(BackendError::InvalidArgument(
+                format!("max results {max} is not between 1 and {LIST_SHARDS_MAX}").into(),
+            ));
         }
         let (name, expected_id, filter, after) = match &request.next_token {
             Some(token) => {
@@ -31,10 +31,9 @@ impl KinesisModel {
                 })?;
                 let age = now.saturating_duration_since(self.issued_at(claims.issued_nanos));
                 if age >= self.config.list_shards_token_ttl {
-                    return Err(BackendError::ExpiredNextToken(format!(
-                        "ListShards next token is {} s old",
-                        age.as_secs()
-                    )));
+                    return Err(BackendError::ExpiredNextToken(
+                        format!("ListShards next token is {} s old", age.as_secs()).into(),
+                    ));
                 }
                 (
                     claims.stream,
@@ -107,7 +106,9 @@ impl KinesisModel {
     ) -> Result<GetRecordsOutput, BackendError> {
         let now = Instant::now();
         let claims = self.codec.open_iterator(iterator.as_str()).ok_or_else(|| {
-            BackendError::InvalidArgument(format!("shard iterator {iterator:?} is not valid"))
+            BackendError::InvalidArgument(
+                format!("shard iterator {iterator:?} is not valid").into(),
+            )
         })?;
         if limit == 0
             || self
@@ -115,33 +116,42 @@ impl KinesisModel {
                 .max_get_records_records
                 .is_some_and(|max| limit > max)
         {
-            return Err(BackendError::InvalidArgument(format!(
-                "GetRecords limit {limit} is not between 1 and {}",
-                self.config.max_get_records_records.unwrap_or(u32::MAX)
-            )));
+            return Err(BackendError::InvalidArgument(
+                format!(
+                    "GetRecords limit {limit} is not between 1 and {}",
+                    self.config.max_get_records_records.unwrap_or(u32::MAX)
+                )
+                .into(),
+            ));
         }
         let stream = self.stream(&claims.stream)?;
         let mut stream = lock(&stream);
         let retention = stream.retention;
         let gone = || {
-            BackendError::ResourceNotFound(format!(
-                "shard {} of stream {:?} no longer exists",
-                super::shard::shard_id(claims.shard),
-                claims.stream
-            ))
+            BackendError::ResourceNotFound(
+                format!(
+                    "shard {} of stream {:?} no longer exists",
+                    super::shard::shard_id(claims.shard),
+                    claims.stream
+                )
+                .into(),
+            )
         };
         if stream.id != claims.stream_id {
             return Err(super::not_found(&claims.stream));
         }
         let age = now.saturating_duration_since(self.issued_at(claims.issued_nanos));
         if age >= self.config.iterator_ttl {
-            return Err(BackendError::ExpiredIterator(format!(
-                "iterator for shard {} of stream {:?} is {} s old (limit {} s)",
-                super::shard::shard_id(claims.shard),
-                claims.stream,
-                age.as_secs(),
-                self.config.iterator_ttl.as_secs()
-            )));
+            return Err(BackendError::ExpiredIterator(
+                format!(
+                    "iterator for shard {} of stream {:?} is {} s old (limit {} s)",
+                    super::shard::shard_id(claims.shard),
+                    claims.stream,
+                    age.as_secs(),
+                    self.config.iterator_ttl.as_secs()
+                )
+                .into(),
+            ));
         }
         let shard = stream.shards.get_mut(claims.shard).ok_or_else(gone)?;
         if shard.is_expired(now, retention) {
@@ -149,10 +159,13 @@ impl KinesisModel {
         }
         shard.trim(now, retention);
         if let Err(limit) = shard.read.admit(now) {
-            return Err(BackendError::ProvisionedThroughputExceeded(format!(
-                "rate exceeded for shard {} in stream {:?}: {limit}",
-                shard.id, claims.stream
-            )));
+            return Err(BackendError::ProvisionedThroughputExceeded(
+                format!(
+                    "rate exceeded for shard {} in stream {:?}: {limit}",
+                    shard.id, claims.stream
+                )
+                .into(),
+            ));
         }
         let max_records = usize::try_from(limit).unwrap_or(usize::MAX);
         let (records, next, bytes) = shard.read(

@@ -76,9 +76,12 @@ impl KinesisModel {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
         {
-            return Err(BackendError::InvalidArgument(format!(
-                "consumer name {consumer_name:?} must be 1 to 128 characters of [a-zA-Z0-9_.-]"
-            )));
+            return Err(BackendError::InvalidArgument(
+                format!(
+                    "consumer name {consumer_name:?} must be 1 to 128 characters of [a-zA-Z0-9_.-]"
+                )
+                .into(),
+            ));
         }
         let now = Instant::now();
         // Before the stream's lock (the registry is never locked inside a stream's lock).
@@ -86,16 +89,17 @@ impl KinesisModel {
         let stream = self.stream(stream_name)?;
         let mut stream = lock(&stream);
         if stream.consumers.contains_key(consumer_name) {
-            return Err(BackendError::ResourceInUse(format!(
-                "consumer {consumer_name:?} of stream {stream_name:?} already exists"
-            )));
+            return Err(BackendError::ResourceInUse(
+                format!("consumer {consumer_name:?} of stream {stream_name:?} already exists")
+                    .into(),
+            ));
         }
         if let Some(max) = self.config.max_consumers_per_stream
             && stream.consumers.len() >= max as usize
         {
-            return Err(BackendError::LimitExceeded(format!(
-                "stream {stream_name:?} already has {max} consumers"
-            )));
+            return Err(BackendError::LimitExceeded(
+                format!("stream {stream_name:?} already has {max} consumers").into(),
+            ));
         }
         // Unique per registration: a subscription of a deregistered consumer never matches the
         // consumer registered again under the same name.
@@ -120,9 +124,9 @@ impl KinesisModel {
         let stream = self.stream(stream_name)?;
         let stream = lock(&stream);
         let consumer = stream.consumers.get(consumer_name).ok_or_else(|| {
-            BackendError::ResourceNotFound(format!(
-                "consumer {consumer_name:?} of stream {stream_name:?} not found"
-            ))
+            BackendError::ResourceNotFound(
+                format!("consumer {consumer_name:?} of stream {stream_name:?} not found").into(),
+            )
         })?;
         Ok(self.consumer_view(consumer_name, consumer, Instant::now()))
     }
@@ -141,9 +145,10 @@ impl KinesisModel {
             .remove(consumer_name)
             .map(|_| ())
             .ok_or_else(|| {
-                BackendError::ResourceNotFound(format!(
-                    "consumer {consumer_name:?} of stream {stream_name:?} not found"
-                ))
+                BackendError::ResourceNotFound(
+                    format!("consumer {consumer_name:?} of stream {stream_name:?} not found")
+                        .into(),
+                )
             })?;
         stream.changed.notify_waiters();
         Ok(())
@@ -157,8 +162,9 @@ impl KinesisModel {
     ) -> Result<Subscription, BackendError> {
         let now = Instant::now();
         // arn:aws:kinesis:REGION:ACCOUNT:stream/STREAM/consumer/NAME:CREATED
-        let not_found =
-            || BackendError::ResourceNotFound(format!("consumer {consumer_arn:?} not found"));
+        let not_found = || {
+            BackendError::ResourceNotFound(format!("consumer {consumer_arn:?} not found").into())
+        };
         let rest = consumer_arn
             .split_once(":stream/")
             .map(|(_, rest)| rest)
@@ -177,18 +183,21 @@ impl KinesisModel {
             .filter(|c| c.arn == consumer_arn)
             .ok_or_else(not_found)?;
         if self.consumer_view(consumer_name, consumer, now).status != ConsumerStatus::Active {
-            return Err(BackendError::ResourceInUse(format!(
-                "consumer {consumer_name:?} is not ACTIVE yet"
-            )));
+            return Err(BackendError::ResourceInUse(
+                format!("consumer {consumer_name:?} is not ACTIVE yet").into(),
+            ));
         }
         let consumer = stream
             .consumers
             .get_mut(consumer_name)
             .ok_or_else(not_found)?;
         if !consumer.subscribed.insert(index) {
-            return Err(BackendError::ResourceInUse(format!(
-                "another subscription of consumer {consumer_name:?} to shard {shard_id} is open"
-            )));
+            return Err(BackendError::ResourceInUse(
+                format!(
+                    "another subscription of consumer {consumer_name:?} to shard {shard_id} is open"
+                )
+                .into(),
+            ));
         }
         let changed = stream.changed.clone();
         drop(stream);
@@ -295,25 +304,22 @@ impl Pushing {
         let stream = &mut *guard;
         let retention = stream.retention;
         let Some(consumer) = stream.consumers.get_mut(&self.consumer) else {
-            return Look::Fail(BackendError::ResourceNotFound(format!(
-                "consumer {:?} was deregistered",
-                self.consumer
-            )));
+            return Look::Fail(BackendError::ResourceNotFound(
+                format!("consumer {:?} was deregistered", self.consumer).into(),
+            ));
         };
         if consumer.arn != self.arn {
-            return Look::Fail(BackendError::ResourceNotFound(format!(
-                "consumer {:?} was deregistered",
-                self.consumer
-            )));
+            return Look::Fail(BackendError::ResourceNotFound(
+                format!("consumer {:?} was deregistered", self.consumer).into(),
+            ));
         }
         let Some(shard) = stream.shards.get_mut(self.shard) else {
             return Look::Fail(BackendError::ResourceNotFound("shard is gone".into()));
         };
         if shard.is_expired(now, retention) {
-            return Look::Fail(BackendError::ResourceNotFound(format!(
-                "shard {} no longer exists",
-                shard.id
-            )));
+            return Look::Fail(BackendError::ResourceNotFound(
+                format!("shard {} no longer exists", shard.id).into(),
+            ));
         }
         shard.trim(now, retention);
         let available = self.position.max(shard.start()) < shard.end();

@@ -195,7 +195,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn not_found(stream: &str) -> BackendError {
-    BackendError::ResourceNotFound(format!("stream {stream:?} not found"))
+    BackendError::ResourceNotFound(format!("stream {stream:?} not found").into())
 }
 
 /// A validated write, ready to be stored.
@@ -259,27 +259,29 @@ impl KinesisModel {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
         {
-            return Err(BackendError::InvalidArgument(format!(
-                "stream name {name:?} must be 1 to 128 characters of [a-zA-Z0-9_.-]"
-            )));
+            return Err(BackendError::InvalidArgument(
+                format!("stream name {name:?} must be 1 to 128 characters of [a-zA-Z0-9_.-]")
+                    .into(),
+            ));
         }
         if shard_count == 0 {
-            return Err(BackendError::InvalidArgument(format!(
-                "shard count of stream {name:?} must be at least 1"
-            )));
+            return Err(BackendError::InvalidArgument(
+                format!("shard count of stream {name:?} must be at least 1").into(),
+            ));
         }
         if let Some(max) = self.config.max_open_shards
             && shard_count > max
         {
-            return Err(BackendError::LimitExceeded(format!(
-                "shard count {shard_count} of stream {name:?} is above the limit of {max}"
-            )));
+            return Err(BackendError::LimitExceeded(
+                format!("shard count {shard_count} of stream {name:?} is above the limit of {max}")
+                    .into(),
+            ));
         }
         let mut registry = lock(&self.registry);
         if registry.streams.contains_key(name) {
-            return Err(BackendError::ResourceInUse(format!(
-                "stream {name:?} already exists"
-            )));
+            return Err(BackendError::ResourceInUse(
+                format!("stream {name:?} already exists").into(),
+            ));
         }
         let now = Instant::now();
         // The creation time in milliseconds goes into the stream's sequence numbers; keep it
@@ -324,9 +326,10 @@ impl KinesisModel {
         retention: Duration,
     ) -> Result<(), BackendError> {
         if retention < Duration::from_secs(3600) {
-            return Err(BackendError::InvalidArgument(format!(
-                "retention period {retention:?} of stream {name:?} is below one hour"
-            )));
+            return Err(BackendError::InvalidArgument(
+                format!("retention period {retention:?} of stream {name:?} is below one hour")
+                    .into(),
+            ));
         }
         let stream = self.stream(name)?;
         lock(&stream).retention = retention;
@@ -342,27 +345,34 @@ impl KinesisModel {
         let chars = partition_key.chars().count();
         if chars == 0 || chars > MAX_PARTITION_KEY_CHARS {
             let shown: String = partition_key.chars().take(32).collect();
-            return Err(BackendError::InvalidArgument(format!(
-                "partition key {shown:?} has {chars} characters; it must have 1 to \
+            return Err(BackendError::InvalidArgument(
+                format!(
+                    "partition key {shown:?} has {chars} characters; it must have 1 to \
                  {MAX_PARTITION_KEY_CHARS}"
-            )));
+                )
+                .into(),
+            ));
         }
         let size = (data_len + partition_key.len()) as u64;
         if let Some(max) = self.config.max_record_bytes
             && size > max
         {
-            return Err(BackendError::InvalidArgument(format!(
-                "record of {size} bytes (data plus partition key) exceeds the {max} byte limit"
-            )));
+            return Err(BackendError::InvalidArgument(
+                format!(
+                    "record of {size} bytes (data plus partition key) exceeds the {max} byte limit"
+                )
+                .into(),
+            ));
         }
-        let hash_key = match explicit_hash_key {
-            Some(text) => parse_hash_key(text).map_err(|_| {
-                BackendError::InvalidArgument(format!(
+        let hash_key =
+            match explicit_hash_key {
+                Some(text) => parse_hash_key(text).map_err(|_| {
+                    BackendError::InvalidArgument(format!(
                     "explicit hash key {text:?} is not a decimal integer between 0 and 2^128-1"
-                ))
-            })?,
-            None => partition_key_hash(partition_key),
-        };
+                ).into())
+                })?,
+                None => partition_key_hash(partition_key),
+            };
         Ok(ValidWrite { hash_key, size })
     }
 
@@ -376,17 +386,23 @@ impl KinesisModel {
     ) -> Result<PutRecordOutput, BackendError> {
         let retention = stream.retention;
         let index = stream.route(write.hash_key).ok_or_else(|| {
-            BackendError::Other(format!(
-                "no open shard of stream {:?} owns hash key {}",
-                stream.name, write.hash_key
-            ))
+            BackendError::Other(
+                format!(
+                    "no open shard of stream {:?} owns hash key {}",
+                    stream.name, write.hash_key
+                )
+                .into(),
+            )
         })?;
         let shard = &mut stream.shards[index];
         if let Err(limit) = shard.write.admit(write.size, now) {
-            return Err(BackendError::ProvisionedThroughputExceeded(format!(
-                "rate exceeded for shard {} in stream {:?}: {limit}",
-                shard.id, stream.name
-            )));
+            return Err(BackendError::ProvisionedThroughputExceeded(
+                format!(
+                    "rate exceeded for shard {} in stream {:?}: {limit}",
+                    shard.id, stream.name
+                )
+                .into(),
+            ));
         }
         shard.trim(now, retention);
         let sequence_number = stream.sequences.next()?;
@@ -443,10 +459,13 @@ impl KinesisModel {
         if let Some(max) = self.config.max_put_records_entries
             && entries.len() > max
         {
-            return Err(BackendError::InvalidArgument(format!(
-                "PutRecords has {} records, more than the {max} allowed",
-                entries.len()
-            )));
+            return Err(BackendError::InvalidArgument(
+                format!(
+                    "PutRecords has {} records, more than the {max} allowed",
+                    entries.len()
+                )
+                .into(),
+            ));
         }
         let mut writes = Vec::with_capacity(entries.len());
         let mut total = 0u64;
@@ -459,7 +478,7 @@ impl KinesisModel {
                 )
                 .map_err(|e| match e {
                     BackendError::InvalidArgument(m) => {
-                        BackendError::InvalidArgument(format!("record {i}: {m}"))
+                        BackendError::InvalidArgument(format!("record {i}: {m}").into())
                     }
                     other => other,
                 })?;
@@ -469,9 +488,9 @@ impl KinesisModel {
         if let Some(max) = self.config.max_put_records_bytes
             && total > max
         {
-            return Err(BackendError::InvalidArgument(format!(
-                "PutRecords carries {total} bytes, more than the {max} allowed"
-            )));
+            return Err(BackendError::InvalidArgument(
+                format!("PutRecords carries {total} bytes, more than the {max} allowed").into(),
+            ));
         }
         let stream = self.stream(stream)?;
         let mut stream = lock(&stream);
@@ -489,7 +508,7 @@ impl KinesisModel {
                         failed += 1;
                         PutRecordsResultEntry::Failed {
                             error_code: PROVISIONED_THROUGHPUT_EXCEEDED.into(),
-                            error_message: message,
+                            error_message: message.message().to_owned(),
                         }
                     }
                     Err(other) => {
@@ -521,7 +540,7 @@ impl KinesisModel {
             BackendError::InvalidArgument(format!(
                 "new starting hash key {new_starting_hash_key:?} is not a decimal integer between \
                  0 and 2^128-1"
-            ))
+            ).into())
         })?;
         let stream = self.stream(stream)?;
         let mut stream = lock(&stream);
@@ -630,9 +649,9 @@ impl KinesisModel {
             StartingPosition::Latest => shard.end(),
             StartingPosition::AtTimestamp(at) => {
                 if *at > time::system_now() {
-                    return Err(BackendError::InvalidArgument(format!(
-                        "timestamp {at:?} is in the future"
-                    )));
+                    return Err(BackendError::InvalidArgument(
+                        format!("timestamp {at:?} is in the future").into(),
+                    ));
                 }
                 shard.seek_time(*at)
             }
@@ -643,10 +662,13 @@ impl KinesisModel {
                     None => stream.sequences.last()?,
                 };
                 if *seq < shard.starting_sequence || *seq > upper {
-                    return Err(BackendError::InvalidArgument(format!(
-                        "sequence number {seq} did not come from shard {} of stream {:?}",
-                        shard.id, stream.name
-                    )));
+                    return Err(BackendError::InvalidArgument(
+                        format!(
+                            "sequence number {seq} did not come from shard {} of stream {:?}",
+                            shard.id, stream.name
+                        )
+                        .into(),
+                    ));
                 }
                 let after = matches!(position, StartingPosition::AfterSequenceNumber(_));
                 shard.seek_sequence(seq, after)

@@ -40,8 +40,9 @@ impl SequenceAllocator {
     }
 
     fn render(&self, counter: u128) -> Result<SequenceNumber, BackendError> {
-        SequenceNumber::new(format!("{}{counter:039}", self.prefix))
-            .map_err(|e| BackendError::Other(format!("model built a bad sequence number: {e}")))
+        SequenceNumber::new(format!("{}{counter:039}", self.prefix)).map_err(|e| {
+            BackendError::Other(format!("model built a bad sequence number: {e}").into())
+        })
     }
 }
 

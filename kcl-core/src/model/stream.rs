@@ -164,10 +164,9 @@ impl StreamState {
                     .is_some_and(|s| !s.is_expired(now, self.retention))
             })
             .ok_or_else(|| {
-                BackendError::ResourceNotFound(format!(
-                    "shard {shard_id:?} not found in stream {:?}",
-                    self.name
-                ))
+                BackendError::ResourceNotFound(
+                    format!("shard {shard_id:?} not found in stream {:?}", self.name).into(),
+                )
             })
     }
 
@@ -176,20 +175,22 @@ impl StreamState {
         if self.shards[index].is_open() {
             Ok(index)
         } else {
-            Err(BackendError::InvalidArgument(format!(
-                "shard {shard_id:?} of stream {:?} is closed",
-                self.name
-            )))
+            Err(BackendError::InvalidArgument(
+                format!("shard {shard_id:?} of stream {:?} is closed", self.name).into(),
+            ))
         }
     }
 
     fn check_open_limit(&self, extra: usize, config: &ModelConfig) -> Result<(), BackendError> {
         match config.max_open_shards {
             Some(max) if self.open.len() + extra > max as usize => {
-                Err(BackendError::LimitExceeded(format!(
-                    "stream {:?} would have more than {max} open shards",
-                    self.name
-                )))
+                Err(BackendError::LimitExceeded(
+                    format!(
+                        "stream {:?} would have more than {max} open shards",
+                        self.name
+                    )
+                    .into(),
+                ))
             }
             _ => Ok(()),
         }
@@ -210,7 +211,7 @@ impl StreamState {
                 "new starting hash key {new_starting_hash_key} is not inside shard {shard_id:?}'s \
                  range {}..={} (it must be above the starting hash key)",
                 range.start, range.end
-            )));
+            ).into()));
         }
         self.check_open_limit(1, config)?;
         self.close(index, now)?;
@@ -241,10 +242,13 @@ impl StreamState {
         let adjacent =
             ra.end.checked_add(1) == Some(rb.start) || rb.end.checked_add(1) == Some(ra.start);
         if a == b || !adjacent {
-            return Err(BackendError::InvalidArgument(format!(
-                "shards {shard_id:?} ({}..={}) and {adjacent_id:?} ({}..={}) are not adjacent",
-                ra.start, ra.end, rb.start, rb.end
-            )));
+            return Err(BackendError::InvalidArgument(
+                format!(
+                    "shards {shard_id:?} ({}..={}) and {adjacent_id:?} ({}..={}) are not adjacent",
+                    ra.start, ra.end, rb.start, rb.end
+                )
+                .into(),
+            ));
         }
         self.close(a, now)?;
         self.close(b, now)?;
@@ -274,18 +278,22 @@ impl StreamState {
         let current = self.open.len() as u64;
         let target_u = u64::from(target);
         if config.limit_scaling && (target_u > current * 2 || target_u * 2 < current) {
-            return Err(BackendError::LimitExceeded(format!(
-                "target shard count {target} is not between half and double the {current} open \
+            return Err(BackendError::LimitExceeded(
+                format!(
+                    "target shard count {target} is not between half and double the {current} open \
                  shards of stream {:?}",
-                self.name
-            )));
+                    self.name
+                )
+                .into(),
+            ));
         }
         if let Some(max) = config.max_open_shards
             && target > max
         {
-            return Err(BackendError::LimitExceeded(format!(
-                "target shard count {target} is above the limit of {max} open shards"
-            )));
+            return Err(BackendError::LimitExceeded(
+                format!("target shard count {target} is above the limit of {max} open shards")
+                    .into(),
+            ));
         }
         let targets = uniform_ranges(u128::from(target));
         // Splits: at every target boundary strictly inside an open shard.

@@ -38,11 +38,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{PrefetchBudget, RetrievalEvent, record_bytes};
+use super::{GiveUp, PrefetchBudget, RetrievalEvent, record_bytes};
 use crate::backend::{
     BackendError, ChildShard, ConsumerStatus, StartingPosition, StreamBackend,
     SubscribeToShardEvent,
 };
+use crate::metrics::RetrievalMetrics;
 use crate::record::SequenceNumber;
 use crate::retry::RetryBackoff;
 
@@ -56,8 +57,9 @@ pub struct FanOutConfig {
     /// while fewer are queued, but the service decides how many records an event carries, so
     /// the queue may exceed this by the records of one event.
     pub max_prefetch_records: usize,
-    /// Bytes received ahead of the processor (default 8 MiB). Like the record bound, may be
-    /// exceeded by one event.
+    /// Bytes received ahead of the processor (default 8 MiB): data, partition keys and about 256
+    /// bytes of bookkeeping per record. Like the record bound, may be exceeded by one event.
+    /// The worker-wide bound ([`super::WorkerPrefetch`]) applies too.
     pub max_prefetch_bytes: usize,
     /// Backoff after `ResourceInUse`, throttling, transient errors or a subscription that ended
     /// without any event (default 200 ms to 10 s).
@@ -184,9 +186,9 @@ impl FanOutConfig {
         };
         while consumer.status != ConsumerStatus::Active {
             if consumer.status == ConsumerStatus::Deleting {
-                return Err(BackendError::ResourceInUse(format!(
-                    "stream consumer {name:?} is being deleted"
-                )));
+                return Err(BackendError::ResourceInUse(
+                    format!("stream consumer {name:?} is being deleted").into(),
+                ));
             }
             debug!(
                 consumer = name,
@@ -223,6 +225,9 @@ pub(crate) struct FanOutTask {
     pub config: FanOutConfig,
     pub budget: Arc<PrefetchBudget>,
     pub events: mpsc::Sender<RetrievalEvent>,
+    pub metrics: RetrievalMetrics,
+    /// When a permanent error (access denied, an invalid request) stops the task.
+    pub give_up: GiveUp,
 }
 
 /// How one subscription ended.
@@ -231,7 +236,7 @@ enum Ended {
     Resubscribe { delay: Option<Duration> },
     /// The shard ended; the event was sent.
     ShardEnd,
-    /// The receiver is gone.
+    /// The receiver is gone, or a permanent error was reported to it.
     Closed,
 }
 
@@ -250,8 +255,16 @@ impl FanOutTask {
             {
                 Ok(arn) => arn,
                 Err(error) => {
+                    self.metrics.subscriptions_failed.increment(1);
+                    // Not found here is the stream (the consumer is registered when missing).
+                    if self.give_up.failed(error.is_permanent()) {
+                        warn!(shard = %self.shard_id, %error, "stream consumer unusable; giving up");
+                        let _ = self.events.send(RetrievalEvent::Failed(error)).await;
+                        return;
+                    }
                     warn!(shard = %self.shard_id, %error, "stream consumer not ready; retrying");
-                    if self.pause(backoff.next()).await {
+                    let delay = backoff.next().map(|d| self.give_up.cap(d));
+                    if self.pause(delay).await {
                         return;
                     }
                     continue;
@@ -263,10 +276,15 @@ impl FanOutTask {
                 .await
             {
                 Ok(subscription) => {
+                    self.give_up.success();
+                    self.metrics.subscriptions_opened.increment(1);
                     debug!(shard = %self.shard_id, position = ?self.start, "subscribed");
                     self.consume(subscription, &arn, &mut backoff).await
                 }
-                Err(error) => self.on_error(error, &arn, &mut backoff).await,
+                Err(error) => {
+                    self.metrics.subscriptions_failed.increment(1);
+                    self.on_error(error, &arn, &mut backoff).await
+                }
             };
             match ended {
                 Ended::Resubscribe { delay } => {
@@ -309,20 +327,26 @@ impl FanOutTask {
             };
             let event = match next {
                 Err(_) => {
+                    self.metrics.subscriptions_failed.increment(1);
                     warn!(shard = %self.shard_id, silence = ?self.config.silence_timeout, "subscription silent too long; restarting it");
                     return Ended::Resubscribe { delay: None };
                 }
                 Ok(None) if delivered => {
+                    self.metrics.subscriptions_ended.increment(1);
                     debug!(shard = %self.shard_id, "subscription ended; re-subscribing");
                     return Ended::Resubscribe { delay: None };
                 }
                 Ok(None) => {
+                    self.metrics.subscriptions_failed.increment(1);
                     warn!(shard = %self.shard_id, "subscription ended without any event; backing off");
                     return Ended::Resubscribe {
                         delay: backoff.next(),
                     };
                 }
-                Ok(Some(Err(error))) => return self.on_error(error, arn, backoff).await,
+                Ok(Some(Err(error))) => {
+                    self.metrics.subscriptions_failed.increment(1);
+                    return self.on_error(error, arn, backoff).await;
+                }
                 Ok(Some(Ok(event))) => event,
             };
             delivered = true;
@@ -334,10 +358,11 @@ impl FanOutTask {
                 child_shards,
             } = event;
             let had_records = !records.is_empty();
+            // Settles the reservation made while waiting for room, empty event or not.
+            let bytes = records.iter().map(record_bytes).sum();
+            self.budget.charge(records.len(), bytes);
             if had_records {
                 idle_since = None;
-                let bytes = records.iter().map(record_bytes).sum();
-                self.budget.charge(records.len(), bytes);
                 let event = RetrievalEvent::Records {
                     records,
                     millis_behind_latest: Some(millis_behind_latest),
@@ -392,11 +417,17 @@ impl FanOutTask {
             .await
             .map_err(|error| debug!(shard = %self.shard_id, %error, "shard-end probe failed"))
             .ok()?;
-        let page = self
-            .backend
-            .get_records(&iterator, 1)
-            .await
-            .map_err(|error| debug!(shard = %self.shard_id, %error, "shard-end probe failed"))
+        let called = Instant::now();
+        let page = self.backend.get_records(&iterator, 1).await;
+        self.metrics.get_records_calls.increment(1);
+        self.metrics
+            .get_records_duration
+            .record(called.elapsed().as_secs_f64());
+        let page = page
+            .map_err(|error| {
+                self.metrics.read_failed(&error);
+                debug!(shard = %self.shard_id, %error, "shard-end probe failed")
+            })
             .ok()?;
         (page.records.is_empty() && page.next_shard_iterator.is_none()).then_some(page.child_shards)
     }
@@ -412,7 +443,7 @@ impl FanOutTask {
 
     /// What to do after `error` from the subscription through consumer `arn`.
     async fn on_error(
-        &self,
+        &mut self,
         error: BackendError,
         arn: &str,
         backoff: &mut crate::retry::Schedule,
@@ -454,13 +485,18 @@ impl FanOutTask {
                 }
             }
             error => {
+                if self.give_up.failed(error.is_permanent()) {
+                    warn!(shard = %self.shard_id, %error, "subscription refused; giving up");
+                    let _ = self.events.send(RetrievalEvent::Failed(error)).await;
+                    return Ended::Closed;
+                }
                 if error.is_throttling() {
                     debug!(shard = %self.shard_id, %error, "throttled; backing off");
                 } else {
                     warn!(shard = %self.shard_id, %error, "subscription failed; backing off");
                 }
                 Ended::Resubscribe {
-                    delay: backoff.next(),
+                    delay: backoff.next().map(|d| self.give_up.cap(d)),
                 }
             }
         }
@@ -505,6 +541,8 @@ mod tests {
             )),
             config,
             events,
+            metrics: crate::metrics::ShardMetrics::noop().retrieval,
+            give_up: GiveUp::after(Duration::from_secs(5)),
         };
         (task, rx)
     }

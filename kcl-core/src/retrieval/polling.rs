@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use super::{PrefetchBudget, RetrievalEvent, record_bytes};
+use super::{GiveUp, PrefetchBudget, RetrievalEvent, record_bytes};
 use crate::backend::{BackendError, StartingPosition, StreamBackend};
+use crate::metrics::RetrievalMetrics;
 use crate::record::SequenceNumber;
 use crate::retry::RetryBackoff;
 
@@ -34,7 +35,8 @@ pub struct PollingConfig {
     /// Records fetched ahead of the processor, at most (default 30000).
     pub max_prefetch_records: usize,
     /// Bytes fetched ahead of the processor, at most (default 8 MiB; may be exceeded by one call's
-    /// response).
+    /// response): data, partition keys and about 256 bytes of bookkeeping per record. The
+    /// worker-wide bound ([`super::WorkerPrefetch`]) applies too.
     pub max_prefetch_bytes: usize,
     /// Backoff after throttling or transient errors.
     pub error_backoff: RetryBackoff,
@@ -62,11 +64,14 @@ pub(crate) struct PollingTask {
     pub config: PollingConfig,
     pub budget: Arc<PrefetchBudget>,
     pub events: mpsc::Sender<RetrievalEvent>,
+    pub metrics: RetrievalMetrics,
+    /// When a permanent error (access denied, invalid request) stops the task.
+    pub give_up: GiveUp,
 }
 
 impl PollingTask {
     /// Runs until the shard ends, the receiver is dropped, or an unrecoverable error.
-    pub(crate) async fn run(self) {
+    pub(crate) async fn run(mut self) {
         let mut last_fetched: Option<SequenceNumber> = None;
         let mut iterator = None;
         let mut backoff = self.config.error_backoff.schedule();
@@ -91,6 +96,8 @@ impl PollingTask {
                         .get_shard_iterator(&self.stream, &self.shard_id, position)
                         .await
                     {
+                        // Not a success that resets the give-up wait: only records flowing are
+                        // (an iterator is fetched again after every failed read).
                         Ok(it) => it,
                         Err(err) => {
                             if self.on_error(err, &mut backoff).await {
@@ -104,18 +111,26 @@ impl PollingTask {
             let limit = u32::try_from(room)
                 .unwrap_or(u32::MAX)
                 .clamp(1, self.config.max_records_per_call.clamp(1, 10_000));
-            last_call = Some(Instant::now());
-            match self.backend.get_records(&current, limit).await {
+            let called = Instant::now();
+            last_call = Some(called);
+            let result = self.backend.get_records(&current, limit).await;
+            self.metrics.get_records_calls.increment(1);
+            self.metrics
+                .get_records_duration
+                .record(called.elapsed().as_secs_f64());
+            match result {
                 Ok(output) => {
+                    self.give_up.success();
                     backoff = self.config.error_backoff.schedule();
                     let caught_up =
                         output.records.is_empty() || output.millis_behind_latest == Some(0);
                     if let Some(last) = output.records.last() {
                         last_fetched = Some(last.sequence_number().clone());
                     }
+                    let bytes = output.records.iter().map(record_bytes).sum();
+                    // Settles the fetch's reservation, empty or not.
+                    self.budget.charge(output.records.len(), bytes);
                     if !output.records.is_empty() {
-                        let bytes = output.records.iter().map(record_bytes).sum();
-                        self.budget.charge(output.records.len(), bytes);
                         let event = RetrievalEvent::Records {
                             records: output.records,
                             millis_behind_latest: output.millis_behind_latest,
@@ -153,6 +168,7 @@ impl PollingTask {
                     }
                 }
                 Err(BackendError::ExpiredIterator(message)) => {
+                    self.metrics.expired_iterators.increment(1);
                     debug!(shard = %self.shard_id, %message, "iterator expired; re-fetching after the last record");
                     iterator = None;
                 }
@@ -167,10 +183,13 @@ impl PollingTask {
 
     /// Handles an error: returns `true` when the task should stop.
     async fn on_error(
-        &self,
+        &mut self,
         err: BackendError,
         backoff: &mut impl Iterator<Item = Duration>,
     ) -> bool {
+        if !matches!(err, BackendError::ResourceNotFound(_)) {
+            self.metrics.read_failed(&err);
+        }
         match err {
             BackendError::ResourceNotFound(message) => {
                 warn!(shard = %self.shard_id, %message, "shard not found; treating it as ended");
@@ -183,6 +202,11 @@ impl PollingTask {
                 true
             }
             err => {
+                if self.give_up.failed(err.is_permanent()) {
+                    error!(shard = %self.shard_id, error = %err, "read error persists; giving up");
+                    let _ = self.events.send(RetrievalEvent::Failed(err)).await;
+                    return true;
+                }
                 if err.is_throttling() {
                     debug!(shard = %self.shard_id, error = %err, "throttled; backing off");
                 } else if err.is_retryable() {
@@ -190,7 +214,9 @@ impl PollingTask {
                 } else {
                     error!(shard = %self.shard_id, error = %err, "read error; backing off and retrying");
                 }
-                let delay = backoff.next().unwrap_or(self.config.error_backoff.max);
+                let delay = self
+                    .give_up
+                    .cap(backoff.next().unwrap_or(self.config.error_backoff.max));
                 tokio::select! {
                     biased;
                     _ = tokio::time::sleep(delay) => false,

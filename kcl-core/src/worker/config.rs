@@ -10,8 +10,9 @@ use crate::backend::StreamBackend;
 use crate::deaggregation::DeaggregationConfig;
 use crate::lease::LeaseConfig;
 use crate::lease::LeaseTable;
+use crate::metrics::MetricsLevel;
 use crate::processor::{FailurePolicy, ProcessorFactory};
-use crate::retrieval::{PollingConfig, Retrieval};
+use crate::retrieval::{PollingConfig, Retrieval, WorkerPrefetch};
 use crate::shard_sync::InitialPosition;
 
 use super::Worker;
@@ -107,6 +108,15 @@ pub struct WorkerConfig {
     pub deaggregation: DeaggregationConfig,
     /// How long a graceful shutdown may take before it becomes immediate (default 30 s).
     pub graceful_shutdown_timeout: Duration,
+    /// How long a permanent failure (stream not found, access denied, an invalid request, an
+    /// unusable lease table) may last, with no success in between, before `run` returns it
+    /// (default 5 s).
+    pub permanent_error_timeout: Duration,
+    /// The prefetch bound shared by all of the worker's shards (default 1,000,000 records and
+    /// 256 MiB).
+    pub worker_prefetch: WorkerPrefetch,
+    /// How much detail the worker's metrics carry (default [`MetricsLevel::Detailed`]).
+    pub metrics_level: MetricsLevel,
 }
 
 /// Builds a [`Worker`]. Start with [`Worker::builder`].
@@ -127,6 +137,9 @@ pub struct WorkerBuilder<F> {
     parent_poll_interval: Duration,
     deaggregation: DeaggregationConfig,
     graceful_shutdown_timeout: Duration,
+    permanent_error_timeout: Duration,
+    worker_prefetch: WorkerPrefetch,
+    metrics_level: MetricsLevel,
 }
 
 impl<F> std::fmt::Debug for WorkerBuilder<F> {
@@ -158,6 +171,9 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
             parent_poll_interval: Duration::from_secs(1),
             deaggregation: DeaggregationConfig::default(),
             graceful_shutdown_timeout: Duration::from_secs(30),
+            permanent_error_timeout: Duration::from_secs(5),
+            worker_prefetch: WorkerPrefetch::default(),
+            metrics_level: MetricsLevel::default(),
         }
     }
 
@@ -173,7 +189,8 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
         self
     }
 
-    /// The application name. Required.
+    /// The application name (default: the lease table's, see [`LeaseTable::application`];
+    /// required when the table does not know it, and must match it when it does).
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.application_name = Some(name.into());
         self
@@ -264,15 +281,48 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
         self
     }
 
+    /// How long a permanent failure may last before [`Worker::run`] returns it (default 5 s):
+    /// the stream does not exist, access is denied, the backend rejects a request as invalid,
+    /// or the lease table cannot be used (missing, another schema, a missing permission). Such
+    /// failures are retried with backoff meanwhile, which rides out IAM propagation and
+    /// streams still being created; any success starts the wait again. Transient failures
+    /// never end `run`.
+    pub fn permanent_error_timeout(mut self, timeout: Duration) -> Self {
+        self.permanent_error_timeout = timeout;
+        self
+    }
+
+    /// The prefetch bound shared fairly by all of the worker's shards (default 1,000,000
+    /// records and 256 MiB); the per-shard bounds of the retrieval settings apply too.
+    pub fn worker_prefetch(mut self, limits: WorkerPrefetch) -> Self {
+        self.worker_prefetch = limits;
+        self
+    }
+
+    /// How much detail the metrics carry (default [`MetricsLevel::Detailed`], with a `shard`
+    /// label; [`MetricsLevel::Summary`] drops it for large fleets).
+    pub fn metrics_level(mut self, level: MetricsLevel) -> Self {
+        self.metrics_level = level;
+        self
+    }
+
     /// Validates the configuration and builds the worker.
     pub fn build(self) -> Result<Worker<F>, ConfigError> {
         let backend = self.backend.ok_or(ConfigError::Missing("backend"))?;
         let lease_table = self
             .lease_table
             .ok_or(ConfigError::Missing("lease_table"))?;
-        let application_name = self
-            .application_name
-            .ok_or(ConfigError::Missing("application_name"))?;
+        let application_name = match (self.application_name, lease_table.application()) {
+            (Some(given), Some(table)) if given != table => {
+                return Err(invalid(
+                    "application_name",
+                    format!("{given:?} differs from the lease table's application {table:?}"),
+                ));
+            }
+            (Some(given), _) => given,
+            (None, Some(table)) => table.to_owned(),
+            (None, None) => return Err(ConfigError::Missing("application_name")),
+        };
         validate_name("application_name", &application_name, 255)?;
         let stream = self.stream.ok_or(ConfigError::Missing("stream"))?;
         validate_name("stream", &stream, 128)?;
@@ -417,6 +467,18 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
         if self.parent_poll_interval.is_zero() {
             return Err(invalid("parent_poll_interval", "must be positive"));
         }
+        if self.permanent_error_timeout.is_zero() {
+            return Err(invalid("permanent_error_timeout", "must be positive"));
+        }
+        if self.worker_prefetch.max_records == 0 {
+            return Err(invalid("worker_prefetch.max_records", "must be at least 1"));
+        }
+        if self.worker_prefetch.max_bytes < 1024 {
+            return Err(invalid(
+                "worker_prefetch.max_bytes",
+                "must be at least 1024",
+            ));
+        }
         let config = WorkerConfig {
             application_name,
             stream,
@@ -431,6 +493,9 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
             parent_poll_interval: self.parent_poll_interval,
             deaggregation: self.deaggregation,
             graceful_shutdown_timeout: self.graceful_shutdown_timeout,
+            permanent_error_timeout: self.permanent_error_timeout,
+            worker_prefetch: self.worker_prefetch,
+            metrics_level: self.metrics_level,
         };
         Ok(Worker::from_parts(
             config,

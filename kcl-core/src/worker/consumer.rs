@@ -14,9 +14,11 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
-use tracing::{debug, error, info, warn};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::{ConsumerExit, ShardState, Shutdown, StatusBoard, WorkerConfig};
 use crate::backend::{ChildShard, StreamBackend};
@@ -25,11 +27,13 @@ use crate::deaggregation::Deaggregator;
 use crate::lease::coordinator::LeaseCoordinator;
 use crate::lease::held::{HeldLease, HeldStatus};
 use crate::lease::{Lease, LeaseTable};
+use crate::metrics::{ShardMetrics, UserCall, WorkerMetrics};
 use crate::processor::{
     BoxError, DeadLetterBatch, FailurePolicy, InitializationInput, ProcessRecordsInput,
     ProcessorFactory, RecordProcessor, ShardEndedInput, ShardInfo, ShutdownReason,
 };
 use crate::record::{ExtendedSequenceNumber, Record};
+use crate::retrieval::{RetrievalContext, WorkerBudget};
 use crate::retrieval::{RetrievalEvent, Retriever, starting_position};
 use crate::sync::Watch;
 
@@ -42,6 +46,9 @@ pub(crate) struct ConsumerContext {
     pub deaggregator: Arc<Deaggregator>,
     pub shutdown: Watch<Shutdown>,
     pub coordinator: Arc<LeaseCoordinator>,
+    pub metrics: ShardMetrics,
+    pub worker_metrics: Arc<WorkerMetrics>,
+    pub budget: Arc<WorkerBudget>,
 }
 
 /// Something that interrupted the consumer.
@@ -126,7 +133,8 @@ pub(crate) async fn run<F: ProcessorFactory>(
         return finish_without_processor(&ctx, &held, Interrupt::Lost).await;
     }
 
-    // 2. Processor.
+    // 2. Processor, created under the failure policy (a panicking factory is retried or stops
+    // the shard, never a silent stall).
     ctx.status
         .update(&shard_id, |s| s.state = ShardState::Initializing);
     let info = ShardInfo {
@@ -134,8 +142,38 @@ pub(crate) async fn run<F: ProcessorFactory>(
         shard_id: shard_id.clone(),
         parent_shard_ids: lease.parent_shard_ids.clone(),
     };
-    let processor = factory.create(&info);
-    let checkpointer = Checkpointer::new(held.clone(), lease.checkpoint.clone());
+    let mut attempts = Attempts::new(&ctx.config.failure_policy);
+    let processor = loop {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| factory.create(&info))) {
+            Ok(processor) => break processor,
+            Err(panic) => {
+                let error = panic_error(panic);
+                ctx.metrics.processor_failure(UserCall::Create);
+                match attempts.next() {
+                    Some(delay) => {
+                        error!(attempt = attempts.made(), %error, "creating the processor failed; retrying");
+                        ctx.status
+                            .update(&shard_id, |s| s.state = ShardState::Retrying);
+                        if let Err(interrupt) =
+                            sleep_unless_interrupted(&mut ctx, &mut status, delay).await
+                        {
+                            return finish_without_processor(&ctx, &held, interrupt).await;
+                        }
+                    }
+                    None => {
+                        error!(attempts = attempts.made(), %error, "creating the processor failed; the failure policy stops the shard (lease kept)");
+                        ctx.status
+                            .update(&shard_id, |s| s.state = ShardState::Stopped);
+                        return ConsumerExit::Stopped;
+                    }
+                }
+            }
+        }
+    };
+    let checkpointer = Checkpointer::new(held.clone(), lease.checkpoint.clone()).with_metrics(
+        ctx.metrics.checkpoints.clone(),
+        ctx.metrics.checkpoint_failures.clone(),
+    );
     let mut consumer = Consumer {
         ctx,
         shard_id,
@@ -188,6 +226,51 @@ async fn wait_for_parents(
     }
 }
 
+/// Sleeps `delay` unless the lease is lost or asked for, or the worker shuts down.
+async fn sleep_unless_interrupted(
+    ctx: &mut ConsumerContext,
+    status: &mut Watch<HeldStatus>,
+    delay: Duration,
+) -> Result<(), Interrupt> {
+    tokio::select! {
+        biased;
+        interrupt = interruption(status, &mut ctx.shutdown) => Err(interrupt),
+        _ = tokio::time::sleep(delay) => Ok(()),
+    }
+}
+
+/// Counts the attempts of a failing user call under the failure policy: the delay before the
+/// next attempt, or `None` once the policy's attempts are used up.
+struct Attempts {
+    made: u32,
+    max: Option<u32>,
+    delays: crate::retry::Schedule,
+}
+
+impl Attempts {
+    fn new(policy: &FailurePolicy) -> Self {
+        Self {
+            made: 0,
+            max: policy.max_attempts(),
+            delays: policy.backoff().schedule(),
+        }
+    }
+
+    /// One more attempt failed: how long to wait before the next, if there is one.
+    fn next(&mut self) -> Option<Duration> {
+        self.made = self.made.saturating_add(1);
+        if self.max.is_some_and(|max| self.made >= max) {
+            return None;
+        }
+        Some(self.delays.next().unwrap_or_default())
+    }
+
+    /// Attempts made (and failed) so far.
+    fn made(&self) -> u32 {
+        self.made
+    }
+}
+
 async fn finish_without_processor(
     ctx: &ConsumerContext,
     held: &HeldLease,
@@ -197,8 +280,11 @@ async fn finish_without_processor(
         .update(held.key(), |s| s.state = ShardState::Finished);
     if interrupt != Interrupt::Lost {
         let successor = successor(ctx, held);
-        if let Err(error) = held.release(successor.as_deref()).await {
-            debug!(%error, "release failed");
+        let handing_over = successor.is_some() || held.status() == HeldStatus::HandoffRequested;
+        match held.release(successor.as_deref()).await {
+            Ok(()) if handing_over => ctx.worker_metrics.leases_handed_off.increment(1),
+            Ok(()) => {}
+            Err(error) => debug!(%error, "release failed"),
         }
     }
     ConsumerExit::Released
@@ -241,20 +327,28 @@ impl<P: RecordProcessor> Consumer<P> {
             checkpoint: lease.checkpoint.clone(),
             pending_checkpoint: lease.pending_checkpoint.clone(),
         };
-        let mut delays = self.ctx.config.failure_policy.backoff().schedule();
+        let mut attempts = Attempts::new(&self.ctx.config.failure_policy);
         loop {
             let result = AssertUnwindSafe(self.processor.initialize(input.clone()))
                 .catch_unwind()
                 .await;
-            match flatten(result) {
-                Ok(()) => break,
-                Err(error) => {
-                    error!(%error, "initialize failed; retrying");
-                    let delay = delays.next().unwrap_or_default();
-                    if let Some(interrupt) = self.pause(delay).await {
-                        return self.interrupted(interrupt).await;
-                    }
-                }
+            let Err(error) = flatten(result) else {
+                break;
+            };
+            self.ctx.metrics.processor_failure(UserCall::Initialize);
+            let Some(delay) = attempts.next() else {
+                error!(attempts = attempts.made(), %error, "initialize failed; the failure policy stops the shard (lease kept)");
+                self.ctx
+                    .status
+                    .update(&self.shard_id, |s| s.state = ShardState::Stopped);
+                return ConsumerExit::Stopped;
+            };
+            error!(attempt = attempts.made(), %error, "initialize failed; retrying");
+            self.ctx
+                .status
+                .update(&self.shard_id, |s| s.state = ShardState::Retrying);
+            if let Some(interrupt) = self.pause(delay).await {
+                return self.interrupted(interrupt).await;
             }
         }
 
@@ -266,7 +360,11 @@ impl<P: RecordProcessor> Consumer<P> {
             return ConsumerExit::ShardEnded;
         };
         let (events, budget, retriever) = crate::retrieval::spawn(
-            &self.ctx.config,
+            RetrievalContext {
+                config: &self.ctx.config,
+                worker_budget: &self.ctx.budget,
+                metrics: self.ctx.metrics.retrieval.clone(),
+            },
             self.ctx.backend.clone(),
             &self.shard_id,
             start,
@@ -295,24 +393,30 @@ impl<P: RecordProcessor> Consumer<P> {
                     records,
                     millis_behind_latest,
                     bytes,
-                    ..
+                    queued_at,
                 }) => {
                     let fetched = records.len();
+                    let metrics = &self.ctx.metrics;
+                    metrics
+                        .prefetch_wait
+                        .record(queued_at.elapsed().as_secs_f64());
+                    metrics.records_fetched.increment(fetched as u64);
                     batch.clear();
-                    self.ctx.deaggregator.deaggregate_batch_into(
+                    let stats = self.ctx.deaggregator.deaggregate_batch_into(
                         records,
                         hash_range.as_ref(),
                         &mut batch,
                     );
+                    metrics.deaggregated(&stats);
                     if let Some(after) = &self.resume_after {
                         batch.retain(|r| r.position() > *after);
                         if !batch.is_empty() {
                             self.resume_after = None;
                         }
                     }
-                    self.ctx.status.update(&self.shard_id, |s| {
-                        s.millis_behind_latest = millis_behind_latest;
-                    });
+                    self.ctx
+                        .status
+                        .fetched(&self.shard_id, millis_behind_latest);
                     // A paused or cut-off worker stops here, before anyone may take over.
                     if !batch.is_empty() && !self.held.is_valid() {
                         warn!("the worker's claim on the lease went stale; stopping");
@@ -352,9 +456,9 @@ impl<P: RecordProcessor> Consumer<P> {
                 Some(RetrievalEvent::CaughtUp {
                     millis_behind_latest,
                 }) => {
-                    self.ctx.status.update(&self.shard_id, |s| {
-                        s.millis_behind_latest = millis_behind_latest;
-                    });
+                    self.ctx
+                        .status
+                        .fetched(&self.shard_id, millis_behind_latest);
                     if let Some(exit) = self.maybe_checkpoint().await {
                         return exit;
                     }
@@ -363,8 +467,9 @@ impl<P: RecordProcessor> Consumer<P> {
                     return self.shard_end(child_shards).await;
                 }
                 Some(RetrievalEvent::Failed(error)) => {
-                    error!(%error, "retrieval failed; releasing the lease");
-                    return self.interrupted(Interrupt::Shutdown).await;
+                    error!(%error, "reading the shard failed permanently; releasing the lease");
+                    self.interrupted(Interrupt::Shutdown).await;
+                    return ConsumerExit::Failed(error);
                 }
                 None => {
                     error!("retrieval stopped unexpectedly; releasing the lease");
@@ -374,8 +479,21 @@ impl<P: RecordProcessor> Consumer<P> {
         }
     }
 
-    /// Delivers one batch under the failure policy.
+    /// Delivers one batch under the failure policy, in a span naming its sequence range.
     async fn process_batch(&mut self, records: &[Record], mbl: Option<u64>) -> BatchOutcome {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return BatchOutcome::Done;
+        };
+        let span = info_span!(
+            "batch",
+            first = %first.position(),
+            last = %last.position(),
+            records = records.len(),
+        );
+        self.deliver_batch(records, mbl).instrument(span).await
+    }
+
+    async fn deliver_batch(&mut self, records: &[Record], mbl: Option<u64>) -> BatchOutcome {
         self.checkpointer.deliver(records);
         let policy = self.ctx.config.failure_policy.clone();
         let mut delays = policy.backoff().schedule();
@@ -390,14 +508,21 @@ impl<P: RecordProcessor> Consumer<P> {
             let call = self
                 .processor
                 .process_records(input, &mut self.checkpointer);
+            let started = Instant::now();
             let result = flatten(AssertUnwindSafe(call).catch_unwind().await);
+            self.ctx
+                .metrics
+                .process_duration
+                .record(started.elapsed().as_secs_f64());
             let error = match result {
                 Ok(()) => {
+                    self.ctx.metrics.batches_processed.increment(1);
                     self.mark_processed(records);
                     return BatchOutcome::Done;
                 }
                 Err(error) => error,
             };
+            self.ctx.metrics.processor_failure(UserCall::ProcessRecords);
             warn!(attempt, %error, records = records.len(), "process_records failed");
             if policy.max_attempts().is_some_and(|max| attempt >= max) {
                 match &policy {
@@ -416,6 +541,7 @@ impl<P: RecordProcessor> Consumer<P> {
             if let Some(interrupt) = self.pause(delay).await {
                 return BatchOutcome::Interrupted(interrupt);
             }
+            self.ctx.metrics.batch_retries.increment(1);
             attempt = attempt.saturating_add(1);
         }
     }
@@ -436,16 +562,27 @@ impl<P: RecordProcessor> Consumer<P> {
                 error,
                 attempts,
             };
-            match handler.handle(batch).await {
+            // The handler is user code too: a panic is a failure, retried like an error.
+            let handled = match AssertUnwindSafe(handler.handle(batch)).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => Err(panic_error(panic)),
+            };
+            match handled {
                 Ok(()) => {
                     warn!(
                         records = records.len(),
                         "batch handed to the dead-letter handler"
                     );
+                    self.ctx.metrics.batches_dead_lettered.increment(1);
+                    self.ctx
+                        .metrics
+                        .records_dead_lettered
+                        .increment(records.len() as u64);
                     self.mark_processed(records);
                     return BatchOutcome::Done;
                 }
                 Err(dlq_error) => {
+                    self.ctx.metrics.processor_failure(UserCall::DeadLetter);
                     error!(error = %dlq_error, "dead-letter handler failed; retrying it");
                     let delay = delays.next().unwrap_or_default();
                     if let Some(interrupt) = self.pause(delay).await {
@@ -461,6 +598,11 @@ impl<P: RecordProcessor> Consumer<P> {
             self.last_processed = Some(last.position());
         }
         let n = records.len() as u64;
+        self.ctx.metrics.records_processed.increment(n);
+        self.ctx
+            .metrics
+            .bytes_processed
+            .increment(records.iter().map(|r| r.data().len() as u64).sum());
         self.records_since_checkpoint += n;
         self.ctx.status.update(&self.shard_id, |s| {
             s.state = ShardState::Processing;
@@ -545,6 +687,7 @@ impl<P: RecordProcessor> Consumer<P> {
                         .catch_unwind()
                         .await,
                 ) {
+                    self.ctx.metrics.processor_failure(UserCall::LeaseLost);
                     warn!(%error, "lease_lost failed");
                 }
             }
@@ -567,14 +710,24 @@ impl<P: RecordProcessor> Consumer<P> {
                     .catch_unwind()
                     .await;
                     if let Err(error) = flatten(result) {
+                        self.ctx
+                            .metrics
+                            .processor_failure(UserCall::ShutdownRequested);
                         warn!(%error, "shutdown_requested failed");
                     }
                     if self.ctx.config.checkpoint.is_automatic() {
                         let _ = self.checkpoint_processed().await;
                     }
                     let successor = successor(&self.ctx, &held);
+                    let handing_over =
+                        successor.is_some() || held.status() == HeldStatus::HandoffRequested;
                     match held.release(successor.as_deref()).await {
-                        Ok(()) => info!(?reason, ?successor, "lease handed over"),
+                        Ok(()) => {
+                            if handing_over {
+                                self.ctx.worker_metrics.leases_handed_off.increment(1);
+                            }
+                            info!(?reason, ?successor, "lease handed over")
+                        }
                         Err(error) => warn!(%error, "could not release lease"),
                     }
                 }
@@ -601,6 +754,7 @@ impl<P: RecordProcessor> Consumer<P> {
             match flatten(AssertUnwindSafe(call).catch_unwind().await) {
                 Ok(()) => break,
                 Err(error) => {
+                    self.ctx.metrics.processor_failure(UserCall::ShardEnded);
                     warn!(%error, "shard_ended failed; retrying before recording SHARD_END");
                     let delay = delays.next().unwrap_or_default();
                     if let Some(interrupt) = self.pause(delay).await {
@@ -714,13 +868,16 @@ fn flatten<E: Into<BoxError>>(
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(error.into()),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_owned());
-            Err(format!("processor panicked: {message}").into())
-        }
+        Err(panic) => Err(panic_error(panic)),
     }
+}
+
+/// The error standing for a caught panic of user code.
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> BoxError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    format!("processor panicked: {message}").into()
 }

@@ -2,43 +2,67 @@
 //!
 //! A [`Worker`] is built with [`Worker::builder`] and driven by [`Worker::run`]. While running it
 //!
-//! - syncs shards into leases when it leads shard sync: at start, every `shard_sync_interval`,
-//!   and right after a shard ends ([`crate::shard_sync`]);
+//! - syncs shards into leases when it leads shard sync (one worker of the fleet does, see
+//!   [`crate::lease::coordinator`]): at start, every `shard_sync_interval`, and right after a
+//!   shard ends ([`crate::shard_sync`]); a failed sync is retried with backoff;
 //! - renews its claim (its heartbeat) on a task of its own, so slow scans or processors never
 //!   delay renewals, and scans the table to take, steal and receive leases
 //!   ([`crate::lease::coordinator`]);
-//! - runs one consumer task per held lease (the `consumer` module): wait for parents, initialize, read,
-//!   de-aggregate, process, checkpoint, and at the end of the shard create the children and record
-//!   `SHARD_END`; when another worker asks for the lease, finish the batch, checkpoint and hand
-//!   it over.
+//! - runs one consumer task per held lease (the `consumer` module): wait for parents, create and
+//!   initialize the processor, read, de-aggregate, process, checkpoint, and at the end of the
+//!   shard create the children and record `SHARD_END`; when another worker asks for the lease,
+//!   finish the batch, checkpoint and hand it over. A consumer task that dies unexpectedly has
+//!   its lease released at once (counted in `kcl_shard_task_failures_total`);
+//! - publishes metrics ([`crate::metrics`]) and its [`Health`].
+//!
+//! Failures either recover or surface: transient ones are retried with backoff and counted;
+//! permanent ones (the stream does not exist, access denied, an invalid request, an unusable
+//! lease table) end `run` with a [`WorkerError`] once they outlast
+//! [`WorkerBuilder::permanent_error_timeout`].
 //!
 //! [`WorkerHandle`] stops it: [`WorkerHandle::shutdown`] gracefully (in-flight batches finish,
 //! `shutdown_requested`, final checkpoint, each lease handed to a live worker, which starts
 //! right after that checkpoint) or [`WorkerHandle::shutdown_now`] immediately (processing
-//! cancelled, leases released without a checkpoint).
+//! cancelled, leases released without a checkpoint); [`WorkerHandle::shutdown_on_signals`] ties
+//! both to SIGTERM and SIGINT.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::backend::StreamBackend;
+use crate::backend::{BackendError, StreamBackend};
 use crate::deaggregation::Deaggregator;
 use crate::lease::LeaseTable;
-use crate::lease::coordinator::{LeaseCoordinator, LeaseStats};
+use crate::lease::coordinator::LeaseCoordinator;
+use crate::lease::coordinator::SyncOutcome;
 use crate::lease::held::{HeldLease, HeldStatus};
+use crate::lease::instrumented::Instrumented;
+use crate::metrics::{MetricsLevel, Scope, WorkerMetrics};
 use crate::processor::ProcessorFactory;
-use crate::record::ExtendedSequenceNumber;
+use crate::retrieval::WorkerBudget;
+use crate::retry::RetryBackoff;
+use crate::shard_sync::ShardSyncError;
 use crate::sync::{Signal, Watch};
 
 mod config;
 mod consumer;
+mod error;
+mod health;
+mod signals;
+mod status;
 
 pub use config::{CheckpointCadence, ConfigError, WorkerBuilder, WorkerConfig};
+pub use error::WorkerError;
+pub use health::{Health, HealthStatus};
+pub use status::{ShardState, ShardStatus, WorkerStatus};
+
+use health::{Lifecycle, Phase};
+use status::StatusBoard;
 
 /// How a worker is asked to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,89 +84,24 @@ impl Shutdown {
     }
 }
 
-/// What a shard consumer is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ShardState {
-    /// Waiting for parent shards to finish.
-    WaitingOnParents,
-    /// Calling `initialize`.
-    Initializing,
-    /// Reading and processing.
-    Processing,
-    /// A batch failed and is being retried.
-    Retrying,
-    /// The shard ended and `SHARD_END` was recorded.
-    Ended,
-    /// Stopped by the failure policy; the lease is kept.
-    Stopped,
-    /// Shut down (lease released) or lost.
-    Finished,
-}
+/// Delays between shard syncs that failed.
+const SYNC_RETRY: RetryBackoff = RetryBackoff {
+    initial: Duration::from_millis(250),
+    max: Duration::from_secs(10),
+    factor: 2.0,
+    jitter: true,
+};
 
-/// A snapshot of one shard processed by this worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ShardStatus {
-    /// The shard id.
-    pub shard_id: String,
-    /// Current state.
-    pub state: ShardState,
-    /// User records processed successfully by this worker.
-    pub records_processed: u64,
-    /// Lag at the last fetch.
-    pub millis_behind_latest: Option<u64>,
-    /// Last checkpoint written by this worker.
-    pub last_checkpoint: Option<ExtendedSequenceNumber>,
-}
-
-/// A snapshot of a worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerStatus {
-    /// The worker id.
-    pub worker_id: String,
-    /// Shards with a running or finished consumer on this worker, by shard id.
-    pub shards: Vec<ShardStatus>,
-    /// Shards whose lease this worker holds now.
-    pub held_leases: Vec<String>,
-    /// What the worker's lease coordination did so far.
-    pub leases: LeaseStats,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct StatusBoard {
-    shards: Mutex<BTreeMap<String, ShardStatus>>,
-}
-
-impl StatusBoard {
-    pub(crate) fn update(&self, shard_id: &str, f: impl FnOnce(&mut ShardStatus)) {
-        let mut map = self.shards.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map
-            .entry(shard_id.to_owned())
-            .or_insert_with(|| ShardStatus {
-                shard_id: shard_id.to_owned(),
-                state: ShardState::WaitingOnParents,
-                records_processed: 0,
-                millis_behind_latest: None,
-                last_checkpoint: None,
-            });
-        f(entry);
-    }
-
-    fn snapshot(&self) -> Vec<ShardStatus> {
-        let map = self.shards.lock().unwrap_or_else(|p| p.into_inner());
-        map.values().cloned().collect()
-    }
-}
-
-/// Controls a running worker. Cheap to clone.
+/// Controls and observes a running worker. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct WorkerHandle {
     worker_id: String,
     shutdown: Arc<Signal<Shutdown>>,
     status: Arc<StatusBoard>,
     coordinator: Arc<LeaseCoordinator>,
+    lifecycle: Arc<Lifecycle>,
+    table: Arc<Instrumented>,
+    failover_time: Duration,
 }
 
 impl WorkerHandle {
@@ -184,15 +143,92 @@ impl WorkerHandle {
             leases: self.coordinator.stats(),
         }
     }
-}
 
-/// Why a worker stopped with an error.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum WorkerError {
-    /// A task of the worker panicked.
-    #[error("worker task failed: {0}")]
-    Task(String),
+    /// How the worker is doing, for readiness and liveness probes.
+    ///
+    /// - [`HealthStatus::Starting`] until a lease scan found the stream's leases and every shard it
+    ///   holds (with its parents finished) delivered a first batch or reported being caught up;
+    /// - then [`HealthStatus::Ready`], or [`HealthStatus::Degraded`] while the last heartbeat
+    ///   failed, the lease table answered errors within the failover time, the last shard sync
+    ///   failed, or shards are stopped by the failure policy ([`Health::reasons`] says which);
+    /// - [`HealthStatus::Stopping`], then [`HealthStatus::Stopped`] or
+    ///   [`HealthStatus::Failed`] (see [`WorkerHandle::wait`]).
+    pub fn health(&self) -> Health {
+        let lifecycle = &self.lifecycle;
+        let status = match lifecycle.phase.get() {
+            Phase::NotStarted => {
+                return Health {
+                    status: HealthStatus::Starting,
+                    reasons: vec!["not started".to_owned()],
+                };
+            }
+            Phase::Stopping => HealthStatus::Stopping,
+            Phase::Done => match lifecycle.outcome() {
+                Some(Err(error)) => {
+                    return Health {
+                        status: HealthStatus::Failed,
+                        reasons: vec![error.to_string()],
+                    };
+                }
+                _ => HealthStatus::Stopped,
+            },
+            Phase::Running => HealthStatus::Ready,
+        };
+        if status != HealthStatus::Ready {
+            return Health {
+                status,
+                reasons: Vec::new(),
+            };
+        }
+        let mut reasons = Vec::new();
+        if Lifecycle::is(&lifecycle.heartbeat_failing) {
+            reasons.push("the last heartbeat failed".to_owned());
+        }
+        if self.table.failed_within(self.failover_time) {
+            reasons.push("the lease table answered errors recently".to_owned());
+        }
+        if Lifecycle::is(&lifecycle.sync_failing) {
+            reasons.push("the last shard sync failed".to_owned());
+        }
+        let stopped = self.status.stopped();
+        if !stopped.is_empty() {
+            reasons.push(format!(
+                "stopped by the failure policy: {}",
+                stopped.join(", ")
+            ));
+        }
+        if !reasons.is_empty() {
+            return Health {
+                status: HealthStatus::Degraded,
+                reasons,
+            };
+        }
+        if !Lifecycle::is(&lifecycle.ready_once) {
+            if !Lifecycle::is(&lifecycle.scanned) {
+                reasons.push("no lease scan has found the stream's leases yet".to_owned());
+            }
+            let waiting = self.status.not_flowed();
+            if !waiting.is_empty() {
+                reasons.push(format!("no first batch yet from {}", waiting.join(", ")));
+            }
+            if !reasons.is_empty() {
+                return Health {
+                    status: HealthStatus::Starting,
+                    reasons,
+                };
+            }
+            Lifecycle::flag(&lifecycle.ready_once, true);
+        }
+        Health {
+            status: HealthStatus::Ready,
+            reasons,
+        }
+    }
+
+    /// Waits until [`Worker::run`] has returned (or was dropped), and returns what it returned.
+    pub async fn wait(&self) -> Result<(), WorkerError> {
+        self.lifecycle.wait().await
+    }
 }
 
 /// Consumes a stream: one processor per leased shard. See the [module docs](self).
@@ -201,9 +237,13 @@ pub struct Worker<F: ProcessorFactory> {
     factory: Arc<F>,
     backend: Arc<dyn StreamBackend>,
     table: Arc<dyn LeaseTable>,
+    instrumented: Arc<Instrumented>,
     coordinator: Arc<LeaseCoordinator>,
     shutdown: Arc<Signal<Shutdown>>,
     status: Arc<StatusBoard>,
+    lifecycle: Arc<Lifecycle>,
+    metrics: Arc<WorkerMetrics>,
+    budget: Arc<WorkerBudget>,
 }
 
 impl<F: ProcessorFactory> std::fmt::Debug for Worker<F> {
@@ -224,6 +264,16 @@ pub(crate) enum ConsumerExit {
     Released,
     /// The failure policy stopped the shard; keep the lease.
     Stopped,
+    /// Reading the shard failed permanently; the lease was released.
+    Failed(BackendError),
+}
+
+/// Why the main loop ended.
+enum LoopEnd {
+    /// A shutdown was asked for.
+    Shutdown,
+    /// A permanent failure: stop and return it.
+    Fatal(WorkerError),
 }
 
 impl<F: ProcessorFactory> Worker<F> {
@@ -238,6 +288,9 @@ impl<F: ProcessorFactory> Worker<F> {
         backend: Arc<dyn StreamBackend>,
         table: Arc<dyn LeaseTable>,
     ) -> Self {
+        let scope = Scope::new(config.metrics_level, &config.stream, &config.worker_id);
+        let instrumented = Arc::new(Instrumented::new(table, &scope));
+        let table: Arc<dyn LeaseTable> = instrumented.clone();
         let coordinator = Arc::new(LeaseCoordinator::new(
             config.worker_id.clone(),
             table.clone(),
@@ -245,13 +298,17 @@ impl<F: ProcessorFactory> Worker<F> {
         ));
         let shutdown = Signal::new(Shutdown::Running);
         Self {
+            budget: WorkerBudget::new(config.worker_prefetch),
             config: Arc::new(config),
             factory: Arc::new(factory),
             backend,
             table,
+            instrumented,
             coordinator,
             shutdown,
             status: Arc::new(StatusBoard::default()),
+            lifecycle: Arc::new(Lifecycle::default()),
+            metrics: Arc::new(WorkerMetrics::new(scope)),
         }
     }
 
@@ -267,64 +324,88 @@ impl<F: ProcessorFactory> Worker<F> {
             shutdown: self.shutdown.clone(),
             status: self.status.clone(),
             coordinator: self.coordinator.clone(),
+            lifecycle: self.lifecycle.clone(),
+            table: self.instrumented.clone(),
+            failover_time: self.config.lease.failover_time,
         }
     }
 
-    /// Runs until shut down through a [`WorkerHandle`].
+    /// Runs until shut down through a [`WorkerHandle`], or until a permanent failure (returned
+    /// as a [`WorkerError`]).
     pub async fn run(self) -> Result<(), WorkerError> {
         let span = info_span!(
             "worker",
             stream = %self.config.stream,
             worker_id = %self.config.worker_id
         );
-        self.run_inner().instrument(span).await
+        let lifecycle = self.lifecycle.clone();
+        // Whatever happens to this future, `wait` returns: a dropped `run` counts as cancelled.
+        let _finished = FinishOnDrop(lifecycle.clone());
+        let result = self.run_inner().instrument(span).await;
+        lifecycle.finish(result.clone());
+        result
     }
 
     async fn run_inner(self) -> Result<(), WorkerError> {
         info!("worker starting");
+        crate::metrics::describe();
+        self.lifecycle.phase.set(Phase::Running);
         let mut shutdown_rx = self.shutdown.watch();
         // A first proof of life before taking anything.
-        self.coordinator.renew().await;
+        let renewed = self.coordinator.renew().await;
+        Lifecycle::flag(&self.lifecycle.heartbeat_failing, !renewed);
         // Aborted if `run` is dropped, so a cancelled worker stops renewing and its leases expire.
         let mut renewer = AbortOnDrop(tokio::spawn(
-            renew_loop(self.coordinator.clone(), self.shutdown.watch()).in_current_span(),
+            renew_loop(
+                self.coordinator.clone(),
+                self.shutdown.watch(),
+                self.lifecycle.clone(),
+            )
+            .in_current_span(),
         ));
         let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(Arc<HeldLease>, ConsumerExit)>();
         let mut consumers = Consumers::default();
         let deaggregator = Arc::new(Deaggregator::new(self.config.deaggregation));
+        let mut sync = SyncState::default();
 
         // Handoffs this worker asked for are polled faster than the table is scanned.
         let pending_poll = (self.config.lease.scan_interval / 5).max(Duration::from_millis(10));
         let mut next_scan = Instant::now();
-        let mut next_sync = Instant::now();
 
-        loop {
+        let end = loop {
             if shutdown_rx.get_and_update() != Shutdown::Running {
-                break;
+                break LoopEnd::Shutdown;
             }
-            if Instant::now() >= next_sync {
-                next_sync = self.sync_shards().await;
+            if let Some(fatal) = self.fatal(&sync) {
+                break LoopEnd::Fatal(fatal);
+            }
+            if Instant::now() >= sync.next {
+                self.sync_shards(&mut sync).await;
+                if let Some(fatal) = self.fatal(&sync) {
+                    break LoopEnd::Fatal(fatal);
+                }
             }
             let polling = self.coordinator.has_pending();
             tokio::select! {
                 biased;
                 _ = shutdown_rx.changed() => continue,
                 Some((held, exit)) = exit_rx.recv() => {
-                    if consumers.exited(&self.coordinator, &held, exit) {
-                        // Children may be leasable now: sync and take at once.
-                        next_sync = Instant::now();
-                        next_scan = Instant::now();
+                    match self.exited(&mut consumers, &held, exit) {
+                        Ok(true) => {
+                            // Children may be leasable now: sync and take at once.
+                            sync.next = Instant::now();
+                            next_scan = Instant::now();
+                        }
+                        Ok(false) => {}
+                        Err(fatal) => break LoopEnd::Fatal(fatal),
                     }
                     continue;
                 }
-                Some(joined) = consumers.set.join_next(), if !consumers.set.is_empty() => {
-                    if let Err(error) = joined
-                        && error.is_panic()
-                    {
-                        warn!(%error, "a shard consumer task panicked");
-                    }
+                Some(joined) = consumers.set.join_next_with_id(), if !consumers.set.is_empty() => {
+                    self.joined(&mut consumers, joined).await;
                     continue;
                 }
+                _ = tokio::time::sleep_until(sync.next) => continue,
                 _ = tokio::time::sleep_until(next_scan) => {
                     match self.coordinator.scan().await {
                         Ok(started) if !started.is_empty() => {
@@ -333,6 +414,10 @@ impl<F: ProcessorFactory> Worker<F> {
                         Ok(_) => {}
                         Err(error) => warn!(%error, "lease scan failed; will retry"),
                     }
+                    if self.coordinator.has_seen_leases() {
+                        Lifecycle::flag(&self.lifecycle.scanned, true);
+                    }
+                    self.publish(&consumers);
                     next_scan = self.coordinator.next_scan_at();
                 }
                 _ = tokio::time::sleep(pending_poll), if polling => {
@@ -343,8 +428,24 @@ impl<F: ProcessorFactory> Worker<F> {
             }
             self.start_consumers(&mut consumers, &deaggregator, &exit_tx)
                 .await;
-        }
+        };
 
+        self.lifecycle.phase.set(Phase::Stopping);
+        let fatal = match end {
+            LoopEnd::Fatal(error) => {
+                error!(%error, "stopping: permanent failure");
+                // Straight to the consumers' graceful stop: finish the batch, checkpoint, let go.
+                self.shutdown.update(|s| {
+                    let running = matches!(*s, Shutdown::Running | Shutdown::Requested);
+                    if running {
+                        *s = Shutdown::Graceful;
+                    }
+                    running
+                });
+                Some(error)
+            }
+            LoopEnd::Shutdown => None,
+        };
         info!(mode = ?shutdown_rx.get(), "worker shutting down");
         if shutdown_rx.get() == Shutdown::Requested {
             // Announce, keep processing while the others notice (they then scan fast), and only
@@ -378,13 +479,29 @@ impl<F: ProcessorFactory> Worker<F> {
         // heartbeat row removed.
         self.coordinator.finish().await;
         self.shutdown.set(Shutdown::Immediate);
+        self.metrics.leases(&self.coordinator.stats(), 0);
         if let Err(error) = (&mut renewer.0).await
             && !error.is_cancelled()
         {
             return Err(WorkerError::Task(error.to_string()));
         }
+        if let Some(error) = fatal {
+            return Err(error);
+        }
         info!("worker stopped");
         Ok(())
+    }
+
+    /// A permanent failure that has lasted the configured time, if any.
+    fn fatal(&self, sync: &SyncState) -> Option<WorkerError> {
+        let timeout = self.config.permanent_error_timeout;
+        if let Some(error) = self.instrumented.permanent_failure(timeout) {
+            return Some(WorkerError::LeaseTable { source: error });
+        }
+        match &sync.permanent {
+            Some((since, error)) if since.elapsed() >= timeout => Some(error.clone()),
+            _ => None,
+        }
     }
 
     /// While leaving: records consumer exits and keeps scanning (to notice lost leases and pass
@@ -406,11 +523,13 @@ impl<F: ProcessorFactory> Worker<F> {
                 biased;
                 _ = shutdown_rx.changed() => {}
                 Some((held, exit)) = exit_rx.recv() => {
-                    consumers.exited(&self.coordinator, &held, exit);
+                    // Already stopping: a permanent failure now changes nothing.
+                    let _ = self.exited(consumers, &held, exit);
                 }
-                joined = consumers.set.join_next() => {
-                    if joined.is_none() {
-                        return true;
+                joined = consumers.set.join_next_with_id() => {
+                    match joined {
+                        None => return true,
+                        Some(joined) => self.joined(consumers, joined).await,
                     }
                 }
                 _ = tokio::time::sleep_until(until) => return false,
@@ -418,6 +537,7 @@ impl<F: ProcessorFactory> Worker<F> {
                     if let Err(error) = self.coordinator.scan().await {
                         debug!(%error, "lease scan failed during shutdown");
                     }
+                    self.publish(consumers);
                     next_scan = self.coordinator.next_scan_at();
                 }
             }
@@ -426,16 +546,139 @@ impl<F: ProcessorFactory> Worker<F> {
 
     /// Syncs shards into leases and removes finished leases no longer needed, when it is this
     /// worker's duty (one worker of the fleet, the sync leader, does it; see
-    /// [`crate::lease::coordinator`]). Returns when to check again.
-    async fn sync_shards(&self) -> Instant {
-        self.coordinator
+    /// [`crate::lease::coordinator`]). Schedules the next check: when the duty may come, after
+    /// the sync interval, or sooner with backoff after a failure.
+    async fn sync_shards(&self, state: &mut SyncState) {
+        let result = self
+            .coordinator
             .sync_shards(
                 self.backend.as_ref(),
                 &self.config.stream,
                 self.config.initial_position,
                 self.config.shard_sync_interval,
             )
-            .await
+            .await;
+        match result {
+            Ok(SyncOutcome::NotMine(next)) => state.not_mine(next),
+            Ok(SyncOutcome::Synced(report)) => {
+                self.metrics.shard_syncs.increment(1);
+                if !report.created.is_empty() {
+                    debug!(created = report.created.len(), "shard sync created leases");
+                }
+                state.succeeded(self.config.shard_sync_interval);
+            }
+            Err(error) => {
+                self.metrics.shard_sync_failures.increment(1);
+                let permanent = match &error {
+                    ShardSyncError::Backend(e) if e.is_permanent() => Some(
+                        WorkerError::from_backend(&self.config.stream, None, e.clone()),
+                    ),
+                    // The lease table's permanent failures are watched by the instrumented
+                    // table itself.
+                    _ => None,
+                };
+                warn!(%error, "shard sync failed; will retry");
+                state.failed(permanent, self.config.permanent_error_timeout);
+            }
+        }
+        Lifecycle::flag(&self.lifecycle.sync_failing, state.failing());
+    }
+
+    /// Publishes the worker's gauges and lease counts, and the lag of the shards it runs.
+    fn publish(&self, consumers: &Consumers) {
+        let stats = self.coordinator.stats();
+        self.metrics.leases(&stats, self.coordinator.held().len());
+        self.metrics.shards_stopped(consumers.stopped.len());
+        let scope = self.metrics.scope();
+        let lags = self.status.lags();
+        match scope.level() {
+            MetricsLevel::Off => {}
+            MetricsLevel::Summary => {
+                let max = lags.iter().map(|(_, ms)| *ms).max().unwrap_or(0);
+                scope.behind_latest(None).set(max as f64 / 1000.0);
+            }
+            MetricsLevel::Detailed => {
+                for (shard, ms) in lags {
+                    scope.behind_latest(Some(&shard)).set(ms as f64 / 1000.0);
+                }
+            }
+        }
+    }
+
+    /// Records a consumer's exit. `Ok(true)` when its shard ended; an error for a permanent
+    /// failure.
+    fn exited(
+        &self,
+        consumers: &mut Consumers,
+        held: &Arc<HeldLease>,
+        exit: ConsumerExit,
+    ) -> Result<bool, WorkerError> {
+        let key = held.key();
+        consumers.running.remove(key);
+        consumers.tasks.retain(|_, h| !Arc::ptr_eq(h, held));
+        match exit {
+            ConsumerExit::ShardEnded => {
+                self.coordinator.forget(held);
+                self.status.remove(key);
+                Ok(true)
+            }
+            ConsumerExit::Released => {
+                self.coordinator.forget(held);
+                self.status.remove(key);
+                Ok(false)
+            }
+            ConsumerExit::Stopped => {
+                consumers.stopped.insert(key.to_owned(), held.clone());
+                Ok(false)
+            }
+            ConsumerExit::Failed(error) => {
+                self.coordinator.forget(held);
+                self.status.remove(key);
+                Err(WorkerError::from_backend(
+                    &self.config.stream,
+                    Some(key),
+                    error,
+                ))
+            }
+        }
+    }
+
+    /// A consumer task ended. Normally it reported its exit first; one that died (a panic in
+    /// the framework, since user code runs under a catch) has its lease released so that this
+    /// or another worker takes it again at the next scan.
+    async fn joined(
+        &self,
+        consumers: &mut Consumers,
+        joined: Result<(Id, ()), tokio::task::JoinError>,
+    ) {
+        let (id, error) = match joined {
+            Ok((id, ())) => (id, None),
+            Err(error) => (error.id(), Some(error)),
+        };
+        let Some(held) = consumers.tasks.remove(&id) else {
+            return;
+        };
+        consumers.running.remove(held.key());
+        if error.as_ref().is_some_and(|e| e.is_cancelled()) {
+            return;
+        }
+        self.metrics.shard_task_failures.increment(1);
+        match &error {
+            Some(error) => {
+                error!(lease = held.key(), %error, "a shard consumer task died; releasing its lease")
+            }
+            None => error!(
+                lease = held.key(),
+                "a shard consumer task ended without reporting; releasing its lease"
+            ),
+        }
+        self.status.remove(held.key());
+        if !held.is_lost()
+            && let Err(error) = held.release(None).await
+        {
+            warn!(lease = held.key(), %error, "could not release the lease of a dead consumer");
+        }
+        self.coordinator.forget(&held);
     }
 
     /// Starts a consumer for every held lease without one; passes on the leases of stopped
@@ -446,7 +689,10 @@ impl<F: ProcessorFactory> Worker<F> {
         deaggregator: &Arc<Deaggregator>,
         exit_tx: &mpsc::UnboundedSender<(Arc<HeldLease>, ConsumerExit)>,
     ) {
-        for held in self.coordinator.held() {
+        let held = self.coordinator.held();
+        // Before any starts: the first to start must not take the prefetch shares of the rest.
+        self.budget.expect_shards(held.len());
+        for held in held {
             let key = held.key().to_owned();
             if consumers.running.contains(&key) {
                 continue;
@@ -460,11 +706,13 @@ impl<F: ProcessorFactory> Worker<F> {
                         debug!(lease = %key, %error, "handing over a stopped shard failed");
                     }
                     consumers.stopped.remove(&key);
+                    self.status.remove(&key);
                     self.coordinator.forget(&held);
                 }
                 continue;
             }
-            self.spawn_consumer(&mut consumers.set, held, deaggregator, exit_tx);
+            let id = self.spawn_consumer(&mut consumers.set, held.clone(), deaggregator, exit_tx);
+            consumers.tasks.insert(id, held);
             consumers.running.insert(key);
         }
     }
@@ -475,7 +723,7 @@ impl<F: ProcessorFactory> Worker<F> {
         held: Arc<HeldLease>,
         deaggregator: &Arc<Deaggregator>,
         exit_tx: &mpsc::UnboundedSender<(Arc<HeldLease>, ConsumerExit)>,
-    ) {
+    ) -> Id {
         let span = info_span!("shard", shard_id = %held.key());
         let ctx = consumer::ConsumerContext {
             config: self.config.clone(),
@@ -485,6 +733,9 @@ impl<F: ProcessorFactory> Worker<F> {
             deaggregator: deaggregator.clone(),
             shutdown: self.shutdown.watch(),
             coordinator: self.coordinator.clone(),
+            metrics: crate::metrics::ShardMetrics::new(self.metrics.scope(), held.key()),
+            worker_metrics: self.metrics.clone(),
+            budget: self.budget.clone(),
         };
         let factory = self.factory.clone();
         let exit_tx = exit_tx.clone();
@@ -494,7 +745,17 @@ impl<F: ProcessorFactory> Worker<F> {
                 let _ = exit_tx.send((held, exit));
             }
             .instrument(span),
-        );
+        )
+        .id()
+    }
+}
+
+/// Records, when dropped, that `run` ended without saying how (it was cancelled).
+struct FinishOnDrop(Arc<Lifecycle>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish(Err(WorkerError::Cancelled));
     }
 }
 
@@ -507,45 +768,83 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// When to sync shards next, and a permanent failure in progress.
+struct SyncState {
+    next: Instant,
+    retries: crate::retry::Schedule,
+    /// Since when syncs have failed permanently (no success since), and the error.
+    permanent: Option<(Instant, WorkerError)>,
+    failing: bool,
+}
+
+impl Default for SyncState {
+    fn default() -> Self {
+        Self {
+            next: Instant::now(),
+            retries: SYNC_RETRY.schedule(),
+            permanent: None,
+            failing: false,
+        }
+    }
+}
+
+impl SyncState {
+    /// Another worker leads shard sync: check again at `next` (neither a success nor a failure
+    /// of this worker's).
+    fn not_mine(&mut self, next: Instant) {
+        self.next = next;
+        self.retries = SYNC_RETRY.schedule();
+        self.permanent = None;
+        self.failing = false;
+    }
+
+    fn succeeded(&mut self, interval: Duration) {
+        self.next = Instant::now() + interval;
+        self.retries = SYNC_RETRY.schedule();
+        self.permanent = None;
+        self.failing = false;
+    }
+
+    /// Schedules the retry: with backoff, but never past the moment a permanent failure
+    /// would be given up on.
+    fn failed(&mut self, permanent: Option<WorkerError>, timeout: Duration) {
+        let now = Instant::now();
+        let mut delay = self.retries.next().unwrap_or(SYNC_RETRY.max);
+        match permanent {
+            Some(error) => {
+                let since = self.permanent.get_or_insert((now, error)).0;
+                delay = delay.min((since + timeout).saturating_duration_since(now));
+            }
+            None => self.permanent = None,
+        }
+        self.next = now + delay;
+        self.failing = true;
+    }
+
+    fn failing(&self) -> bool {
+        self.failing
+    }
+}
+
 /// The worker's shard consumer tasks and what became of them.
 #[derive(Default)]
 struct Consumers {
     set: JoinSet<()>,
+    /// The lease of each consumer task.
+    tasks: HashMap<Id, Arc<HeldLease>>,
     /// Shards with a consumer running.
     running: HashSet<String>,
     /// Shards stopped by the failure policy, whose lease is kept until shutdown.
     stopped: HashMap<String, Arc<HeldLease>>,
 }
 
-impl Consumers {
-    /// Records a consumer's exit. Returns whether its shard ended.
-    fn exited(
-        &mut self,
-        coordinator: &LeaseCoordinator,
-        held: &Arc<HeldLease>,
-        exit: ConsumerExit,
-    ) -> bool {
-        self.running.remove(held.key());
-        match exit {
-            ConsumerExit::ShardEnded => {
-                coordinator.forget(held);
-                true
-            }
-            ConsumerExit::Released => {
-                coordinator.forget(held);
-                false
-            }
-            ConsumerExit::Stopped => {
-                self.stopped.insert(held.key().to_owned(), held.clone());
-                false
-            }
-        }
-    }
-}
-
 /// Renews the worker's claim every renewal interval (sooner after a failure) until the worker
 /// stops.
-async fn renew_loop(coordinator: Arc<LeaseCoordinator>, mut shutdown: Watch<Shutdown>) {
+async fn renew_loop(
+    coordinator: Arc<LeaseCoordinator>,
+    mut shutdown: Watch<Shutdown>,
+    lifecycle: Arc<Lifecycle>,
+) {
     let mut next = Instant::now() + coordinator.config().renew_interval;
     loop {
         tokio::select! {
@@ -558,6 +857,7 @@ async fn renew_loop(coordinator: Arc<LeaseCoordinator>, mut shutdown: Watch<Shut
             _ = tokio::time::sleep_until(next) => {
                 let started = Instant::now();
                 let ok = coordinator.renew().await;
+                Lifecycle::flag(&lifecycle.heartbeat_failing, !ok);
                 next = started + coordinator.next_renewal_in(ok);
             }
         }

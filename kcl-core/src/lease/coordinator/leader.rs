@@ -17,6 +17,7 @@
 //! do, and creates leases unowned.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -25,7 +26,9 @@ use tracing::{debug, info, warn};
 use super::{LeaseCoordinator, Renewal, bump, lock};
 use crate::backend::StreamBackend;
 use crate::lease::membership;
-use crate::shard_sync::{InitialPosition, remove_finished_from, sync_shards_from};
+use crate::shard_sync::{
+    InitialPosition, ShardSyncError, SyncReport, remove_finished_from, sync_shards_from,
+};
 
 /// What this worker knows of its shard-sync duty.
 #[derive(Debug, Default)]
@@ -34,6 +37,15 @@ pub(crate) struct SyncState {
     leading: bool,
     /// When it last synced.
     last_sync: Option<Instant>,
+}
+
+/// What a call of `sync_shards` did.
+#[derive(Debug)]
+pub(crate) enum SyncOutcome {
+    /// Not this worker's duty now: check again then.
+    NotMine(Instant),
+    /// Synced.
+    Synced(SyncReport),
 }
 
 /// Whether to sync now.
@@ -58,7 +70,7 @@ impl LeaseCoordinator {
         if self.config.renewal == Renewal::PerLease {
             return due(&state);
         }
-        if self.leaving.load(std::sync::atomic::Ordering::SeqCst) || !self.liveness.is_alive() {
+        if self.leaving.load(Ordering::SeqCst) || !self.liveness.is_alive() {
             state.leading = false;
             return SyncDuty::NotBefore(now + idle);
         }
@@ -89,27 +101,21 @@ impl LeaseCoordinator {
         due(&state)
     }
 
-    /// Syncs shards if it is this worker's duty (see the module docs); returns when to check
-    /// again. Failures are logged and retried at the next check.
+    /// Syncs shards if it is this worker's duty (see the module docs): lists the shards,
+    /// creates the missing leases in live workers' names, pokes them, removes finished leases and
+    /// audits the balance. A failure of the sync itself is returned (the worker retries with
+    /// backoff); a failed removal is logged and retried at the next sync.
     pub(crate) async fn sync_shards(
         &self,
         backend: &dyn StreamBackend,
         stream: &str,
         initial: InitialPosition,
         interval: Duration,
-    ) -> Instant {
+    ) -> Result<SyncOutcome, ShardSyncError> {
         if let SyncDuty::NotBefore(at) = self.sync_duty(interval) {
-            return at;
+            return Ok(SyncOutcome::NotMine(at));
         }
-        lock(&self.sync).last_sync = Some(Instant::now());
-        let next = Instant::now() + interval;
-        let rows = match self.table.list().await {
-            Ok(rows) => rows,
-            Err(error) => {
-                warn!(%error, "shard sync: reading the lease table failed; will retry");
-                return next.min(Instant::now() + self.config.idle_scan_interval);
-            }
-        };
+        let rows = self.table.list().await?;
         bump(&self.stats.full_scans);
         let heartbeat = self.config.renewal == Renewal::Heartbeat;
         if heartbeat {
@@ -136,7 +142,7 @@ impl LeaseCoordinator {
             receivers.insert(best.clone());
             Some(best)
         };
-        match sync_shards_from(
+        let report = sync_shards_from(
             backend,
             self.table.as_ref(),
             stream,
@@ -144,21 +150,17 @@ impl LeaseCoordinator {
             &rows,
             &mut assign,
         )
-        .await
-        {
-            Ok(report) => {
-                if !report.created.is_empty() {
-                    debug!(created = report.created.len(), "shard sync created leases");
-                    self.stats.created.fetch_add(
-                        report.created.len() as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                }
-            }
-            Err(error) => warn!(%error, "shard sync failed; will retry"),
-        }
+        .await;
         if heartbeat {
+            // Also after a partial failure: some leases may have been created in their names.
             self.poker.poke_all(receivers).await;
+        }
+        let report = report?;
+        lock(&self.sync).last_sync = Some(Instant::now());
+        if !report.created.is_empty() {
+            self.stats
+                .created
+                .fetch_add(report.created.len() as u64, Ordering::Relaxed);
         }
         let grace = self.config.failover_time * 2;
         let settled = |lease: &crate::lease::Lease| self.quiet_for(&lease.key) > grace;
@@ -167,6 +169,6 @@ impl LeaseCoordinator {
             Ok(_) => {}
             Err(error) => warn!(%error, "removing finished leases failed; will retry"),
         }
-        next
+        Ok(SyncOutcome::Synced(report))
     }
 }

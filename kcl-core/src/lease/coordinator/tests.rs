@@ -624,14 +624,21 @@ async fn only_the_sync_leader_creates_leases_each_in_a_live_workers_name() {
     model.create_stream("s", 6).unwrap();
     let table = table_with(&[]).await;
     let [a, b, c] = three_visible(&table).await;
+    /// When the worker next checks its duty: at once-synced plus the interval, or as told.
     async fn sync(w: &LeaseCoordinator, model: &KinesisModel) -> Instant {
-        w.sync_shards(
-            model,
-            "s",
-            InitialPosition::TrimHorizon,
-            Duration::from_secs(60),
-        )
-        .await
+        let outcome = w
+            .sync_shards(
+                model,
+                "s",
+                InitialPosition::TrimHorizon,
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        match outcome {
+            SyncOutcome::NotMine(at) => at,
+            SyncOutcome::Synced(_) => Instant::now() + Duration::from_secs(60),
+        }
     }
     // The others only check whether they lead; the smallest live id does.
     for w in [&b, &c] {
@@ -691,6 +698,7 @@ async fn the_leaders_audit_finds_a_lease_given_to_a_worker_that_never_heard_of_i
         InitialPosition::TrimHorizon,
         Duration::from_secs(60),
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(keys(&b.scan().await.unwrap()), ["lost"]);
 }
