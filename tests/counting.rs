@@ -1,26 +1,90 @@
-//! A lease table wrapper counting the store operations workers make, for the cost figures.
+//! A lease table wrapper counting the store operations workers make, and billing them in
+//! DynamoDB on-demand request units, for the cost figures.
+//!
+//! Units follow DynamoDB's rules for the read kind the DynamoDB store uses: a strongly
+//! consistent `Scan` costs one read unit per started 4 KB of the items it returns (the lease
+//! table and the workers table are scanned separately, each at least one unit), an eventually
+//! consistent one half that, a strongly consistent `GetItem` one unit per started 4 KB of its
+//! item, and a write one write unit per started KB of its item (a failed conditional write is
+//! billed too). Item sizes are those of the DynamoDB items (`kcl_lease_dynamo::lease_item_size`),
+//! given once per window as the average size of a shard lease and of a heartbeat row
+//! ([`Counts::bill_with`]): at rest rows do not change size.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use kcl_core::lease::{Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
+use kcl_core::lease::{
+    Consistency, Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate, WORKER_KEY_PREFIX,
+};
 
-/// Operation counts, shared by every wrapper of one table.
+/// Operation counts and billed units, shared by every wrapper of one table.
 #[derive(Debug, Default)]
 pub struct Counts {
-    /// `list` calls (full-table scans).
+    /// `list` calls (full-table reads).
     pub scans: AtomicU64,
-    /// Rows returned by scans.
+    /// Rows returned by them.
     pub rows_scanned: AtomicU64,
+    /// `list_workers` calls (reads of the heartbeat rows alone).
+    pub worker_reads: AtomicU64,
+    /// Rows returned by them.
+    pub worker_rows: AtomicU64,
     /// `get` calls.
     pub gets: AtomicU64,
-    /// Writes to heartbeat rows (create, update, delete).
+    /// Heartbeats (writes to heartbeat rows other than pokes: creation, renewal, deletion).
     pub heartbeat_writes: AtomicU64,
+    /// Pokes ([`LeaseUpdate::poke`] writes to a heartbeat row).
+    pub pokes: AtomicU64,
     /// Writes to shard leases that carry a checkpoint.
     pub checkpoint_writes: AtomicU64,
-    /// Other writes to shard leases (takes, renewals, handoffs, creates, deletes).
+    /// Other writes to shard leases (takes, renewals, handoffs, assignments, deletes).
     pub lease_writes: AtomicU64,
+    /// Shard leases created (attempts, whether or not the lease existed).
+    pub creates: AtomicU64,
+    /// Conditional writes refused (billed as writes too).
+    pub failed_writes: AtomicU64,
+    /// Read units billed, in thousandths.
+    pub read_milli_units: AtomicU64,
+    /// Write units billed.
+    pub write_units: AtomicU64,
+    sizes: Mutex<Option<Sizes>>,
+}
+
+/// Average DynamoDB item sizes used for billing.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    /// A shard lease, bytes.
+    pub lease: f64,
+    /// A heartbeat row, bytes.
+    pub heartbeat: f64,
+}
+
+impl Sizes {
+    /// The average sizes of the rows of `rows`, by DynamoDB's rules.
+    pub fn of(rows: &[Lease]) -> Self {
+        let size = |row: &Lease| kcl_lease_dynamo::lease_item_size(row).unwrap_or(0) as f64;
+        let avg = |rows: Vec<&Lease>| {
+            if rows.is_empty() {
+                0.0
+            } else {
+                rows.iter().map(|r| size(r)).sum::<f64>() / rows.len() as f64
+            }
+        };
+        Self {
+            lease: avg(rows.iter().filter(|r| r.heartbeat_of().is_none()).collect()),
+            heartbeat: avg(rows.iter().filter(|r| r.heartbeat_of().is_some()).collect()),
+        }
+    }
+}
+
+fn read_units(bytes: f64, eventual: bool) -> u64 {
+    // Thousandths of a unit: one per started 4 KB, at least one; half when eventual.
+    let units = ((bytes / 4096.0).ceil() as u64).max(1) * 1000;
+    if eventual { units / 2 } else { units }
+}
+
+fn write_units(bytes: f64) -> u64 {
+    ((bytes / 1024.0).ceil() as u64).max(1)
 }
 
 impl Counts {
@@ -31,20 +95,62 @@ impl Counts {
         }
     }
 
-    fn all(&self) -> [&AtomicU64; 6] {
+    fn all(&self) -> [&AtomicU64; 13] {
         [
             &self.scans,
             &self.rows_scanned,
+            &self.worker_reads,
+            &self.worker_rows,
             &self.gets,
             &self.heartbeat_writes,
+            &self.pokes,
             &self.checkpoint_writes,
             &self.lease_writes,
+            &self.creates,
+            &self.failed_writes,
+            &self.read_milli_units,
+            &self.write_units,
         ]
+    }
+
+    /// Bills from now on with these item sizes (nothing is billed before).
+    pub fn bill_with(&self, sizes: Sizes) {
+        *self.sizes.lock().unwrap() = Some(sizes);
+    }
+
+    fn sizes(&self) -> Option<Sizes> {
+        *self.sizes.lock().unwrap()
     }
 
     /// Reads one count.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Read units billed.
+    pub fn read_units(&self) -> f64 {
+        Self::get(&self.read_milli_units) as f64 / 1000.0
+    }
+
+    /// Write units billed.
+    pub fn write_units(&self) -> f64 {
+        Self::get(&self.write_units) as f64
+    }
+
+    fn bill_read(&self, units: u64) {
+        self.read_milli_units.fetch_add(units, Ordering::Relaxed);
+    }
+
+    fn bill_write(&self, key: &str) {
+        if let Some(sizes) = self.sizes() {
+            let bytes = if key.starts_with(WORKER_KEY_PREFIX) {
+                sizes.heartbeat
+            } else {
+                sizes.lease
+            };
+            self.write_units
+                .fetch_add(write_units(bytes), Ordering::Relaxed);
+        }
     }
 }
 
@@ -62,13 +168,22 @@ fn bump(c: &AtomicU64) {
 }
 
 impl CountingTable {
-    fn write(&self, key: &str, checkpoint: bool) {
-        if key.starts_with(kcl_core::lease::WORKER_KEY_PREFIX) {
-            bump(&self.counts.heartbeat_writes);
-        } else if checkpoint {
-            bump(&self.counts.checkpoint_writes);
-        } else {
-            bump(&self.counts.lease_writes);
+    fn write(&self, key: &str, update: Option<&LeaseUpdate>) {
+        let heartbeat_row = key.starts_with(WORKER_KEY_PREFIX);
+        match update {
+            Some(update) if heartbeat_row && *update == LeaseUpdate::poke() => {
+                bump(&self.counts.pokes)
+            }
+            _ if heartbeat_row => bump(&self.counts.heartbeat_writes),
+            Some(update) if update.checkpoint.is_some() => bump(&self.counts.checkpoint_writes),
+            _ => bump(&self.counts.lease_writes),
+        }
+        self.counts.bill_write(key);
+    }
+
+    fn failed<T>(&self, result: &Result<T, LeaseError>) {
+        if matches!(result, Err(LeaseError::ConditionFailed { .. })) {
+            bump(&self.counts.failed_writes);
         }
     }
 }
@@ -76,7 +191,10 @@ impl CountingTable {
 #[async_trait]
 impl LeaseTable for CountingTable {
     async fn create_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {
-        self.write(&lease.key, false);
+        if lease.heartbeat_of().is_none() {
+            bump(&self.counts.creates);
+        }
+        self.write(&lease.key, None);
         self.inner.create_if_absent(lease).await
     }
 
@@ -86,11 +204,38 @@ impl LeaseTable for CountingTable {
         self.counts
             .rows_scanned
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        if let Some(sizes) = self.counts.sizes() {
+            let heartbeats = rows.iter().filter(|r| r.heartbeat_of().is_some()).count() as f64;
+            let leases = rows.len() as f64 - heartbeats;
+            // Two tables on DynamoDB: the lease table and the workers table.
+            self.counts.bill_read(
+                read_units(leases * sizes.lease, false)
+                    + read_units(heartbeats * sizes.heartbeat, false),
+            );
+        }
+        Ok(rows)
+    }
+
+    async fn list_workers(&self, consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        bump(&self.counts.worker_reads);
+        let rows = self.inner.list_workers(consistency).await?;
+        self.counts
+            .worker_rows
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        if let Some(sizes) = self.counts.sizes() {
+            self.counts.bill_read(read_units(
+                rows.len() as f64 * sizes.heartbeat,
+                consistency == Consistency::Eventual,
+            ));
+        }
         Ok(rows)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
         bump(&self.counts.gets);
+        if self.counts.sizes().is_some() {
+            self.counts.bill_read(read_units(0.0, false));
+        }
         self.inner.get(key).await
     }
 
@@ -100,12 +245,32 @@ impl LeaseTable for CountingTable {
         expect: &Expectation,
         update: &LeaseUpdate,
     ) -> Result<Lease, LeaseError> {
-        self.write(key, update.checkpoint.is_some());
-        self.inner.update(key, expect, update).await
+        self.write(key, Some(update));
+        let result = self.inner.update(key, expect, update).await;
+        self.failed(&result);
+        result
     }
 
     async fn delete(&self, key: &str, expect: &Expectation) -> Result<(), LeaseError> {
-        self.write(key, false);
-        self.inner.delete(key, expect).await
+        self.write(key, None);
+        let result = self.inner.delete(key, expect).await;
+        self.failed(&result);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_follow_the_read_kind_and_size() {
+        assert_eq!(read_units(0.0, false), 1000, "at least one unit");
+        assert_eq!(read_units(4096.0, false), 1000);
+        assert_eq!(read_units(4097.0, false), 2000);
+        assert_eq!(read_units(4097.0, true), 1000, "eventual reads cost half");
+        assert_eq!(read_units(100.0, true), 500);
+        assert_eq!(write_units(300.0), 1);
+        assert_eq!(write_units(1025.0), 2);
     }
 }

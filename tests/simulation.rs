@@ -1,14 +1,17 @@
 //! The deterministic simulation of lease coordination ([`kcl_tests::sim`]).
 //!
-//! CI runs 200 seeded schedules (seeds 0 to 199, in four tests so they run in parallel). A
-//! failing schedule prints its seed, its configuration, the violated invariants, the schedule
-//! and the command that replays it. Replaying one seed and the long soak are the `kcl-sim` tool
-//! (`tests/sim_tool.rs`):
+//! CI runs 200 seeded schedules (seeds 0 to 199, in four tests so they run in parallel) and four
+//! large-fleet schedules (seeds 0 to 3: 100 to 300 workers on 1,000 to 3,000 shards, in two
+//! tests). A failing schedule prints its seed, its configuration, the violated invariants, the
+//! schedule and the command that replays it. Replaying one seed and the long soak are the
+//! `kcl-sim` tool (`tests/sim_tool.rs`):
 //!
 //! ```text
 //! cargo run -p kcl-tests --bin kcl-sim -- replay <seed>
 //! cargo run -p kcl-tests --bin kcl-sim -- replay-key-ordered <seed>
 //! cargo run --release -p kcl-tests --bin kcl-sim -- soak 20000 [first-seed]
+//! cargo run --release -p kcl-tests --bin kcl-sim -- replay-large <seed>
+//! cargo run --release -p kcl-tests --bin kcl-sim -- soak-large 100 [first-seed]
 //! ```
 //!
 //! Twelve more schedules (seeds 0 to 11) run with the shards key-ordered.
@@ -70,6 +73,25 @@ fn key_ordered_schedules() {
         (b.trace, b.digest),
         "key-ordered seed 5: same seed, different run"
     );
+}
+
+/// Runs every large-fleet seed of `seeds`; fails with the reports of the failing ones.
+fn run_large_seeds(seeds: Range<u64>) {
+    let failures = sim::run_range_large(seeds);
+    assert!(
+        failures.is_empty(),
+        "failing large-fleet seeds: {failures:?} (reports above)"
+    );
+}
+
+#[test]
+fn large_fleet_schedules_0_and_1() {
+    run_large_seeds(0..2);
+}
+
+#[test]
+fn large_fleet_schedules_2_and_3() {
+    run_large_seeds(2..4);
 }
 
 #[test]

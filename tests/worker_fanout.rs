@@ -257,6 +257,12 @@ impl LeaseTable for SlowToLetGo {
     async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
         self.inner.list().await
     }
+    async fn list_workers(
+        &self,
+        consistency: kcl_core::lease::Consistency,
+    ) -> Result<Vec<Lease>, LeaseError> {
+        self.inner.list_workers(consistency).await
+    }
     async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
         self.inner.get(key).await
     }

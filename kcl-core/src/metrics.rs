@@ -519,7 +519,7 @@ pub const CATALOG: &[MetricInfo] = &[
         kind: MetricKind::Counter,
         unit: None,
         labels: &["operation"],
-        help: "Lease-table calls, by operation: create, list, get, update, delete.",
+        help: "Lease-table calls, by operation: create, list, get, update, delete, list_workers (the reads of the heartbeat rows alone, every idle interval at rest).",
         java: "DynamoDB request counts (CloudWatch, per table)",
     },
     MetricInfo {

@@ -21,11 +21,14 @@
 //!   it after its deletion.
 //!
 //! Creation is idempotent (`create_if_absent`) and deletion conditional on the lease as read, so
-//! several workers may sync concurrently.
+//! several workers may sync concurrently. The worker leaves both to one worker, the sync leader,
+//! which creates each new lease in the name of a live worker (see
+//! `lease::coordinator`); the functions here create them unowned.
 
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
+use futures::StreamExt;
 use tracing::{debug, info};
 
 use crate::backend::{BackendError, Shard, ShardFilter, StreamBackend, list_all_shards};
@@ -99,15 +102,31 @@ pub fn lease_for_shard(shard: &Shard, checkpoint: ExtendedSequenceNumber) -> Lea
         .with_hash_key_range(shard.hash_key_range)
 }
 
-/// Discovers the shards of `stream` and creates the missing leases.
+/// How many lease creations a sync keeps in flight.
+const CREATE_CONCURRENCY: usize = 32;
+
+/// Discovers the shards of `stream` and creates the missing leases (unowned).
 pub async fn sync_shards(
     backend: &dyn StreamBackend,
     table: &dyn LeaseTable,
     stream: &str,
     initial: InitialPosition,
 ) -> Result<SyncReport, ShardSyncError> {
-    let shards = list_all_shards(backend, stream, None).await?;
     let rows = table.list().await?;
+    sync_shards_from(backend, table, stream, initial, &rows, &mut || None).await
+}
+
+/// [`sync_shards`] from `rows`, the table as just read, creating each new lease in the name of
+/// the worker `assign` names (`None`: unowned). Creations run a few at a time.
+pub(crate) async fn sync_shards_from(
+    backend: &dyn StreamBackend,
+    table: &dyn LeaseTable,
+    stream: &str,
+    initial: InitialPosition,
+    rows: &[Lease],
+    assign: &mut (dyn FnMut() -> Option<String> + Send),
+) -> Result<SyncReport, ShardSyncError> {
+    let shards = list_all_shards(backend, stream, None).await?;
     let mut report = SyncReport {
         shards: shards.len(),
         ..SyncReport::default()
@@ -156,7 +175,9 @@ pub async fn sync_shards(
         }
     }
 
-    // Children whose parents are all finished (or gone entirely): TRIM_HORIZON.
+    // Leases to create: children whose parents are all finished (or gone entirely) at
+    // TRIM_HORIZON, then shards with no leased ancestry at the initial position.
+    let mut to_create: Vec<Lease> = Vec::new();
     let mut needs_initial = false;
     for shard in &shards {
         if leases.contains_key(shard.shard_id.as_str()) || covered.contains(&shard.shard_id) {
@@ -171,11 +192,8 @@ pub async fn sync_shards(
                 None => !by_id.contains_key(p),
             });
             if all_done {
-                let lease = lease_for_shard(shard, ExtendedSequenceNumber::TrimHorizon);
-                if table.create_if_absent(&lease).await? {
-                    info!(shard = %shard.shard_id, "created lease for child of finished parents");
-                    report.created.push(shard.shard_id.clone());
-                }
+                info!(shard = %shard.shard_id, "creating the lease of a child of finished parents");
+                to_create.push(lease_for_shard(shard, ExtendedSequenceNumber::TrimHorizon));
             } else {
                 debug!(shard = %shard.shard_id, "waiting for parents to finish");
             }
@@ -194,14 +212,33 @@ pub async fn sync_shards(
             {
                 continue;
             }
-            let lease = lease_for_shard(&shard, initial.checkpoint());
-            if table.create_if_absent(&lease).await? {
-                info!(shard = %shard.shard_id, position = %initial.checkpoint(), "created lease at initial position");
-                report.created.push(shard.shard_id.clone());
-            }
+            debug!(shard = %shard.shard_id, position = %initial.checkpoint(), "creating a lease at the initial position");
+            to_create.push(lease_for_shard(&shard, initial.checkpoint()));
         }
     }
+    for lease in &mut to_create {
+        lease.owner = assign();
+    }
+    let created: Vec<Result<Option<String>, LeaseError>> = futures::stream::iter(to_create)
+        .map(|lease| create_one(table, lease))
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .collect()
+        .await;
+    for outcome in created {
+        if let Some(key) = outcome? {
+            report.created.push(key);
+        }
+    }
+    report.created.sort();
+    if !report.created.is_empty() {
+        info!(created = report.created.len(), "shard sync created leases");
+    }
     Ok(report)
+}
+
+/// Creates `lease` unless it exists; its key if created.
+async fn create_one(table: &dyn LeaseTable, lease: Lease) -> Result<Option<String>, LeaseError> {
+    Ok(table.create_if_absent(&lease).await?.then_some(lease.key))
 }
 
 /// Deletes finished leases whose children all have leases that made progress and for which
@@ -212,6 +249,15 @@ pub async fn remove_finished_leases(
     settled: impl Fn(&Lease) -> bool,
 ) -> Result<Vec<String>, ShardSyncError> {
     let rows = table.list().await?;
+    remove_finished_from(table, &rows, settled).await
+}
+
+/// [`remove_finished_leases`] from `rows`, the table as just read.
+pub(crate) async fn remove_finished_from(
+    table: &dyn LeaseTable,
+    rows: &[Lease],
+    settled: impl Fn(&Lease) -> bool,
+) -> Result<Vec<String>, ShardSyncError> {
     let leases: HashMap<&str, &Lease> = rows
         .iter()
         .filter(|l| l.heartbeat_of().is_none())

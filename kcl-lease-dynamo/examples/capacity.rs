@@ -1,402 +1,439 @@
-//! Measures the DynamoDB requests and capacity units a kcl-rs worker consumes per lease-hour, and
-//! per takeover, against a real DynamoDB API endpoint.
+//! Measures what real kcl-rs worker processes send to a DynamoDB API, in on-demand request units
+//! per lease-hour: `record_sink` processes (the example consumer) on a kinesis-local stream, with
+//! their leases in DynamoDB (moto), every request they send metered by the server.
 //!
 //! ```text
 //! scripts/servers/moto.sh install target/moto
-//! export AWS_ENDPOINT_URL_DYNAMODB=$(scripts/servers/moto.sh start target/moto | tail -n 1)
-//! cargo run -p kcl-lease-dynamo --example capacity -- [LEASES] [WORKERS] [FAILOVER_SECS] [WINDOW_SECS]
-//! scripts/servers/moto.sh stop target/moto
+//! scripts/servers/kinesis.sh install target/kinesis
+//! export AWS_ENDPOINT_URL_DYNAMODB=$(KCL_MOTO_METER=1 scripts/servers/moto.sh start target/moto | tail -n 1)
+//! export AWS_ENDPOINT_URL_KINESIS=$(scripts/servers/kinesis.sh start target/kinesis | tail -n 1)
+//! cargo build --release --workspace --example record_sink
+//! export KCL_RECORD_SINK=target/release/examples/record_sink
+//! cargo run --release -p kcl-lease-dynamo --example capacity -- LEASES WORKERS [WINDOW_SECS]
+//! scripts/servers/kinesis.sh stop target/kinesis; scripts/servers/moto.sh stop target/moto
 //! ```
 //!
-//! Defaults: 8 leases, 2 workers, 10 s failover (kcl-core's and Java KCL's default), a 60 s
-//! window. The workers read the in-memory Kinesis model, where a producer writes 5 records/s to
-//! every shard, and checkpoint at kcl-core's default cadence (every 10 s or 10 000 records).
+//! It creates a stream of LEASES shards, starts WORKERS `record_sink` processes (polling,
+//! DynamoDB leases, default timings: 10 s failover, checkpoints every 10 s), waits until every
+//! lease is held and the fleet is balanced, then measures three windows of WINDOW_SECS (default
+//! 300): at rest (no records), under traffic (about 5 records per second per shard, so the default
+//! checkpoint cadence runs), and a graceful stop of one worker (its leases handed over).
 //!
-//! Every lease-table call is counted by kind (renewal, checkpoint, take, release, scan, ...). The
-//! billed units are computed from the measured item sizes with DynamoDB's rules (writes: 1 unit
-//! per started KB of the larger of the old and new item; strongly consistent reads: 1 unit per
-//! started 4 KB, a Scan page summing its items first), because local servers do not bill: moto
-//! reports a fixed number of units per request kind, printed beside for reference.
+//! moto with `KCL_MOTO_METER=1` (`scripts/servers/moto_serial.py`) applies one request at a time
+//! and meters every DynamoDB request it answers: by table, operation and kind, in request units
+//! computed from the real item sizes by DynamoDB's rules (Scan and Query by the total size of a
+//! page per started 4 KB, GetItem per item, eventually consistent reads half; writes per started
+//! KB of the item, refused conditional writes too). The example's own reads go through the same
+//! server, before and after the windows only. Java KCL 2.x and 3.x are derived from their
+//! defaults as in `docs/leases.md`, with the measured lease item size.
 //!
-//! Run it against real DynamoDB only on a throwaway table name: it creates `kcl-capacity-*`
-//! tables and does not delete them.
+//! Run it against real DynamoDB only on a throwaway application name: it creates
+//! `kcl-capacity-*` tables and does not delete them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::config::Credentials;
-use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
-use kcl_core::checkpoint::Checkpointer;
-use kcl_core::lease::{Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
-use kcl_core::model::{KinesisModel, ModelConfig};
-use kcl_core::processor::{ProcessRecordsInput, RecordProcessor, ShardInfo};
-use kcl_core::shard_sync::InitialPosition;
-use kcl_core::worker::{Worker, WorkerHandle};
-use kcl_lease_dynamo::{ConsumedCapacityTotals, DynamoLeaseTable};
+use kcl_core::aws::KinesisBackend;
+use kcl_core::lease::{Lease, LeaseTable};
+use kcl_core::model::PutRecordsEntry;
+use kcl_lease_dynamo::{DynamoLeaseTable, lease_item_size};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const STREAM: &str = "capacity";
-
-/// Counts lease-table calls by kind.
-#[derive(Debug)]
-struct Counting {
-    inner: DynamoLeaseTable,
-    calls: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+/// One metered line: table, operation and kind, and what it cost.
+#[derive(Clone, Debug, Default)]
+struct Metered {
+    requests: f64,
+    read_units: f64,
+    write_units: f64,
 }
 
-impl Counting {
-    fn count(&self, kind: &'static str) {
-        *self.calls.lock().unwrap().entry(kind).or_default() += 1;
-    }
-}
+type Meter = BTreeMap<String, Metered>;
 
-fn kind_of(update: &LeaseUpdate) -> &'static str {
-    if update.checkpoint.is_some() {
-        "checkpoint"
-    } else if update.pending_checkpoint.is_some() {
-        "prepare checkpoint"
-    } else if matches!(update.owner, Some(Some(_))) {
-        "take"
-    } else if matches!(update.owner, Some(None)) {
-        "release"
-    } else if update.child_shard_ids.is_some() {
-        "children"
-    } else if *update == LeaseUpdate::default() {
-        "renew"
-    } else {
-        "other update"
-    }
-}
-
-#[async_trait]
-impl LeaseTable for Counting {
-    async fn create_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {
-        self.count("create");
-        self.inner.create_if_absent(lease).await
-    }
-    async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
-        self.count("list (scan)");
-        self.inner.list().await
-    }
-    async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
-        self.count("get");
-        self.inner.get(key).await
-    }
-    async fn update(
-        &self,
-        key: &str,
-        expect: &Expectation,
-        update: &LeaseUpdate,
-    ) -> Result<Lease, LeaseError> {
-        let kind = if key.starts_with(kcl_core::lease::WORKER_KEY_PREFIX) {
-            "heartbeat"
-        } else {
-            kind_of(update)
-        };
-        self.count(kind);
-        let result = self.inner.update(key, expect, update).await;
-        if result.is_err() {
-            self.count(match kind {
-                "heartbeat" => "heartbeat (failed)",
-                "renew" => "renew (failed)",
-                "take" => "take (failed)",
-                "checkpoint" => "checkpoint (failed)",
-                _ => "other update (failed)",
-            });
-        }
-        result
-    }
-    async fn delete(&self, key: &str, expect: &Expectation) -> Result<(), LeaseError> {
-        self.count("delete");
-        self.inner.delete(key, expect).await
-    }
-}
-
-struct Processor;
-
-impl RecordProcessor for Processor {
-    type Error = std::io::Error;
-    async fn process_records(
-        &mut self,
-        _input: ProcessRecordsInput<'_>,
-        _checkpointer: &mut Checkpointer,
-    ) -> Result<(), Self::Error> {
-        Ok(())
-    }
-}
-
-/// DynamoDB's size of an attribute value (approximation of the documented rules).
-fn value_size(value: &AttributeValue) -> usize {
-    match value {
-        AttributeValue::S(s) => s.len(),
-        AttributeValue::N(n) => {
-            let digits = n.trim_start_matches('-').replace('.', "");
-            let significant = digits.trim_start_matches('0').trim_end_matches('0').len();
-            significant.div_ceil(2) + 1
-        }
-        AttributeValue::B(b) => b.as_ref().len(),
-        AttributeValue::Ss(set) => set.iter().map(String::len).sum(),
-        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
-        AttributeValue::M(map) => {
-            3 + map
-                .iter()
-                .map(|(k, v)| k.len() + value_size(v) + 1)
-                .sum::<usize>()
-        }
-        AttributeValue::L(list) => 3 + list.iter().map(|v| value_size(v) + 1).sum::<usize>(),
-        _ => 0,
-    }
-}
-
-fn item_size(item: &std::collections::HashMap<String, AttributeValue>) -> usize {
-    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
-}
-
-struct Running {
-    handle: WorkerHandle,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn start(
-    name: &str,
-    table: &str,
-    config: &aws_config::SdkConfig,
-    model: &Arc<KinesisModel>,
-    failover: Duration,
-    calls: &Arc<Mutex<BTreeMap<&'static str, u64>>>,
-) -> (Running, DynamoLeaseTable) {
-    let dynamo = DynamoLeaseTable::builder(table)
-        .build(config)
+/// A plain HTTP request to the meter on the DynamoDB endpoint.
+async fn meter_call(endpoint: &str, method: &str, path: &str) -> String {
+    let authority = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&authority)
         .await
-        .unwrap();
-    let counting: Arc<dyn LeaseTable> = Arc::new(Counting {
-        inner: dynamo.clone(),
-        calls: Arc::clone(calls),
-    });
-    let worker = Worker::builder(|_: &ShardInfo| Processor)
-        .application_name(table)
-        .stream(STREAM)
-        .worker_id(name)
-        .backend(model.clone())
-        .lease_table(counting)
-        .initial_position(InitialPosition::TrimHorizon)
-        .failover_time(failover)
-        .build()
-        .unwrap();
-    let handle = worker.handle();
-    let task = tokio::spawn(async move { worker.run().await.unwrap() });
-    (Running { handle, task }, dynamo)
+        .expect("connect to the DynamoDB endpoint");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    assert!(
+        response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
+        "the DynamoDB endpoint has no meter: start moto with KCL_MOTO_METER=1 \
+         (scripts/servers/moto_serial.py); it answered {response:.200}"
+    );
+    body
 }
 
-fn sum(tables: &[DynamoLeaseTable]) -> ConsumedCapacityTotals {
-    let mut total = ConsumedCapacityTotals::default();
-    for t in tables {
-        let c = t.capacity();
-        total.read_units += c.read_units;
-        total.write_units += c.write_units;
-        total.get_requests += c.get_requests;
-        total.scan_requests += c.scan_requests;
-        total.put_requests += c.put_requests;
-        total.update_requests += c.update_requests;
-        total.delete_requests += c.delete_requests;
-        total.conditional_check_failures += c.conditional_check_failures;
+async fn read_meter(endpoint: &str) -> Meter {
+    let body = meter_call(endpoint, "GET", "/_kcl/meter").await;
+    let parsed: serde_json::Value = serde_json::from_str(&body).expect("meter JSON");
+    let mut meter = Meter::new();
+    for (key, value) in parsed.as_object().expect("an object") {
+        meter.insert(
+            key.clone(),
+            Metered {
+                requests: value["requests"].as_f64().unwrap_or(0.0),
+                read_units: value["read_units"].as_f64().unwrap_or(0.0),
+                write_units: value["write_units"].as_f64().unwrap_or(0.0),
+            },
+        );
     }
-    total
+    meter
+}
+
+async fn reset_meter(endpoint: &str) {
+    meter_call(endpoint, "POST", "/_kcl/meter/reset").await;
+}
+
+fn record_sink() -> PathBuf {
+    let path = std::env::var_os("KCL_RECORD_SINK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/release/examples/record_sink"));
+    assert!(
+        path.exists(),
+        "{} not found: build it (cargo build --release --workspace --example record_sink) or \
+         set KCL_RECORD_SINK",
+        path.display()
+    );
+    path
+}
+
+fn spawn(name: &str, stream: &str, app: &str, dir: &std::path::Path) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let mut command = Command::new(record_sink());
+    // Region and credentials for the local servers unless the environment has its own.
+    for (var, value) in [
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        if std::env::var_os(var).is_none() {
+            command.env(var, value);
+        }
+    }
+    command
+        .args([
+            "--stream",
+            stream,
+            "--application",
+            app,
+            "--worker-id",
+            name,
+        ])
+        .args(["--lease-table", &format!("dynamodb:{app}")])
+        .args([
+            "--retrieval",
+            "polling",
+            "--initial-position",
+            "trim-horizon",
+        ])
+        .arg("--output")
+        .arg(dir.join(format!("{name}.jsonl")))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start record_sink")
+}
+
+/// Shard leases and heartbeat rows, as the table holds them now.
+async fn rows(table: &DynamoLeaseTable) -> (Vec<Lease>, Vec<Lease>) {
+    let all = table.list().await.unwrap();
+    all.into_iter().partition(|l| l.heartbeat_of().is_none())
+}
+
+fn java2(leases: f64, workers: f64, lease_bytes: f64) -> f64 {
+    let renewals = 3600.0 / 3.308 * 5.0;
+    let scan = 0.5 * ((leases * lease_bytes) / 4096.0).ceil().max(1.0);
+    renewals + workers * (3600.0 / 20.05) * scan / leases
+}
+
+fn java3(leases: f64, workers: f64, lease_bytes: f64) -> f64 {
+    let renewals = 3600.0 / 3.308 * 5.0;
+    let writes = (workers * 120.0 + 120.0) * 5.0;
+    let queries = (workers - 1.0) * 360.0 * 0.5;
+    let lease_scan = (0.5 * ((leases * lease_bytes) / 4096.0).ceil()).max(10.0 * 0.5);
+    let metrics_scan = 0.5 * ((workers * 300.0) / 4096.0).ceil().max(1.0);
+    renewals + (writes + queries + 180.0 * (lease_scan + metrics_scan)) / leases
+}
+
+/// A meter key as (table, request, kind): the lease table is "leases", its companion "workers".
+fn parts<'a>(key: &'a str, app: &str) -> (String, &'a str, &'a str) {
+    let mut parts = key.splitn(3, ' ');
+    let table = parts.next().unwrap_or("?");
+    let op = parts.next().unwrap_or("?");
+    let kind = parts.next().unwrap_or("");
+    let table = if table == app {
+        "leases".to_owned()
+    } else if table.starts_with(app) {
+        "workers".to_owned()
+    } else {
+        table.to_owned()
+    };
+    (table, op, kind)
+}
+
+/// Prints one window's requests and units per lease-hour; returns (reads, writes) per lease-hour.
+fn report(title: &str, meter: &Meter, lease_hours: f64, app: &str) -> (f64, f64) {
+    println!("\n#### {title}\n");
+    println!("| table | request | kind | requests per lease-hour | read units | write units |");
+    println!("|---|---|---|---:|---:|---:|");
+    let (mut reads, mut writes) = (0.0, 0.0);
+    for (key, m) in meter {
+        let (table, op, kind) = parts(key, app);
+        println!(
+            "| {table} | {op} | {kind} | {:.0} | {:.0} | {:.0} |",
+            m.requests / lease_hours,
+            m.read_units / lease_hours,
+            m.write_units / lease_hours
+        );
+        reads += m.read_units / lease_hours;
+        writes += m.write_units / lease_hours;
+    }
+    println!(
+        "| **total** | | | | **{reads:.0}** | **{writes:.0}** (= {:.0} read-unit equivalents in all) |",
+        reads + 5.0 * writes
+    );
+    (reads, writes)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<u64> = std::env::args()
         .skip(1)
-        .map(|a| a.parse().expect("numeric arguments"))
+        .map(|a| {
+            a.parse()
+                .expect("numeric arguments: LEASES WORKERS [WINDOW_SECS]")
+        })
         .collect();
     let leases = args.first().copied().unwrap_or(8) as u32;
-    let workers = args.get(1).copied().unwrap_or(2) as usize;
-    let failover = Duration::from_secs(args.get(2).copied().unwrap_or(10));
-    let window = Duration::from_secs(args.get(3).copied().unwrap_or(60));
+    let workers = args.get(1).copied().unwrap_or(4) as usize;
+    let window = Duration::from_secs(args.get(2).copied().unwrap_or(300));
 
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
-        .expect("set AWS_ENDPOINT_URL_DYNAMODB (scripts/servers/moto.sh start prints one)");
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).endpoint_url(&endpoint);
-    if std::env::var_os("AWS_REGION").is_none() {
-        loader = loader.region("us-east-1");
-    }
-    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-        loader =
-            loader.credentials_provider(Credentials::new("test", "test", None, None, "example"));
-    }
-    let config = loader.load().await;
+    let dynamo_endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+        .expect("set AWS_ENDPOINT_URL_DYNAMODB (moto started with KCL_MOTO_METER=1)");
+    let kinesis_endpoint = std::env::var("AWS_ENDPOINT_URL_KINESIS")
+        .expect("set AWS_ENDPOINT_URL_KINESIS (scripts/servers/kinesis.sh start prints one)");
+    let sdk = |endpoint: String| async move {
+        aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "example"))
+            .load()
+            .await
+    };
+    let config = sdk(dynamo_endpoint.clone()).await;
+    let kinesis_config = sdk(kinesis_endpoint).await;
+    meter_call(&dynamo_endpoint, "GET", "/_kcl/meter").await;
 
-    let model = KinesisModel::new(ModelConfig::new());
-    model.create_stream(STREAM, leases).unwrap();
-    let producer_model = Arc::clone(&model);
-    let producer = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let mut i = 0u64;
-        loop {
-            tick.tick().await;
-            // ~5 records/s per shard: explicit hash keys spread evenly over the shards.
-            for shard in 0..u128::from(leases) {
-                let hash = (u128::MAX / u128::from(leases)) * shard + 1;
-                let _ = producer_model.put_record(
-                    STREAM,
-                    "k",
-                    Bytes::from(format!("r{i}")),
-                    Some(&hash.to_string()),
-                );
-                i += 1;
-            }
-        }
-    });
-
-    let table = format!("kcl-capacity-{}-{}", std::process::id(), fastrand::u32(..));
-    let calls = Arc::new(Mutex::new(BTreeMap::new()));
-    let mut running = Vec::new();
-    let mut tables = Vec::new();
-    for w in 0..workers {
-        let (r, t) = start(&format!("w{w}"), &table, &config, &model, failover, &calls).await;
-        running.push(r);
-        tables.push(t);
-    }
-
-    // Warm-up: until every lease is held (bounded).
-    let observer = DynamoLeaseTable::builder(&table)
+    let suffix = format!("{}-{:x}", std::process::id(), fastrand::u32(..));
+    let app = format!("kcl-capacity-{suffix}");
+    let stream = format!("capacity-{suffix}");
+    let kinesis = KinesisBackend::builder().build(&kinesis_config).unwrap();
+    kinesis
+        .create_stream(&stream, leases, Duration::from_secs(60))
+        .await
+        .expect("create the stream on kinesis-local");
+    // The table first, so that the workers do not race to create it.
+    let observer = DynamoLeaseTable::builder(&app)
         .build(&config)
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        // Shard leases only (the table also holds one heartbeat row per worker).
-        let list: Vec<Lease> = observer
-            .list()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|l| l.heartbeat_of().is_none())
-            .collect();
-        if list.len() == leases as usize && list.iter().all(|l| l.owner.is_some()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "leases not all held after 120 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
-    // Steady state: count over the window.
-    for t in &tables {
-        t.reset_capacity();
-    }
-    calls.lock().unwrap().clear();
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..workers).map(|w| format!("w{w:02}")).collect();
+    let mut children: BTreeMap<String, Child> = names
+        .iter()
+        .map(|name| (name.clone(), spawn(name, &stream, &app, dir.path())))
+        .collect();
+
+    // Warm-up: every lease held, balanced within one (bounded).
     let started = Instant::now();
-    tokio::time::sleep(window).await;
-    let elapsed = started.elapsed();
-    let steady_calls = calls.lock().unwrap().clone();
-    let steady = sum(&tables);
-
-    // Item sizes, to bill as DynamoDB would.
-    let scan = observer
-        .client()
-        .scan()
-        .table_name(&table)
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap();
-    let sizes: Vec<usize> = scan.items().iter().map(item_size).collect();
-    let item_bytes = sizes.iter().copied().max().unwrap_or(0);
-    let table_bytes: usize = sizes.iter().sum();
-    let wcu_per_write = item_bytes.div_ceil(1024).max(1) as f64;
-    let rcu_per_scan = table_bytes.div_ceil(4096).max(1) as f64;
-    let rcu_per_get = item_bytes.div_ceil(4096).max(1) as f64;
-
-    // Takeover of released leases: stop one worker gracefully (it releases its leases) and count
-    // what the others spend until they hold everything again.
-    calls.lock().unwrap().clear();
-    for t in &tables {
-        t.reset_capacity();
-    }
-    let first = running.remove(0);
-    first.handle.shutdown();
-    first.task.await.unwrap();
-    let held_by_first: usize = {
-        let c = calls.lock().unwrap();
-        c.get("release").copied().unwrap_or(0) as usize
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let list = observer.list().await.unwrap();
-        if !running.is_empty()
-            && list
-                .iter()
-                .all(|l| l.owner.as_deref().is_some_and(|o| o != "w0"))
-        {
-            break;
+        let (shard_leases, _) = rows(&observer).await;
+        let mut held: BTreeMap<&str, usize> = names.iter().map(|n| (n.as_str(), 0)).collect();
+        for l in &shard_leases {
+            if let Some(owner) = l.owner.as_deref()
+                && let Some(n) = held.get_mut(owner)
+            {
+                *n += 1;
+            }
         }
-        if running.is_empty() {
+        let (min, max) = (
+            held.values().min().copied().unwrap_or(0),
+            held.values().max().copied().unwrap_or(0),
+        );
+        if shard_leases.len() == leases as usize
+            && held.values().sum::<usize>() == leases as usize
+            && max - min <= 1
+        {
+            println!(
+                "# {leases} leases, {workers} record_sink workers: every lease held and \
+                 balanced ({min}-{max} per worker) {:.1} s after the start",
+                started.elapsed().as_secs_f64()
+            );
             break;
         }
         assert!(
-            Instant::now() < deadline,
-            "leases not taken over after 120 s"
+            started.elapsed() < Duration::from_secs(300),
+            "leases not all held and balanced after 300 s: {held:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let takeover_calls = calls.lock().unwrap().clone();
+    // Past the start-up reads and a shard-sync cycle.
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    let (shard_leases, heartbeats) = rows(&observer).await;
+    let size = |rows: &[Lease]| {
+        rows.iter()
+            .map(|l| lease_item_size(l).unwrap_or(0) as f64)
+            .sum::<f64>()
+            / rows.len().max(1) as f64
+    };
+    let (lease_bytes, heartbeat_bytes) = (size(&shard_leases), size(&heartbeats));
+    let lease_hours = f64::from(leases) * window.as_secs_f64() / 3600.0;
 
-    for r in running {
-        r.handle.shutdown();
-        r.task.await.unwrap();
-    }
-    producer.abort();
+    // 1. At rest.
+    reset_meter(&dynamo_endpoint).await;
+    tokio::time::sleep(window).await;
+    let rest = read_meter(&dynamo_endpoint).await;
 
-    let hours = elapsed.as_secs_f64() / 3600.0;
-    let lease_hours = hours * f64::from(leases);
-    println!(
-        "# kcl-rs lease table cost: {leases} leases, {workers} workers, failover {failover:?}, \
-         window {elapsed:.1?}"
-    );
-    println!(
-        "# item size ~{item_bytes} B (largest), table ~{table_bytes} B: {wcu_per_write} WCU per \
-         write, {rcu_per_get} RCU per consistent get, {rcu_per_scan} RCU per consistent scan"
-    );
-    println!();
-    println!("| steady state | calls in window | per lease-hour | billed units per lease-hour |");
-    println!("|---|---:|---:|---:|");
-    let mut wcu_total = 0.0;
-    let mut rcu_total = 0.0;
-    for (kind, count) in &steady_calls {
-        let per_lease_hour = *count as f64 / lease_hours;
-        let (units, unit) = match *kind {
-            "list (scan)" => (per_lease_hour * rcu_per_scan, "RCU"),
-            "get" => (per_lease_hour * rcu_per_get, "RCU"),
-            k if k.ends_with("(failed)") => (0.0, "WCU (counted with its kind)"),
-            _ => (per_lease_hour * wcu_per_write, "WCU"),
-        };
-        if unit == "RCU" {
-            rcu_total += units;
-        } else {
-            wcu_total += units;
+    // 2. Under traffic: about 5 records per second per shard.
+    let producer_stream = stream.clone();
+    let producer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
+        loop {
+            tick.tick().await;
+            let entries: Vec<PutRecordsEntry> = (0..u128::from(leases) * 5)
+                .map(|i| {
+                    n += 1;
+                    let hash = (u128::MAX / u128::from(leases)) * (i % u128::from(leases)) + 1;
+                    PutRecordsEntry {
+                        partition_key: format!("k{i}"),
+                        data: Bytes::from(format!("record-{n}")),
+                        explicit_hash_key: Some(hash.to_string()),
+                    }
+                })
+                .collect();
+            for chunk in entries.chunks(500) {
+                let _ = kinesis.put_records(&producer_stream, chunk.to_vec()).await;
+            }
         }
-        println!("| {kind} | {count} | {per_lease_hour:.0} | {units:.0} {unit} |");
+    });
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    reset_meter(&dynamo_endpoint).await;
+    tokio::time::sleep(window).await;
+    let traffic = read_meter(&dynamo_endpoint).await;
+    producer.abort();
+    let (shard_leases_after, _) = rows(&observer).await;
+    let checkpointed_bytes = size(&shard_leases_after);
+
+    // 3. A graceful stop of one worker (SIGTERM), until its leases are held by the others.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    reset_meter(&dynamo_endpoint).await;
+    let leaving = names[workers - 1].clone();
+    let (before, _) = rows(&observer).await;
+    let moved = before
+        .iter()
+        .filter(|l| l.owner.as_deref() == Some(leaving.as_str()))
+        .count();
+    let mut child = children.remove(&leaving).unwrap();
+    let stopped = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    loop {
+        let (now, _) = rows(&observer).await;
+        if workers == 1
+            || now
+                .iter()
+                .all(|l| l.owner.as_deref().is_some_and(|o| o != leaving))
+        {
+            break;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(120));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("| **total** | | | **{wcu_total:.0} WCU + {rcu_total:.0} RCU** |");
-    println!();
+    // The successors take the leases in their names at their next read.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let handover = read_meter(&dynamo_endpoint).await;
+
+    for (_, mut child) in children {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+
     println!(
-        "moto-reported units in the window: {:.1} write, {:.1} read ({} updates, {} scans, {} \
-         gets, {} condition failures)",
-        steady.write_units,
-        steady.read_units,
-        steady.update_requests,
-        steady.scan_requests,
-        steady.get_requests,
-        steady.conditional_check_failures
+        "# DynamoDB requests of {workers} record_sink processes on {leases} shards, failover 10 s, \
+         windows of {:.0} s; lease item {lease_bytes:.0} B at rest, {checkpointed_bytes:.0} B \
+         with a checkpoint; heartbeat row {heartbeat_bytes:.0} B",
+        window.as_secs_f64()
     );
-    println!();
+    let (reads, writes) = report(
+        "At rest (no records): everything the protocol sends",
+        &rest,
+        lease_hours,
+        &app,
+    );
+    let total = reads + 5.0 * writes;
+    let (l, w) = (f64::from(leases), workers as f64);
+    let (j2, j3) = (java2(l, w, lease_bytes), java3(l, w, lease_bytes));
     println!(
-        "graceful stop of w0 (its leases handed to the others, {held_by_first} released \
-         unowned), calls until the others hold them all: {takeover_calls:?}"
+        "\nAt rest: {reads:.0} read + {writes:.0} write units per lease-hour = **{total:.0}** \
+         read-unit equivalents; Java KCL 2.x (derived) {j2:.0} ({:.2}x), Java KCL 3.x (derived) \
+         {j3:.0} (**{:.2}x**)",
+        total / j2,
+        total / j3
     );
+    let (t_reads, t_writes) = report(
+        "Under traffic (about 5 records/s per shard, default checkpoint cadence)",
+        &traffic,
+        lease_hours,
+        &app,
+    );
+    let checkpoints: f64 = traffic
+        .iter()
+        .filter(|(k, _)| k.ends_with("UpdateItem checkpoint"))
+        .map(|(_, m)| m.write_units / lease_hours)
+        .sum();
+    println!(
+        "\nUnder traffic: {t_reads:.0} read + {t_writes:.0} write units per lease-hour, of which \
+         checkpoints {checkpoints:.0} write units ({:.0} read-unit equivalents)",
+        checkpoints * 5.0
+    );
+    println!(
+        "\n#### Graceful stop of {leaving} ({moved} leases handed over; {status}): every \
+         request from the stop until 3 s after the others hold them all\n"
+    );
+    println!("| table | request | kind | requests | read units | write units |");
+    println!("|---|---|---|---:|---:|---:|");
+    for (key, m) in &handover {
+        let (table, op, kind) = parts(key, &app);
+        println!(
+            "| {table} | {op} | {kind} | {:.0} | {:.1} | {:.0} |",
+            m.requests, m.read_units, m.write_units
+        );
+    }
 }

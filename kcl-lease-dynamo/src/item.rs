@@ -42,6 +42,9 @@ pub mod attributes {
     pub const ENDING_HASH_KEY: &str = "endingHashKey";
     /// (S) Java KCL 3.x graceful-handoff marker: the previous owner that may still checkpoint.
     pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
+    /// (N) kcl-rs heartbeat rows only (in the workers table): the leases the worker held at its
+    /// last heartbeat ([`Lease::load`](kcl_core::lease::Lease::load)).
+    pub const LOAD: &str = "kclRsLoad";
 }
 
 use attributes::*;
@@ -137,6 +140,9 @@ pub(crate) fn lease_to_item(lease: &Lease) -> Result<Item, LeaseError> {
     }
     if let Some(marker) = &lease.checkpoint_owner {
         item.insert(CHECKPOINT_OWNER.into(), s(marker));
+    }
+    if let Some(load) = lease.load {
+        item.insert(LOAD.into(), n(load));
     }
     Ok(item)
 }
@@ -311,6 +317,7 @@ pub(crate) fn item_to_lease(item: &Item) -> Result<Lease, LeaseError> {
         child_shard_ids: r.string_set(CHILD_SHARD_IDS)?,
         hash_key_range,
         checkpoint_owner: r.string(CHECKPOINT_OWNER)?.map(str::to_owned),
+        load: r.number(LOAD, true)?,
     })
 }
 
@@ -445,6 +452,11 @@ impl Expression {
                 sets.push(format!("{name} = {value}"));
             }
             Some(None) => removes.push(self.name(CHECKPOINT_OWNER)),
+        }
+        if let Some(load) = update.load {
+            let name = self.name(LOAD);
+            let value = self.value("load", n(load));
+            sets.push(format!("{name} = {value}"));
         }
         if !update.keep_counter {
             let name = self.name(LEASE_COUNTER);

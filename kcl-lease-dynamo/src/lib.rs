@@ -125,6 +125,7 @@
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -140,14 +141,16 @@ use aws_sdk_dynamodb::types::{
     ProvisionedThroughput, ReturnConsumedCapacity, ReturnValue,
     ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableDescription, TableStatus,
 };
-use kcl_core::lease::{Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
+use kcl_core::lease::{
+    Consistency, Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate, WORKER_KEY_PREFIX,
+};
 use tracing::Instrument;
 
 mod call;
 mod capacity;
 mod item;
 
-pub use capacity::ConsumedCapacityTotals;
+pub use capacity::{ConsumedCapacityTotals, item_size, lease_item_size};
 pub use item::attributes;
 
 use call::{Failure, Kind, Outcome, RetryPolicy, classify};
@@ -158,6 +161,9 @@ use item::{Expression, Item, item_key, item_to_lease, lease_to_item};
 pub const DEFAULT_MAX_RETRIES: usize = 6;
 /// Default for [`DynamoLeaseTableBuilder::request_timeout`].
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// What the default name of the workers table adds to the lease table's name
+/// ([`DynamoLeaseTableBuilder::workers_table_name`]).
+pub const WORKERS_TABLE_SUFFIX: &str = "-KclRsWorkers";
 /// Default for [`DynamoLeaseTableBuilder::table_active_timeout`].
 pub const DEFAULT_TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -191,9 +197,27 @@ pub struct DynamoLeaseTableBuilder {
     table_active_timeout: Duration,
     verify_table: bool,
     scan_page_size: Option<NonZeroU32>,
+    scan_segments: Option<NonZeroU32>,
+    workers_table_name: Option<String>,
 }
 
 impl DynamoLeaseTableBuilder {
+    /// The name of the companion table that holds the workers' heartbeat rows (default: the
+    /// lease table's name followed by [`WORKERS_TABLE_SUFFIX`]). Every worker of an application
+    /// must use the same name. See [the crate docs](crate#the-workers-table).
+    pub fn workers_table_name(mut self, name: impl Into<String>) -> Self {
+        self.workers_table_name = Some(name.into());
+        self
+    }
+
+    /// Scan the lease table in this many parallel segments (default: one segment per started MB
+    /// the previous scan returned, at most 16). Segments make a large table's scan faster, not
+    /// cheaper.
+    pub fn scan_segments(mut self, segments: NonZeroU32) -> Self {
+        self.scan_segments = Some(segments);
+        self
+    }
+
     /// The application whose leases the table holds (default: the table name, as Java KCL names
     /// the table after the application). A worker given this table takes its application name
     /// from here ([`LeaseTable::application`]).
@@ -272,6 +296,11 @@ impl DynamoLeaseTableBuilder {
     /// being deleted, or missing permissions; the retryable errors when DynamoDB is unreachable.
     pub async fn build(self, config: &SdkConfig) -> Result<DynamoLeaseTable, LeaseError> {
         validate_table_name(&self.table_name)?;
+        let workers_table = self
+            .workers_table_name
+            .clone()
+            .unwrap_or_else(|| format!("{}{WORKERS_TABLE_SUFFIX}", self.table_name));
+        validate_table_name(&workers_table)?;
         if config.region().is_none() {
             return Err(LeaseError::Misconfigured(format!(
                 "lease table {}: no AWS region configured (set AWS_REGION or a profile region)",
@@ -302,11 +331,21 @@ impl DynamoLeaseTableBuilder {
                 },
                 counters: Counters::default(),
                 scan_page_size: self.scan_page_size,
+                scan_segments: self.scan_segments,
+                last_scan_bytes: AtomicU64::new(0),
+                workers_table,
             }),
         };
         if self.verify_table {
             let span = tracing::info_span!("lease_table_open", table = %self.table_name);
-            table.prepare(&self).instrument(span).await?;
+            table
+                .prepare(table.table(), &self)
+                .instrument(span.clone())
+                .await?;
+            table
+                .prepare(table.workers_table(), &self)
+                .instrument(span)
+                .await?;
         }
         Ok(table)
     }
@@ -337,10 +376,15 @@ pub struct DynamoLeaseTable {
 struct Inner {
     client: Client,
     table_name: String,
+    /// The companion table of the heartbeat rows.
+    workers_table: String,
     application: String,
     policy: RetryPolicy,
     counters: Counters,
     scan_page_size: Option<NonZeroU32>,
+    scan_segments: Option<NonZeroU32>,
+    /// Bytes the previous scan of the lease table returned (sets the automatic segments).
+    last_scan_bytes: AtomicU64,
 }
 
 impl fmt::Debug for DynamoLeaseTable {
@@ -366,6 +410,8 @@ impl DynamoLeaseTable {
             table_active_timeout: DEFAULT_TABLE_ACTIVE_TIMEOUT,
             verify_table: true,
             scan_page_size: None,
+            scan_segments: None,
+            workers_table_name: None,
         }
     }
 
@@ -397,12 +443,31 @@ impl DynamoLeaseTable {
         self.inner.counters.reset()
     }
 
+    /// The name of the companion table holding the workers' heartbeat rows.
+    pub fn workers_table_name(&self) -> &str {
+        &self.inner.workers_table
+    }
+
     fn table(&self) -> &str {
         &self.inner.table_name
     }
 
+    fn workers_table(&self) -> &str {
+        &self.inner.workers_table
+    }
+
+    /// The table an item with `key` lives in: heartbeat rows in the workers table.
+    fn table_for(&self, key: &str) -> &str {
+        if key.starts_with(WORKER_KEY_PREFIX) {
+            self.workers_table()
+        } else {
+            self.table()
+        }
+    }
+
     async fn run<T, F, Fut>(
         &self,
+        table: &str,
         kind: Kind,
         action: &str,
         attempt: F,
@@ -416,22 +481,17 @@ impl DynamoLeaseTable {
             &self.inner.counters,
             kind,
             action,
-            self.table(),
+            table,
             attempt,
         )
         .await
     }
 
-    async fn describe(&self) -> Result<Option<TableDescription>, LeaseError> {
+    async fn describe(&self, table: &str) -> Result<Option<TableDescription>, LeaseError> {
         let client = &self.inner.client;
         let result = self
-            .run(Kind::Read, "dynamodb:DescribeTable", || async {
-                match client
-                    .describe_table()
-                    .table_name(self.table())
-                    .send()
-                    .await
-                {
+            .run(table, Kind::Read, "dynamodb:DescribeTable", || async {
+                match client.describe_table().table_name(table).send().await {
                     Ok(output) => Ok(output.table),
                     Err(err) => match classify(err, |_| None) {
                         Failure::TableMissing(_) => Ok(None),
@@ -446,47 +506,57 @@ impl DynamoLeaseTable {
         }
     }
 
-    async fn prepare(&self, options: &DynamoLeaseTableBuilder) -> Result<(), LeaseError> {
-        let description = match self.describe().await? {
+    /// Describes `table` (the lease table or the workers table), creates it if missing and
+    /// allowed, waits until it is active and checks its key schema.
+    async fn prepare(
+        &self,
+        table: &str,
+        options: &DynamoLeaseTableBuilder,
+    ) -> Result<(), LeaseError> {
+        let description = match self.describe(table).await? {
             Some(description) => description,
             None if options.create_if_missing => {
-                self.create_table(options).await?;
-                self.wait_until_active(options.table_active_timeout).await?
+                self.create_table(table, options).await?;
+                self.wait_until_active(table, options.table_active_timeout)
+                    .await?
             }
             None => {
                 return Err(LeaseError::Misconfigured(format!(
-                    "lease table {} does not exist (and creating it is disabled)",
-                    self.table()
+                    "lease table {table} does not exist (and creating it is disabled)"
                 )));
             }
         };
         let description = match description.table_status() {
             Some(TableStatus::Active) | Some(TableStatus::Updating) => description,
             Some(TableStatus::Creating) => {
-                self.wait_until_active(options.table_active_timeout).await?
+                self.wait_until_active(table, options.table_active_timeout)
+                    .await?
             }
             other => {
                 return Err(LeaseError::Misconfigured(format!(
-                    "lease table {} is not usable: its status is {:?}",
-                    self.table(),
+                    "lease table {table} is not usable: its status is {:?}",
                     other.map(TableStatus::as_str)
                 )));
             }
         };
-        check_key_schema(self.table(), &description)?;
-        if options.point_in_time_recovery {
+        check_key_schema(table, &description)?;
+        if options.point_in_time_recovery && table == self.table() {
             self.enable_point_in_time_recovery().await?;
         }
         Ok(())
     }
 
-    async fn create_table(&self, options: &DynamoLeaseTableBuilder) -> Result<(), LeaseError> {
+    async fn create_table(
+        &self,
+        table: &str,
+        options: &DynamoLeaseTableBuilder,
+    ) -> Result<(), LeaseError> {
         let build_error = |e: aws_sdk_dynamodb::error::BuildError| LeaseError::Store(Box::new(e));
         let mut request = self
             .inner
             .client
             .create_table()
-            .table_name(self.table())
+            .table_name(table)
             .attribute_definitions(
                 AttributeDefinition::builder()
                     .attribute_name(attributes::LEASE_KEY)
@@ -517,8 +587,8 @@ impl DynamoLeaseTable {
                         .map_err(build_error)?,
                 ),
         };
-        tracing::info!(table = self.table(), billing = ?options.billing, "creating the lease table");
-        self.run(Kind::Write, "dynamodb:CreateTable", || async {
+        tracing::info!(table, billing = ?options.billing, "creating the lease table");
+        self.run(table, Kind::Write, "dynamodb:CreateTable", || async {
             match request.clone().send().await {
                 Ok(_) => Ok(()),
                 Err(err) => {
@@ -538,7 +608,7 @@ impl DynamoLeaseTable {
         .map_err(|e| match e {
             // A lost CreateTable reply: the describe loop below finds out.
             LeaseError::Unknown(reason) => {
-                tracing::warn!(table = self.table(), %reason, "CreateTable outcome unknown");
+                tracing::warn!(table, %reason, "CreateTable outcome unknown");
                 LeaseError::Unknown(reason)
             }
             other => other,
@@ -548,11 +618,15 @@ impl DynamoLeaseTable {
 
     /// Polls DescribeTable until the table is ACTIVE (waiting for an external state change; the
     /// delay grows from 50 ms to 2 s).
-    async fn wait_until_active(&self, limit: Duration) -> Result<TableDescription, LeaseError> {
+    async fn wait_until_active(
+        &self,
+        table: &str,
+        limit: Duration,
+    ) -> Result<TableDescription, LeaseError> {
         let started = Instant::now();
         let mut delay = Duration::from_millis(50);
         loop {
-            if let Some(description) = self.describe().await? {
+            if let Some(description) = self.describe(table).await? {
                 match description.table_status() {
                     Some(TableStatus::Active) | Some(TableStatus::Updating) => {
                         return Ok(description);
@@ -560,8 +634,7 @@ impl DynamoLeaseTable {
                     Some(TableStatus::Creating) | None => {}
                     Some(other) => {
                         return Err(LeaseError::Misconfigured(format!(
-                            "lease table {} is not usable: its status is {}",
-                            self.table(),
+                            "lease table {table} is not usable: its status is {}",
                             other.as_str()
                         )));
                     }
@@ -569,8 +642,7 @@ impl DynamoLeaseTable {
             }
             if started.elapsed() >= limit {
                 return Err(LeaseError::Unavailable(format!(
-                    "lease table {} did not become ACTIVE within {limit:?}",
-                    self.table()
+                    "lease table {table} did not become ACTIVE within {limit:?}"
                 )));
             }
             tokio::time::sleep(delay).await;
@@ -584,32 +656,38 @@ impl DynamoLeaseTable {
             .build()
             .map_err(|e| LeaseError::Store(Box::new(e)))?;
         let client = &self.inner.client;
-        self.run(Kind::Write, "dynamodb:UpdateContinuousBackups", || async {
-            client
-                .update_continuous_backups()
-                .table_name(self.table())
-                .point_in_time_recovery_specification(specification.clone())
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| classify(e, |_| None))
-        })
+        self.run(
+            self.table(),
+            Kind::Write,
+            "dynamodb:UpdateContinuousBackups",
+            || async {
+                client
+                    .update_continuous_backups()
+                    .table_name(self.table())
+                    .point_in_time_recovery_specification(specification.clone())
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| classify(e, |_| None))
+            },
+        )
         .await?;
         Ok(())
     }
 
     /// A consistent GetItem of `key`, with the raw item.
     async fn get_item(&self, key: &str) -> Result<Option<Item>, LeaseError> {
+        let table = self.table_for(key);
         let request = self
             .inner
             .client
             .get_item()
-            .table_name(self.table())
+            .table_name(table)
             .set_key(Some(item::key(key)))
             .consistent_read(true)
             .return_consumed_capacity(ReturnConsumedCapacity::Total);
         let outcome = self
-            .run(Kind::Read, "dynamodb:GetItem", || async {
+            .run(table, Kind::Read, "dynamodb:GetItem", || async {
                 let output = request
                     .clone()
                     .send()
@@ -651,6 +729,87 @@ impl DynamoLeaseTable {
         })
     }
 }
+
+impl DynamoLeaseTable {
+    /// How many segments the next scan of the lease table uses.
+    fn segments(&self) -> u32 {
+        if let Some(segments) = self.inner.scan_segments {
+            return segments.get();
+        }
+        let bytes = self
+            .inner
+            .last_scan_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        u32::try_from(bytes.div_ceil(1 << 20))
+            .unwrap_or(u32::MAX)
+            .clamp(1, MAX_AUTO_SEGMENTS)
+    }
+
+    /// Every item of `table` (or of one `(segment, of)` of it), page by page, decoded, with its
+    /// size; items that cannot be decoded are skipped with a warning.
+    async fn scan_all(
+        &self,
+        table: &str,
+        segment: Option<(u32, u32)>,
+        consistency: Consistency,
+    ) -> Result<Vec<(Lease, usize)>, LeaseError> {
+        let mut leases = Vec::new();
+        let mut start: Option<Item> = None;
+        let consistent = consistency == Consistency::Strong;
+        let to_i32 = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        loop {
+            let request = self
+                .inner
+                .client
+                .scan()
+                .table_name(table)
+                .consistent_read(consistent)
+                .set_limit(self.inner.scan_page_size.map(|n| to_i32(n.get())))
+                .set_segment(segment.filter(|(_, of)| *of > 1).map(|(s, _)| to_i32(s)))
+                .set_total_segments(segment.filter(|(_, of)| *of > 1).map(|(_, of)| to_i32(of)))
+                .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total);
+            let kind = if table == self.workers_table() {
+                Request::WorkersScan
+            } else {
+                Request::Scan
+            };
+            let outcome = self
+                .run(table, Kind::Read, "dynamodb:Scan", || async {
+                    let output = request
+                        .clone()
+                        .send()
+                        .await
+                        .map_err(|e| classify(e, |_| None))?;
+                    self.inner.counters.record(kind, output.consumed_capacity());
+                    Ok(output)
+                })
+                .await?;
+            let Outcome::Done(output) = outcome else {
+                break;
+            };
+            for item in output.items() {
+                match item_to_lease(item) {
+                    Ok(lease) => leases.push((lease, capacity::item_size(item))),
+                    Err(error) => tracing::warn!(
+                        table,
+                        lease = item_key(item).unwrap_or("<unknown>"),
+                        %error,
+                        "skipping a lease item that cannot be decoded"
+                    ),
+                }
+            }
+            match output.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(leases)
+    }
+}
+
+/// The most segments an automatically sized scan uses.
+const MAX_AUTO_SEGMENTS: u32 = 16;
 
 /// Checks the table has hash key `leaseKey` of type S and no range key.
 fn check_key_schema(table: &str, description: &TableDescription) -> Result<(), LeaseError> {
@@ -702,17 +861,18 @@ impl LeaseTable for DynamoLeaseTable {
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.inner.table_name, lease = %lease.key))]
     async fn create_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {
         let item = lease_to_item(lease)?;
+        let table = self.table_for(&lease.key);
         let request = self
             .inner
             .client
             .put_item()
-            .table_name(self.table())
+            .table_name(table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(#key)")
             .expression_attribute_names("#key", attributes::LEASE_KEY)
             .return_consumed_capacity(ReturnConsumedCapacity::Total);
         let outcome = self
-            .run(Kind::Write, "dynamodb:PutItem", || async {
+            .run(table, Kind::Write, "dynamodb:PutItem", || async {
                 let output = request.clone().send().await.map_err(|e| {
                     classify(e, |e| match e {
                         PutItemError::ConditionalCheckFailedException(c) => Some(c.item.clone()),
@@ -730,55 +890,42 @@ impl LeaseTable for DynamoLeaseTable {
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.inner.table_name))]
     async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
-        let mut leases = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let request = self
-                .inner
-                .client
-                .scan()
-                .table_name(self.table())
-                .consistent_read(true)
-                .set_limit(
-                    self.inner
-                        .scan_page_size
-                        .map(|n| i32::try_from(n.get()).unwrap_or(i32::MAX)),
-                )
-                .set_exclusive_start_key(start.take())
-                .return_consumed_capacity(ReturnConsumedCapacity::Total);
-            let outcome = self
-                .run(Kind::Read, "dynamodb:Scan", || async {
-                    let output = request
-                        .clone()
-                        .send()
-                        .await
-                        .map_err(|e| classify(e, |_| None))?;
-                    self.inner
-                        .counters
-                        .record(Request::Scan, output.consumed_capacity());
-                    Ok(output)
-                })
-                .await?;
-            let Outcome::Done(output) = outcome else {
-                break;
-            };
-            for item in output.items() {
-                match item_to_lease(item) {
-                    Ok(lease) => leases.push(lease),
-                    Err(error) => tracing::warn!(
-                        table = self.table(),
-                        lease = item_key(item).unwrap_or("<unknown>"),
-                        %error,
-                        "skipping a lease item that cannot be decoded"
-                    ),
-                }
-            }
-            match output.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
+        let segments = self.segments();
+        let scans = (0..segments).map(|segment| {
+            self.scan_all(self.table(), Some((segment, segments)), Consistency::Strong)
+        });
+        let (leases, workers) = futures::future::try_join(
+            futures::future::try_join_all(scans),
+            self.scan_all(self.workers_table(), None, Consistency::Strong),
+        )
+        .await?;
+        let mut bytes = 0;
+        let mut rows = Vec::new();
+        for (lease, size) in leases.into_iter().flatten() {
+            bytes += size;
+            // A heartbeat row left in the lease table by kcl-rs before the workers table
+            // existed: heartbeat rows live in the workers table now.
+            if lease.heartbeat_of().is_none() {
+                rows.push(lease);
             }
         }
-        Ok(leases)
+        self.inner
+            .last_scan_bytes
+            .store(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        rows.extend(workers.into_iter().map(|(row, _)| row));
+        Ok(rows)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.inner.workers_table))]
+    async fn list_workers(&self, consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        let rows = self
+            .scan_all(self.workers_table(), None, consistency)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, _)| row)
+            .filter(|row| row.heartbeat_of().is_some())
+            .collect())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.inner.table_name, lease = %key))]
@@ -820,11 +967,12 @@ impl LeaseTable for DynamoLeaseTable {
             };
         };
         let condition = expression.condition(expect);
+        let table = self.table_for(key);
         let request = self
             .inner
             .client
             .update_item()
-            .table_name(self.table())
+            .table_name(table)
             .set_key(Some(item::key(key)))
             .update_expression(update_expression)
             .condition_expression(condition)
@@ -838,7 +986,7 @@ impl LeaseTable for DynamoLeaseTable {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total);
         let outcome = self
-            .run(Kind::Write, "dynamodb:UpdateItem", || async {
+            .run(table, Kind::Write, "dynamodb:UpdateItem", || async {
                 let output = request.clone().send().await.map_err(|e| {
                     classify(e, |e| match e {
                         UpdateItemError::ConditionalCheckFailedException(c) => Some(c.item.clone()),
@@ -867,11 +1015,12 @@ impl LeaseTable for DynamoLeaseTable {
         }
         let mut expression = Expression::default();
         let condition = expression.condition(expect);
+        let table = self.table_for(key);
         let request = self
             .inner
             .client
             .delete_item()
-            .table_name(self.table())
+            .table_name(table)
             .set_key(Some(item::key(key)))
             .condition_expression(condition)
             .set_expression_attribute_names(Some(expression.names))
@@ -883,7 +1032,7 @@ impl LeaseTable for DynamoLeaseTable {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total);
         let outcome = self
-            .run(Kind::Write, "dynamodb:DeleteItem", || async {
+            .run(table, Kind::Write, "dynamodb:DeleteItem", || async {
                 let output = request.clone().send().await.map_err(|e| {
                     classify(e, |e| match e {
                         DeleteItemError::ConditionalCheckFailedException(c) => Some(c.item.clone()),

@@ -31,6 +31,7 @@
 //! | `child_shard_ids` | TEXT | same encoding |
 //! | `starting_hash_key`, `ending_hash_key` | TEXT NULL | decimal `u128`; both NULL or both set |
 //! | `checkpoint_owner` | TEXT NULL | [`Lease::checkpoint_owner`] |
+//! | `load` | INTEGER NULL | [`Lease::load`] (worker heartbeat rows) |
 //!
 //! Sequence numbers are TEXT because they have up to 129 digits. The `u64` counters
 //! (`counter`, the sub-sequence numbers, the owner switches) are stored in SQLite's 64-bit INTEGER
@@ -74,15 +75,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kcl_core::lease::{Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate, PendingCheckpoint};
+use kcl_core::lease::{
+    Consistency, Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate, PendingCheckpoint,
+    WORKER_KEY_PREFIX,
+};
 use kcl_core::record::{ExtendedSequenceNumber, HashKeyRange, parse_hash_key};
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params};
 
 /// The `PRAGMA application_id` of a lease file: the ASCII bytes `"KCLL"`.
 pub const APPLICATION_ID: i32 = 0x4B43_4C4C;
 
-/// The schema version this crate writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i32 = 1;
+/// The schema version this crate writes and reads (`PRAGMA user_version`). Version 1 files
+/// (without the `load` column) are upgraded in place when opened.
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The busy timeout used by [`SqliteOptions::default`].
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -106,12 +111,13 @@ CREATE TABLE kcl_leases (
     starting_hash_key TEXT,
     ending_hash_key TEXT,
     checkpoint_owner TEXT,
+    load INTEGER,
     PRIMARY KEY (application, lease_key)
 ) STRICT, WITHOUT ROWID;
 ";
 
 /// `(name, declared type)` of every column, in table order.
-const SCHEMA_COLUMNS: [(&str, &str); 15] = [
+const SCHEMA_COLUMNS: [(&str, &str); 16] = [
     ("application", "TEXT"),
     ("lease_key", "TEXT"),
     ("owner", "TEXT"),
@@ -127,13 +133,17 @@ const SCHEMA_COLUMNS: [(&str, &str); 15] = [
     ("starting_hash_key", "TEXT"),
     ("ending_hash_key", "TEXT"),
     ("checkpoint_owner", "TEXT"),
+    ("load", "INTEGER"),
 ];
+
+/// Upgrades a version 1 file: the `load` column is new (NULL for every existing row).
+const UPGRADE_FROM_1: &str = "ALTER TABLE kcl_leases ADD COLUMN load INTEGER;";
 
 /// The lease columns (everything but `application`), in the order `RawLease` reads them.
 const LEASE_COLUMNS: &str = "lease_key, owner, counter, checkpoint, checkpoint_sub_sequence, \
      pending_checkpoint, pending_checkpoint_sub_sequence, pending_checkpoint_state, \
      owner_switches_since_checkpoint, parent_shard_ids, child_shard_ids, starting_hash_key, \
-     ending_hash_key, checkpoint_owner";
+     ending_hash_key, checkpoint_owner, load";
 
 /// Options for [`SqliteLeaseTable::open_with`].
 #[derive(Clone, Debug)]
@@ -403,7 +413,11 @@ fn init_schema(conn: &mut Connection, path: &Path) -> Result<(), SchemaError> {
                  reads version {SCHEMA_VERSION}); upgrade this program or use another file"
             )));
         }
-        if version != SCHEMA_VERSION {
+        if version == 1 {
+            tracing::info!(path = %path.display(), "upgrading the SQLite lease file to schema version 2");
+            tx.execute_batch(UPGRADE_FROM_1)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+        } else if version != SCHEMA_VERSION {
             return Err(SchemaError::Wrong(format!(
                 "unknown lease schema version {version} (expected {SCHEMA_VERSION})"
             )));
@@ -512,6 +526,7 @@ struct RawLease {
     starting_hash_key: Option<String>,
     ending_hash_key: Option<String>,
     checkpoint_owner: Option<String>,
+    load: Option<i64>,
 }
 
 impl RawLease {
@@ -540,6 +555,7 @@ impl RawLease {
             starting_hash_key: lease.hash_key_range.map(|r| r.start.to_string()),
             ending_hash_key: lease.hash_key_range.map(|r| r.end.to_string()),
             checkpoint_owner: lease.checkpoint_owner.clone(),
+            load: lease.load.map(u64_to_sql),
         })
     }
 
@@ -594,6 +610,7 @@ impl RawLease {
             starting_hash_key: text(11, "starting_hash_key")?,
             ending_hash_key: text(12, "ending_hash_key")?,
             checkpoint_owner: text(13, "checkpoint_owner")?,
+            load: integer(14, "load")?,
             key,
         })
     }
@@ -664,6 +681,7 @@ impl RawLease {
             child_shard_ids: decode_ids(key, "child_shard_ids", &self.child_shard_ids)?,
             hash_key_range,
             checkpoint_owner: self.checkpoint_owner.clone(),
+            load: self.load.map(u64_from_sql),
         })
     }
 }
@@ -686,7 +704,7 @@ fn select_one(
 fn insert(conn: &Connection, application: &str, raw: &RawLease) -> Result<bool, Failure> {
     let mut stmt = conn.prepare_cached(&format!(
         "INSERT INTO {TABLE} (application, {LEASE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
          ON CONFLICT (application, lease_key) DO NOTHING"
     ))?;
     let changed = stmt.execute(params![
@@ -705,6 +723,7 @@ fn insert(conn: &Connection, application: &str, raw: &RawLease) -> Result<bool, 
         raw.starting_hash_key,
         raw.ending_hash_key,
         raw.checkpoint_owner,
+        raw.load,
     ])?;
     Ok(changed == 1)
 }
@@ -715,7 +734,7 @@ fn overwrite(conn: &Connection, application: &str, raw: &RawLease) -> Result<(),
          checkpoint_sub_sequence = ?6, pending_checkpoint = ?7, \
          pending_checkpoint_sub_sequence = ?8, pending_checkpoint_state = ?9, \
          owner_switches_since_checkpoint = ?10, parent_shard_ids = ?11, child_shard_ids = ?12, \
-         starting_hash_key = ?13, ending_hash_key = ?14, checkpoint_owner = ?15 \
+         starting_hash_key = ?13, ending_hash_key = ?14, checkpoint_owner = ?15, load = ?16 \
          WHERE application = ?1 AND lease_key = ?2"
     ))?;
     let changed = stmt.execute(params![
@@ -734,6 +753,7 @@ fn overwrite(conn: &Connection, application: &str, raw: &RawLease) -> Result<(),
         raw.starting_hash_key,
         raw.ending_hash_key,
         raw.checkpoint_owner,
+        raw.load,
     ])?;
     if changed == 1 {
         Ok(())
@@ -748,6 +768,35 @@ fn overwrite(conn: &Connection, application: &str, raw: &RawLease) -> Result<(),
         )
         .into())
     }
+}
+
+/// Decodes every row of a `SELECT {LEASE_COLUMNS}`, skipping (and logging) malformed ones.
+fn read_rows(mut rows: rusqlite::Rows<'_>, inner: &Inner) -> Result<Vec<Lease>, Failure> {
+    let mut leases = Vec::new();
+    while let Some(row) = rows.next()? {
+        match RawLease::read(row).and_then(|raw| raw.decode().map_err(Failure::from)) {
+            Ok(lease) => leases.push(lease),
+            Err(Failure::Lease(e @ LeaseError::Malformed { .. })) => {
+                tracing::warn!(
+                    path = %inner.path.display(),
+                    application = %inner.application,
+                    error = %e,
+                    "skipping a malformed lease row; the other leases keep working"
+                );
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(leases)
+}
+
+/// The smallest string greater than every string starting with `prefix` (ASCII, last byte + 1).
+fn prefix_end(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    if let Some(last) = bytes.last_mut() {
+        *last += 1;
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 #[async_trait]
@@ -765,23 +814,26 @@ impl LeaseTable for SqliteLeaseTable {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {LEASE_COLUMNS} FROM {TABLE} WHERE application = ?1 ORDER BY lease_key"
             ))?;
-            let mut rows = stmt.query([&inner.application])?;
-            let mut leases = Vec::new();
-            while let Some(row) = rows.next()? {
-                match RawLease::read(row).and_then(|raw| raw.decode().map_err(Failure::from)) {
-                    Ok(lease) => leases.push(lease),
-                    Err(Failure::Lease(e @ LeaseError::Malformed { .. })) => {
-                        tracing::warn!(
-                            path = %inner.path.display(),
-                            application = %inner.application,
-                            error = %e,
-                            "skipping a malformed lease row; the other leases keep working"
-                        );
-                    }
-                    Err(other) => return Err(other),
-                }
-            }
-            Ok(leases)
+            let rows = stmt.query([&inner.application])?;
+            read_rows(rows, inner)
+        })
+        .await
+    }
+
+    /// The heartbeat rows, read by key range on the primary key (every worker calls this every
+    /// few seconds; the shard leases are not touched). Always strongly consistent.
+    async fn list_workers(&self, _consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        self.run("list_workers", |conn, inner| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {LEASE_COLUMNS} FROM {TABLE} WHERE application = ?1 \
+                 AND lease_key >= ?2 AND lease_key < ?3 ORDER BY lease_key"
+            ))?;
+            let rows = stmt.query(params![
+                &inner.application,
+                WORKER_KEY_PREFIX,
+                prefix_end(WORKER_KEY_PREFIX)
+            ])?;
+            read_rows(rows, inner)
         })
         .await
     }

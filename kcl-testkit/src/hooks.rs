@@ -34,7 +34,7 @@ use kcl_core::backend::{
     BackendError, FanOut, GetRecordsOutput, ListShardsPage, ListShardsRequest, ShardIterator,
     StartingPosition, StreamBackend, StreamConsumer, StreamDescription, Subscription,
 };
-use kcl_core::lease::{Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
+use kcl_core::lease::{Consistency, Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
 
 /// One call through a [`HookedTable`].
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +44,8 @@ pub enum TableCall<'a> {
     CreateIfAbsent(&'a Lease),
     /// `list`.
     List,
+    /// `list_workers`: the heartbeat rows alone, read with this consistency.
+    ListWorkers(Consistency),
     /// `get`.
     Get(&'a str),
     /// `update`.
@@ -65,11 +67,12 @@ pub enum TableCall<'a> {
 }
 
 impl TableCall<'_> {
-    /// The operation's name: `create`, `list`, `get`, `update` or `delete`.
+    /// The operation's name: `create`, `list`, `list_workers`, `get`, `update` or `delete`.
     pub fn operation(&self) -> &'static str {
         match self {
             Self::CreateIfAbsent(_) => "create",
             Self::List => "list",
+            Self::ListWorkers(_) => "list_workers",
             Self::Get(_) => "get",
             Self::Update { .. } => "update",
             Self::Delete { .. } => "delete",
@@ -89,7 +92,7 @@ impl TableCall<'_> {
         match self {
             Self::CreateIfAbsent(lease) => Some(&lease.key),
             Self::Get(key) | Self::Update { key, .. } | Self::Delete { key, .. } => Some(key),
-            Self::List => None,
+            Self::List | Self::ListWorkers(_) => None,
         }
     }
 }
@@ -224,6 +227,14 @@ impl<H: TableHooks> LeaseTable for HookedTable<H> {
 
     async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
         self.call(TableCall::List, self.inner.list()).await
+    }
+
+    async fn list_workers(&self, consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        self.call(
+            TableCall::ListWorkers(consistency),
+            self.inner.list_workers(consistency),
+        )
+        .await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {

@@ -3,12 +3,14 @@
 //! - [`SimTable`] is the one shared lease table (an [`InMemoryLeaseTable`]) plus the store-side
 //!   checks: every accepted checkpoint must come from the incarnation holding the lease (or the
 //!   previous holder named in a handoff marker) and must not move backwards.
+//!   Its eventually consistent reads of the heartbeat rows lag by up to a few seconds, row by
+//!   row, as a DynamoDB replica may.
 //! - [`WorkerTable`] is one worker incarnation's view of it: it injects the faults of the
 //!   incarnation's [`FaultPlan`] (failed conditional writes, timeouts before or after the write
 //!   landed, throttling, unavailability, latency) and freezes while the incarnation is paused.
 //! - [`GatedBackend`] freezes an incarnation's Kinesis calls while it is paused.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +20,8 @@ use kcl_core::backend::{
     StartingPosition, StreamBackend, StreamDescription,
 };
 use kcl_core::lease::{
-    Expectation, InMemoryLeaseTable, Lease, LeaseError, LeaseTable, LeaseUpdate,
+    Consistency, Expectation, InMemoryLeaseTable, Lease, LeaseError, LeaseTable, LeaseUpdate,
+    WORKER_KEY_PREFIX,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -85,16 +88,73 @@ pub struct SimTable {
     inner: InMemoryLeaseTable,
     holders: Mutex<HashMap<String, Holders>>,
     log: Arc<Log>,
+    stale: Mutex<Staleness>,
+}
+
+/// Eventually consistent reads of the heartbeat rows: every version of every row for the last
+/// `max_lag`, and each row of an eventual read shown as it was up to `max_lag` ago (drawn per row,
+/// so one read may mix ages, and a later read may show an older version), as a DynamoDB replica
+/// may.
+#[derive(Debug)]
+struct Staleness {
+    max_lag: Duration,
+    rng: fastrand::Rng,
+    /// Per heartbeat key: (since when, the row then; `None` = absent), oldest first.
+    history: BTreeMap<String, VecDeque<(Instant, Option<Lease>)>>,
+}
+
+impl Staleness {
+    fn record(&mut self, key: &str, row: Option<Lease>) {
+        if self.max_lag.is_zero() || !key.starts_with(WORKER_KEY_PREFIX) {
+            return;
+        }
+        let now = Instant::now();
+        let versions = self.history.entry(key.to_owned()).or_default();
+        versions.push_back((now, row));
+        // Keep the newest version older than the horizon: it is what a read lagging that much
+        // sees.
+        let horizon = now.checked_sub(self.max_lag);
+        while versions.len() > 1
+            && horizon.is_some_and(|h| versions.get(1).is_some_and(|(at, _)| *at <= h))
+        {
+            versions.pop_front();
+        }
+    }
+
+    /// The heartbeat rows as an eventually consistent read may show them now.
+    fn read(&mut self) -> Vec<Lease> {
+        let now = Instant::now();
+        let mut rows = Vec::new();
+        for versions in self.history.values() {
+            let lag = Duration::from_millis(self.rng.u64(..=self.max_lag.as_millis() as u64));
+            let at = now.checked_sub(lag).unwrap_or(now);
+            // The version current at `at`; before the first one known the row did not exist.
+            if let Some((_, Some(row))) = versions.iter().rev().find(|(since, _)| *since <= at) {
+                rows.push(row.clone());
+            }
+        }
+        rows
+    }
 }
 
 impl SimTable {
-    /// An empty table logging to `log`.
-    pub fn new(log: Arc<Log>) -> Arc<Self> {
+    /// An empty table logging to `log`; eventually consistent reads of the heartbeat rows lag
+    /// by up to `max_lag` (drawn from `seed`).
+    pub fn new(log: Arc<Log>, max_lag: Duration, seed: u64) -> Arc<Self> {
         Arc::new(Self {
             inner: InMemoryLeaseTable::new(),
             holders: Mutex::new(HashMap::new()),
             log,
+            stale: Mutex::new(Staleness {
+                max_lag,
+                rng: fastrand::Rng::with_seed(seed ^ 0x57a1e),
+                history: BTreeMap::new(),
+            }),
         })
+    }
+
+    fn remember(&self, key: &str, row: Option<Lease>) {
+        self.stale.lock().unwrap().record(key, row);
     }
 
     /// A conditional update by `incarnation` (worker `worker`), checked.
@@ -110,6 +170,7 @@ impl SimTable {
         // below are one atomic step on the current-thread runtime.
         let before = self.inner.get(key).await?;
         let written = self.inner.update(key, expect, update).await?;
+        self.remember(key, Some(written.clone()));
         self.log.detail(|| {
             format!(
                 "inc {incarnation} ({worker}) wrote {key}: owner {:?} marker {:?} checkpoint {} counter {}",
@@ -192,6 +253,7 @@ impl LeaseTable for SimTable {
     async fn create_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {
         let created = self.inner.create_if_absent(lease).await?;
         if created {
+            self.remember(&lease.key, Some(lease.clone()));
             self.log
                 .detail(|| format!("created {} at {}", lease.key, lease.checkpoint));
         }
@@ -199,6 +261,16 @@ impl LeaseTable for SimTable {
     }
     async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
         self.inner.list().await
+    }
+    async fn list_workers(&self, consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        let stale = {
+            let mut stale = self.stale.lock().unwrap();
+            (consistency == Consistency::Eventual && !stale.max_lag.is_zero()).then(|| stale.read())
+        };
+        match stale {
+            Some(rows) => Ok(rows),
+            None => self.inner.list_workers(consistency).await,
+        }
     }
     async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
         self.inner.get(key).await
@@ -214,6 +286,7 @@ impl LeaseTable for SimTable {
     }
     async fn delete(&self, key: &str, expect: &Expectation) -> Result<(), LeaseError> {
         self.inner.delete(key, expect).await?;
+        self.remember(key, None);
         self.log.detail(|| format!("deleted {key}"));
         Ok(())
     }
@@ -326,12 +399,14 @@ pub struct WorkerTable {
     pub faults: Arc<FaultPlan>,
     /// The run's log.
     pub log: Arc<Log>,
+    /// Lease-store calls in the whole run past which it counts as a livelock.
+    pub call_limit: u64,
 }
 
 impl WorkerTable {
     /// Waits out a pause and decides this call's fault.
     async fn enter(&self, op: &str, write: bool) -> Result<Option<Fault>, LeaseError> {
-        self.log.count_call(2_000_000);
+        self.log.count_call(self.call_limit);
         self.gate.pass().await;
         let fault = self.faults.draw(write);
         if let Some(fault) = fault {
@@ -391,6 +466,12 @@ impl LeaseTable for WorkerTable {
     async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
         let fault = self.enter("list", false).await?;
         let result = self.table.list().await;
+        self.leave(result, fault).await
+    }
+
+    async fn list_workers(&self, consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        let fault = self.enter("list_workers", false).await?;
+        let result = self.table.list_workers(consistency).await;
         self.leave(result, fault).await
     }
 

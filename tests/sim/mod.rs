@@ -1,7 +1,8 @@
 //! Deterministic simulation of lease coordination.
 //!
 //! Many workers run on the in-memory Kinesis model and one in-memory lease table, under tokio's
-//! paused clock on a current-thread runtime, driven by a schedule drawn from one seed: producer
+//! paused clock on a current-thread runtime, driven by a schedule drawn from one seed (small: 2
+//! to 5 worker slots; large-fleet: hundreds of workers on thousands of shards): producer
 //! traffic over many partition keys (some of it KPL-aggregated); workers started, stopped
 //! gracefully, killed, restarted with the same id, paused and resumed (zombies); splits and
 //! merges; lease-store faults (failed conditional writes, timeouts before and after the write
@@ -65,6 +66,11 @@ pub struct SimConfig {
     /// order. [`SimConfig::for_seed`] leaves it at 1; [`SimConfig::key_ordered_for_seed`]
     /// draws it.
     pub max_in_flight: usize,
+    /// How far behind an eventually consistent read of the heartbeat rows may be (zero: never).
+    pub stale_reads: Duration,
+    /// Large-fleet mode: every worker starts at once, and each event of the schedule hits a
+    /// group of workers (see [`SimConfig::large_for_seed`]).
+    pub large: bool,
 }
 
 impl SimConfig {
@@ -91,6 +97,12 @@ impl SimConfig {
             zombies: rng.f64() < 0.8,
             kills: rng.f64() < 0.8,
             resharding: rng.f64() < 0.8,
+            stale_reads: if rng.f64() < 0.7 {
+                Duration::from_millis(rng.u64(200..=3_000))
+            } else {
+                Duration::ZERO
+            },
+            large: false,
             max_in_flight: 1,
         }
     }
@@ -102,6 +114,35 @@ impl SimConfig {
         Self {
             max_in_flight: rng.usize(2..=16),
             ..Self::for_seed(seed)
+        }
+    }
+
+    /// A large-fleet configuration drawn from `seed`: 100 to 300 worker slots, all started at
+    /// once on an empty table over 1,000 to 3,000 shards, the same fault menu applied to groups
+    /// of workers (several killed, stopped, paused or faulted together, a stop and start being
+    /// a rolling restart), events every 0.2 to 3 s.
+    pub fn large_for_seed(seed: u64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0x1a76_e000);
+        let chaos = Duration::from_secs(rng.u64(60..=120));
+        Self {
+            workers: rng.usize(100..=300),
+            initial_shards: rng.u32(1_000..=3_000),
+            keys: rng.usize(200..=1_000),
+            failover: Duration::from_secs(10),
+            // Per-lease renewal is the mode for small mixed fleets; large fleets use heartbeats.
+            renewal: Renewal::Heartbeat,
+            every_records: 30,
+            max_records_per_call: 50,
+            chaos_for: chaos,
+            produce_for: chaos.mul_f64(0.9),
+            kpl: rng.f64() < 0.7,
+            store_faults: rng.f64() < 0.8,
+            zombies: rng.f64() < 0.8,
+            kills: rng.f64() < 0.8,
+            resharding: rng.f64() < 0.8,
+            stale_reads: Duration::from_millis(rng.u64(0..=3_000)),
+            large: true,
+            max_in_flight: 1,
         }
     }
 }
@@ -144,6 +185,8 @@ impl Outcome {
             world::describe(&self.config),
             if self.config.max_in_flight > 1 {
                 "replay-key-ordered"
+            } else if self.config.large {
+                "replay-large"
             } else {
                 "replay"
             },
@@ -163,6 +206,15 @@ impl Outcome {
 /// Runs every seed of `seeds`, printing the report of each failing one and a summary; returns
 /// the failing seeds.
 pub fn run_range(seeds: std::ops::Range<u64>) -> Vec<u64> {
+    run_range_with(seeds, run)
+}
+
+/// [`run_range`] in large-fleet mode.
+pub fn run_range_large(seeds: std::ops::Range<u64>) -> Vec<u64> {
+    run_range_with(seeds, run_large)
+}
+
+fn run_range_with(seeds: std::ops::Range<u64>, run: fn(u64) -> Outcome) -> Vec<u64> {
     let mut failures = Vec::new();
     let mut produced = 0;
     for seed in seeds.clone() {
@@ -189,6 +241,11 @@ pub fn run(seed: u64) -> Outcome {
 /// Runs the schedule of `seed` in key-ordered mode ([`SimConfig::key_ordered_for_seed`]).
 pub fn run_key_ordered(seed: u64) -> Outcome {
     run_with(seed, SimConfig::key_ordered_for_seed(seed))
+}
+
+/// Runs the large-fleet schedule of `seed`.
+pub fn run_large(seed: u64) -> Outcome {
+    run_with(seed, SimConfig::large_for_seed(seed))
 }
 
 /// Runs the schedule of `seed` with `config`.

@@ -229,7 +229,7 @@ impl World {
             .collect();
         Self {
             rng: fastrand::Rng::with_seed(seed),
-            table: SimTable::new(log.clone()),
+            table: SimTable::new(log.clone(), config.stale_reads, seed),
             model,
             log,
             slots,
@@ -275,6 +275,11 @@ impl World {
             gate: gate.clone(),
             faults: faults.clone(),
             log: self.log.clone(),
+            call_limit: if self.config.large {
+                50_000_000
+            } else {
+                2_000_000
+            },
         });
         let backend = Arc::new(GatedBackend {
             inner: self.model.clone(),
@@ -435,7 +440,12 @@ impl World {
     fn split(&mut self) {
         let shards = self.model.shards(STREAM).expect("shards");
         let open: Vec<_> = shards.iter().filter(|s| s.is_open()).collect();
-        if open.is_empty() || open.len() >= 8 {
+        let cap = if self.config.large {
+            self.config.initial_shards as usize + 64
+        } else {
+            8
+        };
+        if open.is_empty() || open.len() >= cap {
             return;
         }
         let shard = open[self.rng.usize(..open.len())];
@@ -523,32 +533,66 @@ impl World {
             }
             pick -= w;
         }
+        // Large fleets: each event hits a group of workers (up to a twentieth of them).
+        let group = |rng: &mut fastrand::Rng, of: usize| {
+            if c.large {
+                rng.usize(1..=(of / 20).max(1)).min(of)
+            } else {
+                1
+            }
+        };
+        let pick = |rng: &mut fastrand::Rng, from: &[String], n: usize| {
+            let mut from = from.to_vec();
+            rng.shuffle(&mut from);
+            from.truncate(n);
+            from
+        };
         match kind {
             0 => {
-                let worker = idle[self.rng.usize(..idle.len())].clone();
-                self.start(&worker);
+                let n = group(&mut self.rng, idle.len());
+                for worker in pick(&mut self.rng, &idle, n) {
+                    self.start(&worker);
+                }
             }
             1 => {
-                let worker = running[self.rng.usize(..running.len())].clone();
-                self.stop(&worker);
+                // Keep one worker: large fleets stop a group and start it again (a rolling
+                // restart) by the start events that follow.
+                let n = group(&mut self.rng, running.len() - 1);
+                for worker in pick(&mut self.rng, &running, n) {
+                    self.stop(&worker);
+                }
             }
             2 => {
-                let worker = running[self.rng.usize(..running.len())].clone();
-                self.kill(&worker).await;
+                let n = group(&mut self.rng, running.len());
+                for worker in pick(&mut self.rng, &running, n) {
+                    self.kill(&worker).await;
+                }
             }
             3 => {
-                let worker = running[self.rng.usize(..running.len())].clone();
-                let length = Duration::from_millis(
-                    self.rng
-                        .u64(500..=3 * self.config.failover.as_millis() as u64),
-                );
-                self.pause(&worker, length);
+                let n = group(&mut self.rng, running.len());
+                for worker in pick(&mut self.rng, &running, n) {
+                    let length = Duration::from_millis(
+                        self.rng
+                            .u64(500..=3 * self.config.failover.as_millis() as u64),
+                    );
+                    self.pause(&worker, length);
+                }
             }
-            4 => self.split(),
-            5 => self.merge(),
+            4 => {
+                for _ in 0..group(&mut self.rng, 60) {
+                    self.split();
+                }
+            }
+            5 => {
+                for _ in 0..group(&mut self.rng, 60) {
+                    self.merge();
+                }
+            }
             _ => {
-                let worker = running[self.rng.usize(..running.len())].clone();
-                self.faults(&worker);
+                let n = group(&mut self.rng, running.len());
+                for worker in pick(&mut self.rng, &running, n) {
+                    self.faults(&worker);
+                }
             }
         }
     }
@@ -565,13 +609,30 @@ impl World {
             self.config.kpl,
             start + self.config.produce_for,
         ));
-        // Begin with one or two workers.
-        let first = self.rng.usize(1..=2.min(self.config.workers));
+        // Begin with one or two workers; a large fleet with all of them at once.
+        let first = if self.config.large {
+            self.config.workers
+        } else {
+            self.rng.usize(1..=2.min(self.config.workers))
+        };
         for i in 0..first {
             self.start(&format!("w{i}"));
         }
+        if self.config.large {
+            self.log.with(|e| e.trace.clear());
+            self.log.trace(format!(
+                "start w0 to w{} (incarnations 0 to {})",
+                first - 1,
+                first - 1
+            ));
+        }
+        let gaps = if self.config.large {
+            200..3_000
+        } else {
+            500..12_000
+        };
         while start.elapsed() < self.config.chaos_for {
-            let gap = Duration::from_millis(self.rng.u64(500..12_000));
+            let gap = Duration::from_millis(self.rng.u64(gaps.clone()));
             tokio::time::sleep(gap).await;
             self.event().await;
         }
@@ -582,7 +643,12 @@ impl World {
             inc.faults.clear();
             inc.gate.resume();
         }
-        let want = self.rng.usize(1..=self.config.workers.min(3));
+        let want = if self.config.large {
+            self.rng
+                .usize(self.config.workers / 4..=self.config.workers / 2)
+        } else {
+            self.rng.usize(1..=self.config.workers.min(3))
+        };
         while self.running().len() < want {
             let idle = self.idle_slots();
             let Some(worker) = idle.first().cloned() else {
@@ -614,6 +680,38 @@ impl World {
         } else {
             "NOT everything delivered in time"
         });
+        if !drained {
+            // Where the undelivered records sit: the unfinished leases and their holders.
+            let rows = self.table.list().await.unwrap_or_default();
+            let held: HashSet<(String, String)> = self
+                .slots
+                .iter()
+                .filter_map(|(w, inc)| inc.as_ref().map(|inc| (w, inc)))
+                .flat_map(|(w, inc)| {
+                    inc.handle
+                        .status()
+                        .held_leases
+                        .into_iter()
+                        .map(move |l| (w.clone(), l))
+                })
+                .collect();
+            for row in rows.iter().filter(|r| !r.is_finished()) {
+                let holds = row
+                    .owner
+                    .as_ref()
+                    .is_some_and(|o| held.contains(&(o.clone(), row.key.clone())));
+                self.log.trace(format!(
+                    "  lease {} owner {:?} (held: {holds}) marker {:?} counter {} load {:?} pokes {} checkpoint {}",
+                    row.key,
+                    row.owner,
+                    row.checkpoint_owner,
+                    row.counter,
+                    row.load,
+                    row.owner_switches_since_checkpoint,
+                    row.checkpoint
+                ));
+            }
+        }
         // Stop everyone gracefully.
         for worker in self.running() {
             self.stop(&worker);
@@ -691,8 +789,9 @@ async fn produce(
 /// One line describing a configuration, for reports.
 pub(crate) fn describe(config: &SimConfig) -> String {
     format!(
-        "{} workers, {} shards, {} keys, failover {:?}, renewal {:?}, cadence {} records, \
-         faults {}, zombies {}, kills {}, resharding {}, kpl {}, in flight {}",
+        "{}{} workers, {} shards, {} keys, failover {:?}, renewal {:?}, cadence {} records, \
+         faults {}, zombies {}, kills {}, resharding {}, kpl {}, in flight {}, stale reads up to {:?}",
+        if config.large { "large fleet: " } else { "" },
         config.workers,
         config.initial_shards,
         config.keys,
@@ -704,6 +803,7 @@ pub(crate) fn describe(config: &SimConfig) -> String {
         config.kills,
         config.resharding,
         config.kpl,
-        config.max_in_flight
+        config.max_in_flight,
+        config.stale_reads
     )
 }

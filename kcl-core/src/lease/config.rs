@@ -2,8 +2,9 @@
 //!
 //! Everything is derived from one number, the failover time: how long a lease may look untouched
 //! before other workers take it. The defaults follow Java KCL where it matters for compatibility
-//! (10 s failover, renewal every third of it) and differ where Java's choice is what its users
-//! complain about (a 20 s scan interval, so 20 to 40 s takeovers; no cooperative handoff).
+//! (10 s failover) and differ where Java's choice is what its users complain about or pay for (a
+//! 20 s scan interval, so 20 to 40 s takeovers; no cooperative handoff; a write per lease every
+//! third of the failover time). See `docs/leases.md` for the arithmetic behind them.
 
 use std::time::Duration;
 
@@ -11,15 +12,17 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Renewal {
-    /// One heartbeat row per worker in the lease table, written every `renew_interval` (the
-    /// default). Leases themselves are written only when they change hands or are checkpointed,
-    /// so the cost is one write per worker per interval however many leases it holds. Other
-    /// workers judge a lease expired when its owner's heartbeat stops changing.
+    /// One heartbeat row per worker, written every `renew_interval` (the default). Leases
+    /// themselves are written only when they change hands or are checkpointed, so the cost is one
+    /// write per worker per interval however many leases it holds. Other workers watch the
+    /// heartbeat rows alone ([`LeaseTable::list_workers`](super::LeaseTable::list_workers)) and
+    /// judge a lease expired when its owner's heartbeat stops changing.
     #[default]
     Heartbeat,
     /// Every held lease is renewed (its counter incremented) every `renew_interval`, as Java KCL
-    /// does: one write per lease per interval. Use it while Java KCL workers share the same table
-    /// (a rolling migration), because they only understand per-lease counters.
+    /// does: one write per lease per interval, and every worker reads the whole table at the
+    /// scan pace. Use it while Java KCL workers share the same table (a rolling migration),
+    /// because they only understand per-lease counters.
     PerLease,
 }
 
@@ -35,15 +38,19 @@ pub struct LeaseConfig {
     pub failover_time: Duration,
     /// How the worker renews its claim ([`Renewal::Heartbeat`] by default).
     pub renewal: Renewal,
-    /// How often the heartbeat (or each lease) is renewed (default `failover_time / 3`).
+    /// How often the heartbeat (or each lease) is renewed (default `failover_time / 2`). A
+    /// failed renewal is retried every [`renew_retry_interval`](Self::renew_retry_interval)
+    /// until the claim lapses at [`validity`](Self::validity).
     pub renew_interval: Duration,
-    /// How often the lease table is scanned while things change: workers joining or leaving,
-    /// leases moving, handoffs under way (default `failover_time / 20`, 500 ms at the default
-    /// failover). A handoff takes about one such scan.
+    /// How often a worker reads the heartbeat rows while it expects something (it was poked,
+    /// just started, waits for a handoff, is leaving); with [`Renewal::PerLease`], how often it
+    /// scans the table while things change (default `failover_time / 20`, 500 ms at the
+    /// default failover). A handoff takes about one such read.
     pub scan_interval: Duration,
-    /// How often the table is scanned while nothing changes (default `failover_time / 6`). A
-    /// scan is also made exactly when a lease would expire, so takeover after a crash takes at
-    /// most `failover_time` plus one idle scan. This interval sets the read cost at rest.
+    /// How often a worker reads the heartbeat rows at rest (with [`Renewal::PerLease`]: scans
+    /// the table) (default `failover_time / 6`). A read is also made exactly when a watched
+    /// worker may be judged dead, so takeover after a crash takes at most `failover_time` plus
+    /// one idle interval. This interval sets the read cost at rest.
     pub idle_scan_interval: Duration,
     /// The most leases one worker holds (default unlimited).
     pub max_leases_for_worker: usize,
@@ -68,7 +75,7 @@ impl LeaseConfig {
         Self {
             failover_time,
             renewal: Renewal::default(),
-            renew_interval: failover_time / 3,
+            renew_interval: failover_time / 2,
             scan_interval: failover_time / 20,
             idle_scan_interval: failover_time / 6,
             max_leases_for_worker: usize::MAX,
@@ -77,11 +84,17 @@ impl LeaseConfig {
         }
     }
 
-    /// How long before the failover time a worker stops using a lease it could not renew: half a
-    /// renewal interval, so it has stopped before any other worker may see the lease expire even
-    /// if the two clocks run at slightly different rates.
+    /// How long before the failover time a worker stops using a lease it could not renew: a
+    /// sixth of the failover time, so it has stopped before any other worker may see the lease
+    /// expire even if the two clocks run at rates up to 16% apart.
     pub fn safety_margin(&self) -> Duration {
-        self.renew_interval / 2
+        self.failover_time / 6
+    }
+
+    /// How soon a failed renewal is tried again: an eighth of the renewal interval, so a claim
+    /// survives several failed attempts in a row before it lapses.
+    pub fn renew_retry_interval(&self) -> Duration {
+        (self.renew_interval / 8).max(Duration::from_millis(1))
     }
 
     /// How long after a change the table counts as unsettled (scanned every `scan_interval`).
@@ -104,18 +117,16 @@ mod tests {
         let c = LeaseConfig::default();
         assert_eq!(c.failover_time, Duration::from_secs(10));
         assert_eq!(c.renewal, Renewal::Heartbeat);
-        assert_eq!(
-            c.renew_interval,
-            Duration::from_millis(3333) + Duration::from_nanos(333_333)
-        );
+        assert_eq!(c.renew_interval, Duration::from_secs(5));
         assert_eq!(c.scan_interval, Duration::from_millis(500));
         assert_eq!(
             c.idle_scan_interval,
             Duration::from_millis(1666) + Duration::from_nanos(666_666)
         );
         assert_eq!(c.max_leases_for_worker, usize::MAX);
-        // A worker stops using its leases before anyone may consider them expired.
+        // A worker stops using its leases before anyone may consider them expired, and a failed
+        // renewal has at least four retries before the claim lapses.
         assert!(c.validity() < c.failover_time);
-        assert!(c.validity() > c.renew_interval * 2);
+        assert!(c.validity() > c.renew_interval + c.renew_retry_interval() * 4);
     }
 }

@@ -17,8 +17,10 @@
 //! The cases cover: create-if-absent, get, list, a round trip of every [`Lease`] field, the exact
 //! [`LeaseUpdate::apply`] semantics of conditional updates, stale and wrong-owner expectations,
 //! missing keys, `keep_counter`, the [`LeaseTableExt`] transitions with fencing, owner switches,
-//! conditional deletes, and races between concurrent tasks (exactly one take wins; no write is
-//! ever lost).
+//! conditional deletes, races between concurrent tasks (exactly one take wins; no write is
+//! ever lost), and the narrow read of the worker heartbeat rows
+//! ([`LeaseTable::list_workers`]): exactly those rows, strongly consistent when asked, every
+//! primitive working on them, and pokes leaving their heartbeat condition intact.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,7 +30,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    Expectation, Lease, LeaseError, LeaseTable, LeaseTableExt, LeaseUpdate, PendingCheckpoint,
+    Consistency, Expectation, Lease, LeaseError, LeaseTable, LeaseTableExt, LeaseUpdate,
+    PendingCheckpoint,
 };
 use crate::record::{ExtendedSequenceNumber, HashKeyRange, SequenceNumber};
 
@@ -103,6 +106,10 @@ macro_rules! __lease_table_contract_cases {
             concurrent_takes_exactly_one_wins,
             concurrent_takes_of_different_leases_all_win,
             concurrent_writes_never_lose_an_update,
+            list_workers_returns_exactly_the_heartbeat_rows,
+            list_workers_follows_writes_to_heartbeat_rows,
+            heartbeat_rows_take_every_primitive,
+            a_poke_leaves_the_heartbeat_condition_intact,
         );
     };
 }
@@ -164,6 +171,10 @@ impl<T: LeaseTable, G: Send + Sync + std::fmt::Debug> LeaseTable for Fixture<T, 
     async fn delete(&self, key: &str, expect: &Expectation) -> Result<(), LeaseError> {
         self.table.delete(key, expect).await
     }
+
+    async fn list_workers(&self, consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        self.table.list_workers(consistency).await
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -191,7 +202,8 @@ fn position(text: &str, sub_sequence: u64) -> ExtendedSequenceNumber {
 /// Leases covering every shape a store must round-trip exactly: every checkpoint variant (56- and
 /// 129-digit sequence numbers, sub-sequence numbers up to `u64::MAX`), pending checkpoints with no,
 /// empty and binary state, 0, 1 and 2 parents, children, hash key ranges at both ends of the key
-/// space, handoff markers, counters at `u64::MAX` and multi-stream lease keys. Keys are unique.
+/// space, handoff markers, counters at `u64::MAX`, multi-stream lease keys and a worker heartbeat
+/// row with a load. Keys are unique.
 pub fn sample_leases() -> Vec<Lease> {
     let long = sequence_129();
     let mut leases = Vec::new();
@@ -282,6 +294,13 @@ pub fn sample_leases() -> Vec<Lease> {
     multi_stream.owner = Some("worker-1".into());
     multi_stream.counter = i64::MAX as u64 + 1;
     leases.push(multi_stream);
+
+    // A worker heartbeat row as workers write it: poked twice, reporting its load.
+    let mut heartbeat = Lease::worker_heartbeat("worker-1");
+    heartbeat.counter = 4_611_686_018_427_387_000;
+    heartbeat.owner_switches_since_checkpoint = 2;
+    heartbeat.load = Some(u64::MAX);
+    leases.push(heartbeat);
 
     leases
 }
@@ -537,6 +556,15 @@ pub async fn update_applies_lease_update_semantics<T: LeaseTable + 'static>(tabl
             ..LeaseUpdate::default()
         },
         LeaseUpdate {
+            load: Some(3),
+            ..LeaseUpdate::default()
+        },
+        LeaseUpdate {
+            load: Some(0),
+            keep_counter: true,
+            ..LeaseUpdate::default()
+        },
+        LeaseUpdate {
             checkpoint_owner: Some(None),
             increment_owner_switches: true,
             child_shard_ids: Some(vec!["shardId-child-c".into()]),
@@ -578,7 +606,7 @@ pub async fn update_applies_lease_update_semantics<T: LeaseTable + 'static>(tabl
         );
     }
     assert_eq!(
-        expected.counter, 7,
+        expected.counter, 8,
         "the sequence above wraps the counter past u64::MAX"
     );
 }
@@ -1177,4 +1205,194 @@ pub async fn concurrent_writes_never_lose_an_update<T: LeaseTable + 'static>(tab
         .expect("some checkpoint succeeded");
     assert_eq!(final_lease.checkpoint, last_checkpoint);
     assert!(final_lease.is_owned_by("worker-1"));
+}
+
+/// Heartbeat rows as workers write them: random-looking counters, one leaving (owner cleared),
+/// one poked.
+fn heartbeat_rows() -> Vec<Lease> {
+    let mut rows: Vec<Lease> = ["worker-a", "worker-b", "ip-10-0-0-1-4242-0f0f0f0f"]
+        .iter()
+        .map(|w| Lease::worker_heartbeat(w))
+        .collect();
+    rows[0].counter = 4_611_686_018_427_387_903;
+    rows[1].counter = 17;
+    rows[1].owner = None;
+    rows[2].counter = 1;
+    rows[2].owner_switches_since_checkpoint = 5;
+    rows
+}
+
+fn keys_of(rows: &[Lease]) -> Vec<String> {
+    let mut keys: Vec<String> = rows.iter().map(|r| r.key.clone()).collect();
+    keys.sort();
+    keys
+}
+
+/// `list_workers` returns exactly the heartbeat rows, as written, next to every sample lease;
+/// `list` still returns everything. An eventually consistent read returns only heartbeat rows.
+pub async fn list_workers_returns_exactly_the_heartbeat_rows<T: LeaseTable + 'static>(table: T) {
+    assert!(
+        table
+            .list_workers(Consistency::Strong)
+            .await
+            .expect("list_workers")
+            .is_empty()
+    );
+    let leases = sample_leases();
+    for lease in &leases {
+        create(&table, lease).await;
+    }
+    let rows = heartbeat_rows();
+    for row in &rows {
+        create(&table, row).await;
+    }
+    let mut expected: Vec<Lease> = leases
+        .iter()
+        .filter(|l| l.heartbeat_of().is_some())
+        .cloned()
+        .collect();
+    expected.extend(rows.iter().cloned());
+    let listed = by_key(
+        table
+            .list_workers(Consistency::Strong)
+            .await
+            .expect("list_workers"),
+    );
+    assert_eq!(listed, by_key(expected.clone()), "list_workers(Strong)");
+    let eventual = table
+        .list_workers(Consistency::Eventual)
+        .await
+        .expect("list_workers(Eventual)");
+    for row in &eventual {
+        assert!(
+            expected.contains(row),
+            "list_workers(Eventual) returned a row never written: {row:?}"
+        );
+    }
+    let mut all = leases;
+    all.extend(rows);
+    assert_eq!(
+        by_key(table.list().await.expect("list")),
+        by_key(all),
+        "list returns shard leases and heartbeat rows"
+    );
+}
+
+/// A strong `list_workers` reflects every write to heartbeat rows that came before it: updates
+/// (counter, owner cleared and set again), deletes and new rows.
+pub async fn list_workers_follows_writes_to_heartbeat_rows<T: LeaseTable + 'static>(table: T) {
+    let mut rows = heartbeat_rows();
+    for row in &rows {
+        create(&table, row).await;
+    }
+    create(&table, &owned("shardId-000000000000", "worker-a")).await;
+    // A heartbeat, a "leaving" mark, a departure and a newcomer.
+    let beat = table
+        .update(
+            &rows[0].key,
+            &rows[0].expectation(),
+            &LeaseUpdate::default(),
+        )
+        .await
+        .expect("heartbeat");
+    let leaving = LeaseUpdate {
+        owner: Some(None),
+        ..LeaseUpdate::default()
+    };
+    let left = table
+        .update(&rows[2].key, &rows[2].expectation(), &leaving)
+        .await
+        .expect("leaving");
+    table
+        .delete(&rows[1].key, &rows[1].expectation())
+        .await
+        .expect("delete");
+    let newcomer = Lease::worker_heartbeat("worker-new");
+    create(&table, &newcomer).await;
+    rows = vec![beat, left, newcomer];
+    let listed = by_key(
+        table
+            .list_workers(Consistency::Strong)
+            .await
+            .expect("list_workers"),
+    );
+    assert_eq!(listed, by_key(rows.clone()));
+    assert_eq!(
+        keys_of(&table.list_workers(Consistency::Strong).await.expect("list")),
+        keys_of(&rows)
+    );
+}
+
+/// Every primitive works on heartbeat rows exactly as on leases (stores may keep them apart):
+/// create once, get, conditional update with fencing, conditional delete, missing rows.
+pub async fn heartbeat_rows_take_every_primitive<T: LeaseTable + 'static>(table: T) {
+    let row = Lease::worker_heartbeat("worker-a");
+    create(&table, &row).await;
+    assert!(
+        !table.create_if_absent(&row).await.expect("create again"),
+        "a second create of a heartbeat row returned true"
+    );
+    assert_eq!(stored(&table, &row.key).await, row);
+    let renewed = table
+        .update(&row.key, &row.expectation(), &LeaseUpdate::default())
+        .await
+        .expect("renew");
+    assert_eq!(renewed.counter, row.counter + 1);
+    assert_condition_failed(
+        table
+            .update(&row.key, &row.expectation(), &LeaseUpdate::default())
+            .await,
+        &row.key,
+        &renewed,
+    );
+    assert_condition_failed(
+        table.delete(&row.key, &row.expectation()).await,
+        &row.key,
+        &renewed,
+    );
+    table
+        .delete(&row.key, &renewed.expectation())
+        .await
+        .expect("delete");
+    assert_eq!(table.get(&row.key).await.expect("get"), None);
+    assert_not_found(
+        table
+            .update(&row.key, &Expectation::default(), &LeaseUpdate::default())
+            .await,
+        &row.key,
+    );
+    assert_not_found(
+        table.delete(&row.key, &Expectation::default()).await,
+        &row.key,
+    );
+}
+
+/// A poke ([`LeaseUpdate::poke`]) counts on the row and leaves its counter and owner alone, so
+/// the worker's next heartbeat, conditional on both, still succeeds. Poking a missing row is
+/// `NotFound` and creates nothing.
+pub async fn a_poke_leaves_the_heartbeat_condition_intact<T: LeaseTable + 'static>(table: T) {
+    let row = Lease::worker_heartbeat("worker-a");
+    create(&table, &row).await;
+    for expected in 1..=2 {
+        let poked = table
+            .update(&row.key, &Expectation::default(), &LeaseUpdate::poke())
+            .await
+            .expect("poke");
+        assert_eq!(poked.pokes(), expected);
+        assert_eq!((poked.counter, &poked.owner), (row.counter, &row.owner));
+    }
+    let beat = table
+        .update(&row.key, &row.expectation(), &LeaseUpdate::default())
+        .await
+        .expect("a heartbeat after pokes");
+    assert_eq!(beat.counter, row.counter + 1);
+    assert_eq!(beat.pokes(), 2, "a heartbeat keeps the pokes");
+    let missing = format!("{}gone", super::WORKER_KEY_PREFIX);
+    assert_not_found(
+        table
+            .update(&missing, &Expectation::default(), &LeaseUpdate::poke())
+            .await,
+        &missing,
+    );
+    assert_eq!(table.get(&missing).await.expect("get"), None);
 }

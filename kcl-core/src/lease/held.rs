@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
 use super::liveness::Liveness;
+use super::poke::Poker;
 use super::{Lease, LeaseError, LeaseTable, LeaseTableExt, LeaseUpdate};
 use crate::sync::{Signal, Watch};
 
@@ -66,6 +67,8 @@ pub(crate) struct HeldLease {
     /// The worker's liveness epoch when the lease was acquired: a lapse since voids it.
     epoch: u64,
     status: Arc<Signal<HeldStatus>>,
+    /// Pokes the worker a lease is given to, and this worker when the shard ended.
+    poker: Option<Arc<Poker>>,
 }
 
 impl std::fmt::Debug for HeldLease {
@@ -85,6 +88,28 @@ impl HeldLease {
         liveness: Arc<Liveness>,
         written_at: Instant,
     ) -> Arc<Self> {
+        Self::build(table, lease, liveness, written_at, None)
+    }
+
+    /// [`HeldLease::new`], poking through `poker`: the worker a lease is given to at release,
+    /// and this worker itself when the shard ends (its children are to be taken).
+    pub(crate) fn with_poker(
+        table: Arc<dyn LeaseTable>,
+        lease: Lease,
+        liveness: Arc<Liveness>,
+        written_at: Instant,
+        poker: Arc<Poker>,
+    ) -> Arc<Self> {
+        Self::build(table, lease, liveness, written_at, Some(poker))
+    }
+
+    fn build(
+        table: Arc<dyn LeaseTable>,
+        lease: Lease,
+        liveness: Arc<Liveness>,
+        written_at: Instant,
+        poker: Option<Arc<Poker>>,
+    ) -> Arc<Self> {
         let status = Signal::new(HeldStatus::Held);
         Arc::new(Self {
             key: lease.key.clone(),
@@ -95,6 +120,7 @@ impl HeldLease {
             epoch: liveness.epoch(),
             liveness,
             status,
+            poker,
         })
     }
 
@@ -117,6 +143,16 @@ impl HeldLease {
 
     pub(crate) fn mark_lost(&self) {
         self.status.set(HeldStatus::Lost);
+    }
+
+    /// A write found the lease no longer ours (or seemed to: a store may report a condition
+    /// failure for a write that did not land): lost here, and the worker reads the table soon,
+    /// where it may find the lease still in its name, or free.
+    fn lose(&self) {
+        self.mark_lost();
+        if let Some(poker) = &self.poker {
+            poker.poke_self();
+        }
     }
 
     /// Records that another worker asked for this lease (seen by a scan).
@@ -146,6 +182,17 @@ impl HeldLease {
 
     /// Applies `update` to the held lease, conditional on the counter we hold.
     pub(crate) async fn write(&self, update: &LeaseUpdate) -> Result<Lease, HeldWriteError> {
+        let result = self.write_locked(update).await;
+        if let (Ok(written), Some(poker)) = (&result, &self.poker)
+            && written.is_finished()
+        {
+            // The shard ended: read the table soon, to take the children.
+            poker.poke_self();
+        }
+        result
+    }
+
+    async fn write_locked(&self, update: &LeaseUpdate) -> Result<Lease, HeldWriteError> {
         let mut lease = self.state.lock().await;
         match self.attempt(&mut lease, update).await {
             Ok(written) => Ok(written),
@@ -167,7 +214,7 @@ impl HeldLease {
         match self.attempt(lease, update).await {
             Ok(written) => Ok(written),
             Err(Attempt::Adopted) => {
-                self.mark_lost();
+                self.lose();
                 Err(HeldWriteError::Lost(self.key.clone()))
             }
             Err(Attempt::Failed(error)) => Err(error),
@@ -188,23 +235,36 @@ impl HeldLease {
     pub(crate) async fn release(&self, successor: Option<&str>) -> Result<(), HeldWriteError> {
         let mut lease = self.state.lock().await;
         let mut adoptions = 0;
+        let mut given_to = None;
         let result = loop {
             if self.is_lost() {
                 break Err(HeldWriteError::Lost(self.key.clone()));
             }
-            let update = if self.status() == HeldStatus::HandoffRequested {
+            let handing_over = self.status() == HeldStatus::HandoffRequested;
+            let update = if handing_over {
                 LeaseUpdate::hand_over()
             } else {
                 LeaseUpdate::release(&lease, successor)
             };
             match self.attempt(&mut lease, &update).await {
-                Ok(_) => break Ok(()),
+                Ok(written) => {
+                    // A worker that asked for the lease polls it; a successor must be told.
+                    if !handing_over {
+                        given_to = written.owner.filter(|owner| *owner != self.worker_id);
+                    }
+                    break Ok(());
+                }
                 Err(Attempt::Adopted) if adoptions == 0 => adoptions += 1,
                 Err(Attempt::Adopted) => break Err(HeldWriteError::Lost(self.key.clone())),
                 Err(Attempt::Failed(error)) => break Err(error),
             }
         };
         self.mark_lost();
+        drop(lease);
+        // The successor reads the table at once.
+        if let (Some(to), Some(poker)) = (given_to, &self.poker) {
+            poker.poke(&to).await;
+        }
         result
     }
 
@@ -242,13 +302,13 @@ impl HeldLease {
                         Err(Attempt::Adopted)
                     }
                     _ => {
-                        self.mark_lost();
+                        self.lose();
                         Err(Attempt::Failed(HeldWriteError::Lost(self.key.clone())))
                     }
                 }
             }
             Err(LeaseError::NotFound(_)) => {
-                self.mark_lost();
+                self.lose();
                 Err(Attempt::Failed(HeldWriteError::Lost(self.key.clone())))
             }
             Err(other) => Err(Attempt::Failed(HeldWriteError::Store(other))),

@@ -15,11 +15,11 @@ use async_trait::async_trait;
 use metrics::{Counter, Histogram};
 use tokio::time::Instant;
 
-use super::{Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
+use super::{Consistency, Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
 use crate::metrics::{Scope, names};
 
-/// The five operations of [`LeaseTable`].
-const OPERATIONS: [&str; 5] = ["create", "list", "get", "update", "delete"];
+/// The operations of [`LeaseTable`].
+const OPERATIONS: [&str; 6] = ["create", "list", "get", "update", "delete", "list_workers"];
 
 #[derive(Clone, Copy)]
 enum Op {
@@ -28,6 +28,7 @@ enum Op {
     Get = 2,
     Update = 3,
     Delete = 4,
+    ListWorkers = 5,
 }
 
 #[derive(Debug)]
@@ -45,7 +46,7 @@ struct TableHealth {
     last_error: Option<Instant>,
     /// Per operation: since when it has failed permanently without a success since, and the
     /// first such error.
-    permanent: [Option<(Instant, Arc<LeaseError>)>; 5],
+    permanent: [Option<(Instant, Arc<LeaseError>)>; 6],
 }
 
 /// A [`LeaseTable`] that counts, times and watches the calls to another. See the
@@ -157,6 +158,12 @@ impl LeaseTable for Instrumented {
         let started = Instant::now();
         let result = self.inner.list().await;
         self.record(Op::List, started, result)
+    }
+
+    async fn list_workers(&self, consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        let started = Instant::now();
+        let result = self.inner.list_workers(consistency).await;
+        self.record(Op::ListWorkers, started, result)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::config::{LeaseConfig, Renewal};
-use super::{Expectation, Lease, LeaseError, LeaseTable, LeaseTableExt, LeaseUpdate};
+use super::{Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
 
 /// When this worker's claim on its leases was last renewed, and how long that lasts.
 #[derive(Debug)]
@@ -122,13 +122,15 @@ pub(crate) struct Heartbeat {
 
 impl Heartbeat {
     /// Writes one heartbeat (creating the row if needed); records success in `liveness`.
-    /// `leaving` clears the row's owner (graceful shutdown in progress).
+    /// `leaving` clears the row's owner (graceful shutdown in progress); `load` is reported in
+    /// the row ([`Lease::load`]). Returns the row's poke count ([`Lease::pokes`]) as written.
     pub(crate) async fn beat(
         &self,
         table: &dyn LeaseTable,
         liveness: &Liveness,
         leaving: bool,
-    ) -> Result<(), LeaseError> {
+        load: u64,
+    ) -> Result<u64, LeaseError> {
         let mut row = self.row.lock().await;
         let me = liveness.worker_id();
         // At most three steps: create or read the row, then write it.
@@ -140,12 +142,14 @@ impl Heartbeat {
                 // (the ABA problem), or that worker would think the new one dead.
                 let mut fresh = Lease::worker_heartbeat(me);
                 fresh.counter = fastrand::u64(..1 << 62);
+                fresh.load = Some(load);
                 if table.create_if_absent(&fresh).await? {
                     debug!("heartbeat row created");
                     liveness.record_heartbeat(sent);
+                    let pokes = fresh.pokes();
                     *row = Some(fresh);
                     if !leaving {
-                        return Ok(());
+                        return Ok(pokes);
                     }
                 } else {
                     // Left by an earlier run with this worker id (or deleted and re-created
@@ -157,13 +161,15 @@ impl Heartbeat {
             let owner = if leaving { None } else { Some(me.to_owned()) };
             let update = LeaseUpdate {
                 owner: (current.owner != owner).then_some(owner),
+                load: Some(load),
                 ..LeaseUpdate::default()
             };
-            match table.write_reconciled(current, &update).await {
+            match beat_reconciled(table, current, &update).await {
                 Ok(written) => {
                     liveness.record_heartbeat(sent);
+                    let pokes = written.pokes();
                     *row = Some(written);
-                    return Ok(());
+                    return Ok(pokes);
                 }
                 Err(LeaseError::NotFound(_)) => {
                     info!("heartbeat row was removed as stale; re-creating it");
@@ -205,6 +211,38 @@ impl Heartbeat {
     }
 }
 
+/// One heartbeat write, conditional on the row as last written. When its outcome is unknown
+/// (the reply was lost), the row is read back: the counter one higher and the owner as written
+/// mean it landed. Other attributes may have moved meanwhile: others poke the row.
+async fn beat_reconciled(
+    table: &dyn LeaseTable,
+    row: &Lease,
+    update: &LeaseUpdate,
+) -> Result<Lease, LeaseError> {
+    match table.update(&row.key, &row.expectation(), update).await {
+        Err(LeaseError::Unknown(reason)) => {
+            let mut expected = row.clone();
+            update.apply(&mut expected);
+            match table.get(&row.key).await? {
+                Some(current)
+                    if current.counter == expected.counter && current.owner == expected.owner =>
+                {
+                    Ok(current)
+                }
+                Some(current) if current.counter == row.counter && current.owner == row.owner => {
+                    Err(LeaseError::Unavailable(reason))
+                }
+                Some(current) => Err(LeaseError::ConditionFailed {
+                    key: row.key.clone(),
+                    current: Some(Box::new(current)),
+                }),
+                None => Err(LeaseError::NotFound(row.key.clone())),
+            }
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,7 +258,7 @@ mod tests {
         let liveness = Liveness::new("w", &config());
         assert!(!liveness.is_alive(), "no heartbeat yet");
         let heartbeat = Heartbeat::default();
-        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        heartbeat.beat(&table, &liveness, false, 0).await.unwrap();
         assert!(liveness.is_alive());
         let row = table.get("kcl-rs/worker/w").await.unwrap().unwrap();
         assert_eq!(row.owner.as_deref(), Some("w"));
@@ -230,7 +268,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!liveness.is_alive());
         // The next beat increments the counter and restores liveness.
-        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        heartbeat.beat(&table, &liveness, false, 0).await.unwrap();
         assert!(liveness.is_alive());
         let renewed = table.get("kcl-rs/worker/w").await.unwrap().unwrap();
         assert_eq!(renewed.counter, row.counter + 1);
@@ -241,15 +279,15 @@ mod tests {
         let table = InMemoryLeaseTable::new();
         let liveness = Liveness::new("w", &config());
         let heartbeat = Heartbeat::default();
-        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        heartbeat.beat(&table, &liveness, false, 0).await.unwrap();
         let acquired = (liveness.epoch(), Instant::now());
         tokio::time::advance(config().renew_interval).await;
-        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        heartbeat.beat(&table, &liveness, false, 0).await.unwrap();
         assert!(liveness.is_valid(acquired.0, acquired.1), "renewed in time");
         // Paused past the validity; the next heartbeat succeeds at once (say it re-created a row
         // removed meanwhile): leases from before the lapse stay invalid.
         tokio::time::advance(config().failover_time * 3).await;
-        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        heartbeat.beat(&table, &liveness, false, 0).await.unwrap();
         assert!(liveness.is_alive());
         assert!(!liveness.is_valid(acquired.0, acquired.1));
         assert!(liveness.is_valid(liveness.epoch(), Instant::now()));
@@ -260,13 +298,13 @@ mod tests {
         let table = crate::lease::test_table::FaultyTable::default();
         let liveness = Liveness::new("w", &config());
         let heartbeat = Heartbeat::default();
-        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        heartbeat.beat(&table, &liveness, false, 0).await.unwrap();
         let epoch = liveness.epoch();
         tokio::time::advance(config().renew_interval).await;
         // Sent in time, but it reaches the store (and replies) only after the previous one's
         // validity ran out: others may have taken over meanwhile.
         table.set_delay(config().failover_time);
-        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        heartbeat.beat(&table, &liveness, false, 0).await.unwrap();
         assert_ne!(liveness.epoch(), epoch);
     }
 
@@ -275,8 +313,8 @@ mod tests {
         let table = InMemoryLeaseTable::new();
         let liveness = Liveness::new("w", &config());
         let heartbeat = Heartbeat::default();
-        heartbeat.beat(&table, &liveness, false).await.unwrap();
-        heartbeat.beat(&table, &liveness, true).await.unwrap();
+        heartbeat.beat(&table, &liveness, false, 0).await.unwrap();
+        heartbeat.beat(&table, &liveness, true, 0).await.unwrap();
         let row = table.get("kcl-rs/worker/w").await.unwrap().unwrap();
         assert_eq!(row.owner, None);
         heartbeat.remove(&table).await.unwrap();
@@ -292,7 +330,7 @@ mod tests {
         table.create_if_absent(&old).await.unwrap();
         let liveness = Liveness::new("w", &config());
         let heartbeat = Heartbeat::default();
-        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        heartbeat.beat(&table, &liveness, false, 0).await.unwrap();
         let row = table.get("kcl-rs/worker/w").await.unwrap().unwrap();
         assert_eq!((row.counter, row.owner.as_deref()), (42, Some("w")));
         // Someone removed it as stale: the next beat re-creates it.
@@ -300,7 +338,7 @@ mod tests {
             .delete(&row.key, &Expectation::default())
             .await
             .unwrap();
-        heartbeat.beat(&table, &liveness, false).await.unwrap();
+        heartbeat.beat(&table, &liveness, false, 0).await.unwrap();
         assert!(table.get("kcl-rs/worker/w").await.unwrap().is_some());
     }
 

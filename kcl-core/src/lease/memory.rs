@@ -2,11 +2,14 @@
 //! demos; it forgets everything when dropped.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate};
+use super::{
+    Consistency, Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate, WORKER_KEY_PREFIX,
+};
 
 /// A lease table held in memory, shared by cloning an `Arc` of it.
 #[derive(Debug, Default)]
@@ -46,6 +49,15 @@ impl LeaseTable for InMemoryLeaseTable {
 
     async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
         Ok(self.with(|map| map.values().cloned().collect()))
+    }
+
+    async fn list_workers(&self, _consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        Ok(self.with(|map| {
+            map.range::<str, _>((Bound::Included(WORKER_KEY_PREFIX), Bound::Unbounded))
+                .take_while(|(key, _)| key.starts_with(WORKER_KEY_PREFIX))
+                .map(|(_, row)| row.clone())
+                .collect()
+        }))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {

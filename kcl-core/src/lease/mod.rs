@@ -22,8 +22,10 @@
 //! | `instrumented` | the worker's wrapper of its table: calls counted, timed, health watched |
 //! | `liveness` | this worker's own heartbeat and how long it may act on its leases |
 //! | `observer` | other workers' liveness, observed on the local monotonic clock |
-//! | `balance` | which leases to take and which to ask for (a pure function) |
-//! | [`coordinator`] | the scan cycle tying them together |
+//! | `membership` | what the heartbeat rows say: live, leaving, poked, the takeover ring, the sync leader |
+//! | `poke` | asking another worker to read the table now |
+//! | `balance` | which leases to take, give and ask for (a pure function) |
+//! | [`coordinator`] | the scan cycle tying them together, and shard sync by the leader |
 //! | [`memory`] | the in-memory table |
 //! | `contract` | the suite every store must pass (feature `contract-tests`) |
 
@@ -40,8 +42,10 @@ pub mod coordinator;
 pub(crate) mod held;
 pub(crate) mod instrumented;
 pub(crate) mod liveness;
+mod membership;
 pub mod memory;
 mod observer;
+pub(crate) mod poke;
 #[cfg(test)]
 pub(crate) mod test_table;
 
@@ -88,6 +92,10 @@ pub struct Lease {
     /// A worker asked to hand this lease over to `owner` (cooperative handoff): while set, the
     /// named previous owner may still checkpoint.
     pub checkpoint_owner: Option<String>,
+    /// Worker heartbeat rows only: how many leases the worker held, or waited to be handed, at
+    /// its last heartbeat (the sync leader compares it with the leases in the worker's name to
+    /// find assignments the worker missed). `None` on shard leases.
+    pub load: Option<u64>,
 }
 
 impl Lease {
@@ -104,6 +112,7 @@ impl Lease {
             child_shard_ids: Vec::new(),
             hash_key_range: None,
             checkpoint_owner: None,
+            load: None,
         }
     }
 
@@ -133,6 +142,13 @@ impl Lease {
     /// The worker id, if this is a worker heartbeat row rather than a shard lease.
     pub fn heartbeat_of(&self) -> Option<&str> {
         self.key.strip_prefix(WORKER_KEY_PREFIX)
+    }
+
+    /// On a heartbeat row: how many times other workers poked its worker (asked it to read the
+    /// lease table, see [`LeaseUpdate::poke`]). Heartbeat rows have no checkpoint, so they keep
+    /// this count in `owner_switches_since_checkpoint`, which every store already persists.
+    pub fn pokes(&self) -> u64 {
+        self.owner_switches_since_checkpoint
     }
 
     /// Whether every record of the shard has been processed.
@@ -191,6 +207,8 @@ pub struct LeaseUpdate {
     pub child_shard_ids: Option<Vec<String>>,
     /// New handoff marker (`Some(None)` clears it).
     pub checkpoint_owner: Option<Option<String>>,
+    /// New load (heartbeat rows, see [`Lease::load`]).
+    pub load: Option<u64>,
     /// Leave the counter unchanged.
     pub keep_counter: bool,
 }
@@ -226,6 +244,18 @@ impl LeaseUpdate {
             owner: Some(Some(new_owner.to_owned())),
             increment_owner_switches: true,
             checkpoint_owner: Some(lease.owner.clone()),
+            ..Self::default()
+        }
+    }
+
+    /// Poking the worker whose heartbeat row this is applied to: its poke count +1
+    /// ([`Lease::pokes`]), counter and owner untouched, so the worker's own next heartbeat
+    /// (conditional on both) still succeeds. Sent with no expectation; a missing row is
+    /// `NotFound`.
+    pub fn poke() -> Self {
+        Self {
+            increment_owner_switches: true,
+            keep_counter: true,
             ..Self::default()
         }
     }
@@ -273,6 +303,9 @@ impl LeaseUpdate {
         }
         if let Some(marker) = &self.checkpoint_owner {
             lease.checkpoint_owner = marker.clone();
+        }
+        if let Some(load) = self.load {
+            lease.load = Some(load);
         }
         if !self.keep_counter {
             lease.counter = lease.counter.wrapping_add(1);
@@ -341,11 +374,27 @@ impl LeaseError {
     }
 }
 
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Consistency {
+    /// Reflects every write that succeeded before the read began.
+    #[default]
+    Strong,
+    /// May miss the most recent writes (on DynamoDB usually the last second or so) and, item by
+    /// item, show an older version than a previous read did. Cheaper where a store offers it
+    /// (half the read units on DynamoDB); stores without such reads answer strongly. Lease
+    /// coordination only uses such reads to decide whether to read strongly.
+    Eventual,
+}
+
 /// The pluggable lease store.
 ///
 /// Implementations provide five primitives; every lease transition is built from them by the
-/// provided methods, so stores differ only in their adapters. Implementations must pass
-/// `contract` (feature `contract-tests`).
+/// provided methods, so stores differ only in their adapters. One more read,
+/// [`list_workers`](Self::list_workers), has a default built on [`list`](Self::list); stores
+/// that can read the heartbeat rows alone should override it, because every worker calls it
+/// every few seconds. Implementations must pass `contract` (feature `contract-tests`).
 ///
 /// All writes are atomic and conditional: if the [`Expectation`] does not hold, nothing changes and
 /// the store answers [`LeaseError::ConditionFailed`].
@@ -354,8 +403,26 @@ pub trait LeaseTable: Send + Sync + fmt::Debug {
     /// Creates `lease` unless a lease with its key exists. Returns whether it was created.
     async fn create_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError>;
 
-    /// Every lease, in any order.
+    /// Every row, shard leases and worker heartbeat rows, in any order. Strongly consistent.
     async fn list(&self) -> Result<Vec<Lease>, LeaseError>;
+
+    /// The worker heartbeat rows only (keys starting with [`WORKER_KEY_PREFIX`]), in any order.
+    ///
+    /// Every worker reads these every few seconds to watch the others, so the read should not
+    /// cost more than the rows it returns: the in-memory and SQLite stores read them by key
+    /// prefix, the DynamoDB store keeps them in a small table of their own. The default filters
+    /// [`list`](Self::list): correct for any store, but as costly as a full read.
+    ///
+    /// With [`Consistency::Eventual`] the store may answer from a slightly stale copy.
+    async fn list_workers(&self, consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        let _ = consistency;
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|row| row.heartbeat_of().is_some())
+            .collect())
+    }
 
     /// The lease with this key, if any.
     async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError>;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Lease;
+use super::{Lease, WORKER_KEY_PREFIX};
 
 #[derive(Clone, Debug)]
 struct Observation {
@@ -31,8 +31,20 @@ pub(crate) struct Observer {
 impl Observer {
     /// Records a scan of the whole table taken at `now`; forgets rows that disappeared.
     pub(crate) fn observe(&mut self, rows: &[Lease], now: Instant) {
+        self.observe_where(rows, now, |_| true);
+    }
+
+    /// Records a scan of the whole table taken at `now`, keeping only the rows `keep` selects
+    /// (the others, and rows that disappeared, are forgotten: if they matter later, they count
+    /// from then on).
+    pub(crate) fn observe_where(
+        &mut self,
+        rows: &[Lease],
+        now: Instant,
+        keep: impl Fn(&Lease) -> bool,
+    ) {
         let mut next = BTreeMap::new();
-        for row in rows {
+        for row in rows.iter().filter(|row| keep(row)) {
             let observation = match self.seen.remove(&row.key) {
                 Some(seen) if seen.counter == row.counter && seen.owner == row.owner => seen,
                 _ => Observation {
@@ -44,6 +56,18 @@ impl Observer {
             next.insert(row.key.clone(), observation);
         }
         self.seen = next;
+    }
+
+    /// Records a read of the heartbeat rows alone taken at `now`: updates those rows and forgets
+    /// heartbeat rows that disappeared; lease rows are left as they were.
+    pub(crate) fn observe_workers(&mut self, rows: &[Lease], now: Instant) {
+        let present: std::collections::BTreeSet<&str> =
+            rows.iter().map(|row| row.key.as_str()).collect();
+        self.seen
+            .retain(|key, _| !key.starts_with(WORKER_KEY_PREFIX) || present.contains(key.as_str()));
+        for row in rows {
+            self.observe_one(row, now);
+        }
     }
 
     /// Records one row read on its own (a `get`), without forgetting the others.
@@ -111,5 +135,20 @@ mod tests {
         assert_eq!(observer.unchanged_for("b", t1), Duration::from_secs(4));
         observer.observe_one(&row("b", 1), t1);
         assert_eq!(observer.unchanged_for("b", t1), Duration::from_secs(4));
+        // A read of the heartbeat rows alone leaves lease rows alone and forgets vanished
+        // heartbeat rows.
+        let mut hb = Lease::worker_heartbeat("w");
+        hb.counter = 9;
+        observer.observe_one(&hb, t0);
+        observer.observe_workers(&[], t1);
+        assert_eq!(observer.unchanged_for(&hb.key, t1), Duration::ZERO);
+        assert_eq!(observer.unchanged_for("b", t1), Duration::from_secs(4));
+        observer.observe_workers(std::slice::from_ref(&hb), t0);
+        observer.observe_workers(std::slice::from_ref(&hb), t1);
+        assert_eq!(observer.unchanged_for(&hb.key, t1), Duration::from_secs(4));
+        // A filtered scan forgets what it does not keep.
+        observer.observe_where(&[row("b", 1), row("c", 1)], t1, |l| l.key == "c");
+        assert_eq!(observer.since("b"), None);
+        assert_eq!(observer.since("c"), Some(t0), "kept as first seen");
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Expectation, InMemoryLeaseTable, Lease, LeaseError, LeaseTable, LeaseUpdate};
+use super::{
+    Consistency, Expectation, InMemoryLeaseTable, Lease, LeaseError, LeaseTable, LeaseUpdate,
+};
 
 /// Makes the error every call of a [`FaultyTable`] fails with.
 type ErrorMaker = Arc<dyn Fn() -> LeaseError + Send + Sync>;
@@ -65,6 +67,10 @@ impl LeaseTable for FaultyTable {
     async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
         self.check()?;
         self.inner.list().await
+    }
+
+    async fn list_workers(&self, consistency: Consistency) -> Result<Vec<Lease>, LeaseError> {
+        self.inner.list_workers(consistency).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {

@@ -11,7 +11,7 @@ use crate::sync::Signal;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HealthStatus {
-    /// Not running yet, or running but not ready: the first lease scan has not completed, or a
+    /// Not running yet, or running but not ready: no lease scan has found the stream's leases yet, or a
     /// shard it holds has not yet delivered its first batch or reported being caught up.
     Starting,
     /// Processing: every held shard delivers (or is idle and caught up), heartbeats succeed.
@@ -58,7 +58,7 @@ pub(crate) enum Phase {
 pub(crate) struct Lifecycle {
     pub(crate) phase: Arc<Signal<Phase>>,
     outcome: Mutex<Option<Result<(), WorkerError>>>,
-    /// The first lease scan completed.
+    /// A lease scan found the stream's leases.
     pub(crate) scanned: AtomicBool,
     /// Ready once: later hiccups make it degraded, never starting again.
     pub(crate) ready_once: AtomicBool,

@@ -2,8 +2,9 @@
 //!
 //! A [`Worker`] is built with [`Worker::builder`] and driven by [`Worker::run`]. While running it
 //!
-//! - syncs shards into leases at start, every `shard_sync_interval`, and right after a shard ends
-//!   ([`crate::shard_sync`]); a failed sync is retried with backoff;
+//! - syncs shards into leases when it leads shard sync (one worker of the fleet does, see
+//!   [`crate::lease::coordinator`]): at start, every `shard_sync_interval`, and right after a
+//!   shard ends ([`crate::shard_sync`]); a failed sync is retried with backoff;
 //! - renews its claim (its heartbeat) on a task of its own, so slow scans or processors never
 //!   delay renewals, and scans the table to take, steal and receive leases
 //!   ([`crate::lease::coordinator`]);
@@ -75,13 +76,14 @@ use crate::backend::{BackendError, StreamBackend};
 use crate::deaggregation::Deaggregator;
 use crate::lease::LeaseTable;
 use crate::lease::coordinator::LeaseCoordinator;
+use crate::lease::coordinator::SyncOutcome;
 use crate::lease::held::{HeldLease, HeldStatus};
 use crate::lease::instrumented::Instrumented;
 use crate::metrics::{MetricsLevel, Scope, WorkerMetrics};
 use crate::processor::ProcessorFactory;
 use crate::retrieval::{ConsumerRegistry, WorkerBudget};
 use crate::retry::RetryBackoff;
-use crate::shard_sync::{ShardSyncError, remove_finished_leases, sync_shards};
+use crate::shard_sync::ShardSyncError;
 use crate::sync::{Signal, Watch};
 
 mod config;
@@ -185,7 +187,7 @@ impl WorkerHandle {
 
     /// How the worker is doing, for readiness and liveness probes.
     ///
-    /// - [`HealthStatus::Starting`] until the first lease scan completed and every shard it
+    /// - [`HealthStatus::Starting`] until a lease scan found the stream's leases and every shard it
     ///   holds (with its parents finished) delivered a first batch or reported being caught up;
     /// - then [`HealthStatus::Ready`], or [`HealthStatus::Degraded`] while the last heartbeat
     ///   failed, the lease table answered errors within the failover time, the last shard sync
@@ -244,7 +246,7 @@ impl WorkerHandle {
         }
         if !Lifecycle::is(&lifecycle.ready_once) {
             if !Lifecycle::is(&lifecycle.scanned) {
-                reasons.push("the first lease scan has not completed".to_owned());
+                reasons.push("no lease scan has found the stream's leases yet".to_owned());
             }
             let waiting = self.status.not_flowed();
             if !waiting.is_empty() {
@@ -460,7 +462,9 @@ impl<F: ProcessorFactory> Worker<F> {
                         Ok(_) => {}
                         Err(error) => warn!(%error, "lease scan failed; will retry"),
                     }
-                    Lifecycle::flag(&self.lifecycle.scanned, true);
+                    if self.coordinator.has_seen_leases() {
+                        Lifecycle::flag(&self.lifecycle.scanned, true);
+                    }
                     self.publish(&consumers);
                     next_scan = self.coordinator.next_scan_at();
                 }
@@ -588,22 +592,26 @@ impl<F: ProcessorFactory> Worker<F> {
         }
     }
 
-    /// Syncs shards into leases and removes finished leases no longer needed (once they have been
-    /// still for twice the failover time, see [`remove_finished_leases`]). Schedules the next
-    /// sync: after the sync interval, or sooner with backoff after a failure.
+    /// Syncs shards into leases and removes finished leases no longer needed, when it is this
+    /// worker's duty (one worker of the fleet, the sync leader, does it; see
+    /// [`crate::lease::coordinator`]). Schedules the next check: when the duty may come, after
+    /// the sync interval, or sooner with backoff after a failure.
     async fn sync_shards(&self, state: &mut SyncState) {
-        let result = sync_shards(
-            self.backend.as_ref(),
-            self.table.as_ref(),
-            &self.config.stream,
-            self.config.initial_position,
-        )
-        .await;
+        let result = self
+            .coordinator
+            .sync_shards(
+                self.backend.as_ref(),
+                &self.config.stream,
+                self.config.initial_position,
+                self.config.shard_sync_interval,
+            )
+            .await;
         match result {
-            Ok(report) => {
+            Ok(SyncOutcome::NotMine(next)) => state.not_mine(next),
+            Ok(SyncOutcome::Synced(report)) => {
                 self.metrics.shard_syncs.increment(1);
                 if !report.created.is_empty() {
-                    debug!(created = ?report.created, "shard sync created leases");
+                    debug!(created = report.created.len(), "shard sync created leases");
                 }
                 state.succeeded(self.config.shard_sync_interval);
             }
@@ -622,15 +630,6 @@ impl<F: ProcessorFactory> Worker<F> {
             }
         }
         Lifecycle::flag(&self.lifecycle.sync_failing, state.failing());
-        let grace = self.config.lease.failover_time * 2;
-        let settled = |lease: &crate::lease::Lease| self.coordinator.quiet_for(&lease.key) > grace;
-        match remove_finished_leases(self.table.as_ref(), settled).await {
-            Ok(removed) if !removed.is_empty() => {
-                debug!(?removed, "removed finished leases");
-            }
-            Ok(_) => {}
-            Err(error) => warn!(%error, "removing finished leases failed; will retry"),
-        }
     }
 
     /// Publishes the worker's gauges and lease counts, and the lag of the shards it runs.
@@ -840,6 +839,15 @@ impl Default for SyncState {
 }
 
 impl SyncState {
+    /// Another worker leads shard sync: check again at `next` (neither a success nor a failure
+    /// of this worker's).
+    fn not_mine(&mut self, next: Instant) {
+        self.next = next;
+        self.retries = SYNC_RETRY.schedule();
+        self.permanent = None;
+        self.failing = false;
+    }
+
     fn succeeded(&mut self, interval: Duration) {
         self.next = Instant::now() + interval;
         self.retries = SYNC_RETRY.schedule();
@@ -887,8 +895,7 @@ async fn renew_loop(
     mut shutdown: Watch<Shutdown>,
     lifecycle: Arc<Lifecycle>,
 ) {
-    let interval = coordinator.config().renew_interval;
-    let mut next = Instant::now() + interval;
+    let mut next = Instant::now() + coordinator.config().renew_interval;
     loop {
         tokio::select! {
             biased;
@@ -901,7 +908,7 @@ async fn renew_loop(
                 let started = Instant::now();
                 let ok = coordinator.renew().await;
                 Lifecycle::flag(&lifecycle.heartbeat_failing, !ok);
-                next = started + if ok { interval } else { interval / 4 };
+                next = started + coordinator.next_renewal_in(ok);
             }
         }
     }
