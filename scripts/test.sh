@@ -93,10 +93,13 @@ export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test} AWS_SECRET_ACCESS_KEY=${AWS_
 
 # ---- run ------------------------------------------------------------------------------------
 log "running tests (including those needing the helper tools)"
+# testcontainers is compiled only when asked for (KCL_TEST_DYNAMODB=docker).
+FEATURES=()
+if [ "${KCL_TEST_DYNAMODB:-}" = docker ]; then FEATURES=(--features kcl-lease-dynamo/docker-tests); fi
 if [ "$RUNNER" = nextest ]; then
-  cargo nextest run --workspace --run-ignored all --no-fail-fast
+  cargo nextest run --workspace "${FEATURES[@]}" --run-ignored all --no-fail-fast
 else
-  cargo test --workspace --no-fail-fast -- --include-ignored
+  cargo test --workspace "${FEATURES[@]}" --no-fail-fast -- --include-ignored
 fi
 
 log "running doctests"

@@ -229,7 +229,7 @@ async fn cost_and_startup() {
         "\n(reads: eventually consistent reads of the heartbeat rows every failover/6, the sync \
          leader's strong reads of both tables every 60 s; writes: one heartbeat per worker every \
          failover/2. Checkpoints are a separate column: every 10 s while records flow, for \
-         kcl-rs and Java alike. Java KCL derived from its defaults, docs/leases.md. Start-up: \
+         Kinesin and Java alike. Java KCL derived from its defaults, docs/leases.md. Start-up: \
          all workers started at the same instant on an empty table, to the last shard's \
          `initialize`.)\n"
     );

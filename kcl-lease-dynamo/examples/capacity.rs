@@ -1,4 +1,4 @@
-//! Measures what real kcl-rs worker processes send to a DynamoDB API, in on-demand request units
+//! Measures what real Kinesin worker processes send to a DynamoDB API, in on-demand request units
 //! per lease-hour: `record_sink` processes (the example consumer) on a kinesis-local stream, with
 //! their leases in DynamoDB (moto), every request they send metered by the server.
 //!

@@ -42,7 +42,7 @@ pub mod attributes {
     pub const ENDING_HASH_KEY: &str = "endingHashKey";
     /// (S) Java KCL 3.x graceful-handoff marker: the previous owner that may still checkpoint.
     pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
-    /// (N) kcl-rs heartbeat rows only (in the workers table): the leases the worker held at its
+    /// (N) Kinesin heartbeat rows only (in the workers table): the leases the worker held at its
     /// last heartbeat ([`Lease::load`](kcl_core::lease::Lease::load)).
     pub const LOAD: &str = "kclRsLoad";
 }

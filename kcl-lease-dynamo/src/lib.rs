@@ -903,7 +903,7 @@ impl LeaseTable for DynamoLeaseTable {
         let mut rows = Vec::new();
         for (lease, size) in leases.into_iter().flatten() {
             bytes += size;
-            // A heartbeat row left in the lease table by kcl-rs before the workers table
+            // A heartbeat row left in the lease table by Kinesin 0.1 before the workers table
             // existed: heartbeat rows live in the workers table now.
             if lease.heartbeat_of().is_none() {
                 rows.push(lease);

@@ -15,7 +15,7 @@ fixed number of units per request kind). The counts are served as JSON:
                                "items", "bytes"}, ...}
     POST /_kcl/meter/reset    sets everything to zero
 
-Kinds: Scan and Query are "strong" or "eventual"; UpdateItem on a kcl-rs heartbeat row is
+Kinds: Scan and Query are "strong" or "eventual"; UpdateItem on a Kinesin heartbeat row is
 "heartbeat" (it moves leaseCounter) or "poke" (it does not), on a lease "checkpoint" (it sets
 checkpoint) or "lease"; a refused conditional write is "refused" (billed too).
 

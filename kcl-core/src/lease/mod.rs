@@ -56,7 +56,8 @@ pub use config::{LeaseConfig, Renewal};
 pub use memory::InMemoryLeaseTable;
 
 /// Key prefix of the workers' heartbeat rows. Shard ids never contain `/`, so these keys cannot
-/// collide with a lease.
+/// collide with a lease. The prefix predates the project's name (Kinesin) and stays as it is:
+/// tables written by earlier releases, and their operators' scripts, know heartbeat rows by it.
 pub const WORKER_KEY_PREFIX: &str = "kcl-rs/worker/";
 
 /// A checkpoint prepared but not yet committed (two-phase checkpointing).

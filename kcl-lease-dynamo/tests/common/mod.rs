@@ -2,8 +2,10 @@
 //!
 //! * `AWS_ENDPOINT_URL_DYNAMODB` (or `AWS_ENDPOINT_URL`): any DynamoDB API endpoint, e.g. the
 //!   moto server that `scripts/servers/moto.sh start` starts (what `scripts/test.sh` does).
-//! * Otherwise, with `KCL_TEST_DYNAMODB=docker` and a Docker engine: DynamoDB Local
-//!   (`amazon/dynamodb-local`) in a container started by testcontainers, one per test process.
+//! * Otherwise, with `KCL_TEST_DYNAMODB=docker`, a Docker engine and the crate's opt-in feature
+//!   `docker-tests`: DynamoDB Local (`amazon/dynamodb-local`) in a container started by
+//!   testcontainers, one per test process. The default test build does not compile
+//!   testcontainers at all.
 //! * Otherwise the test fails and says so: server tests are `#[ignore]`d, so they only run when
 //!   asked for (`--run-ignored all` / `--include-ignored`), and then they must not pass silently.
 //!
@@ -19,9 +21,17 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
 use kcl_core::lease::contract::Fixture;
 use kcl_lease_dynamo::DynamoLeaseTable;
-use testcontainers_modules::dynamodb_local::DynamoDb;
-use testcontainers_modules::testcontainers::ContainerAsync;
-use testcontainers_modules::testcontainers::runners::AsyncRunner;
+#[cfg(feature = "docker-tests")]
+use testcontainers_modules::{
+    dynamodb_local::DynamoDb,
+    testcontainers::{ContainerAsync, runners::AsyncRunner},
+};
+
+/// What keeps a container alive: nothing without the `docker-tests` feature.
+#[cfg(feature = "docker-tests")]
+type Container = ContainerAsync<DynamoDb>;
+#[cfg(not(feature = "docker-tests"))]
+type Container = ();
 
 /// The reason every server test is ignored by default.
 pub const NEEDS_SERVER: &str = "needs a DynamoDB endpoint: run scripts/test.sh";
@@ -30,7 +40,7 @@ pub const NEEDS_SERVER: &str = "needs a DynamoDB endpoint: run scripts/test.sh";
 pub struct Server {
     pub config: SdkConfig,
     pub endpoint: String,
-    container: Option<ContainerAsync<DynamoDb>>,
+    container: Option<Container>,
 }
 
 impl fmt::Debug for Server {
@@ -61,17 +71,7 @@ pub async fn server() -> Server {
     let (endpoint, container) =
         match env("AWS_ENDPOINT_URL_DYNAMODB").or_else(|| env("AWS_ENDPOINT_URL")) {
             Some(endpoint) => (endpoint, None),
-            None if env("KCL_TEST_DYNAMODB").as_deref() == Some("docker") => {
-                let container = DynamoDb::default().start().await.unwrap_or_else(|e| {
-                    panic!("KCL_TEST_DYNAMODB=docker but DynamoDB Local could not be started: {e}")
-                });
-                let host = container.get_host().await.expect("container host");
-                let port = container
-                    .get_host_port_ipv4(8000)
-                    .await
-                    .expect("container port");
-                (format!("http://{host}:{port}"), Some(container))
-            }
+            None if env("KCL_TEST_DYNAMODB").as_deref() == Some("docker") => docker().await,
             None => panic!(
                 "no DynamoDB endpoint for this test: set AWS_ENDPOINT_URL_DYNAMODB (start one with \
              `scripts/servers/moto.sh install DIR && scripts/servers/moto.sh start DIR`, or \
@@ -84,6 +84,28 @@ pub async fn server() -> Server {
         endpoint,
         container,
     }
+}
+
+/// DynamoDB Local in a container.
+#[cfg(feature = "docker-tests")]
+async fn docker() -> (String, Option<Container>) {
+    let container = DynamoDb::default().start().await.unwrap_or_else(|e| {
+        panic!("KCL_TEST_DYNAMODB=docker but DynamoDB Local could not be started: {e}")
+    });
+    let host = container.get_host().await.expect("container host");
+    let port = container
+        .get_host_port_ipv4(8000)
+        .await
+        .expect("container port");
+    (format!("http://{host}:{port}"), Some(container))
+}
+
+#[cfg(not(feature = "docker-tests"))]
+async fn docker() -> (String, Option<Container>) {
+    panic!(
+        "KCL_TEST_DYNAMODB=docker needs the opt-in testcontainers build: \
+         cargo test -p kcl-lease-dynamo --features docker-tests"
+    )
 }
 
 /// An SdkConfig for `endpoint` from the standard chain, with local defaults for what is unset.
