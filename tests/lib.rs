@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kcl_core::backend::BackendError;
 use kcl_core::checkpoint::Checkpointer;
 use kcl_core::model::KinesisModel;
 use kcl_core::processor::{
@@ -18,6 +19,7 @@ use kcl_core::processor::{
     ShardEndedInput, ShardInfo, ShutdownReason,
 };
 use kcl_core::record::ExtendedSequenceNumber;
+use kcl_testkit::hooks::{BackendCall, BackendHooks, HookedBackend};
 use tokio::sync::Notify;
 
 pub mod counting;
@@ -460,62 +462,24 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
     }
 }
 
-/// Wraps a real backend and counts the errors it returns, by kind.
-#[derive(Debug)]
-pub struct CountingBackend {
-    pub inner: Arc<dyn kcl_core::backend::StreamBackend>,
+/// Hooks counting the `GetRecords` calls through a [`HookedBackend`] and the errors they
+/// returned, by kind.
+#[derive(Debug, Default)]
+pub struct ReadCounts {
     pub expired_iterators: std::sync::atomic::AtomicU64,
     pub throttled: std::sync::atomic::AtomicU64,
     pub get_records_calls: std::sync::atomic::AtomicU64,
 }
 
-impl CountingBackend {
-    pub fn new(inner: Arc<dyn kcl_core::backend::StreamBackend>) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            expired_iterators: 0.into(),
-            throttled: 0.into(),
-            get_records_calls: 0.into(),
-        })
-    }
-}
-
 #[async_trait::async_trait]
-impl kcl_core::backend::StreamBackend for CountingBackend {
-    async fn describe_stream(
-        &self,
-        stream: &str,
-    ) -> Result<kcl_core::backend::StreamDescription, kcl_core::backend::BackendError> {
-        self.inner.describe_stream(stream).await
-    }
-
-    async fn list_shards(
-        &self,
-        request: kcl_core::backend::ListShardsRequest,
-    ) -> Result<kcl_core::backend::ListShardsPage, kcl_core::backend::BackendError> {
-        self.inner.list_shards(request).await
-    }
-
-    async fn get_shard_iterator(
-        &self,
-        stream: &str,
-        shard_id: &str,
-        position: kcl_core::backend::StartingPosition,
-    ) -> Result<kcl_core::backend::ShardIterator, kcl_core::backend::BackendError> {
-        self.inner
-            .get_shard_iterator(stream, shard_id, position)
-            .await
-    }
-
-    async fn get_records(
-        &self,
-        iterator: &kcl_core::backend::ShardIterator,
-        limit: u32,
-    ) -> Result<kcl_core::backend::GetRecordsOutput, kcl_core::backend::BackendError> {
+impl BackendHooks for ReadCounts {
+    async fn after(&self, call: &BackendCall<'_>, outcome: Result<(), &BackendError>) {
+        if !matches!(call, BackendCall::GetRecords { .. }) {
+            return;
+        }
         self.get_records_calls.fetch_add(1, Ordering::SeqCst);
-        let result = self.inner.get_records(iterator, limit).await;
-        match &result {
-            Err(kcl_core::backend::BackendError::ExpiredIterator(_)) => {
+        match outcome {
+            Err(BackendError::ExpiredIterator(_)) => {
                 self.expired_iterators.fetch_add(1, Ordering::SeqCst);
             }
             Err(e) if e.is_throttling() => {
@@ -523,8 +487,15 @@ impl kcl_core::backend::StreamBackend for CountingBackend {
             }
             _ => {}
         }
-        result
     }
+}
+
+/// A real backend whose reads are counted ([`ReadCounts`], through `hooks()`).
+pub type CountingBackend = HookedBackend<ReadCounts>;
+
+/// Wraps `inner` in a [`CountingBackend`].
+pub fn counting_backend(inner: Arc<dyn kcl_core::backend::StreamBackend>) -> Arc<CountingBackend> {
+    Arc::new(HookedBackend::new(inner, ReadCounts::default()))
 }
 
 pub mod faults;

@@ -15,8 +15,9 @@ use kcl_core::retry::RetryBackoff;
 use kcl_core::shard_sync::InitialPosition;
 use kcl_core::worker::{CheckpointCadence, ConfigError, Worker, WorkerBuilder};
 use kcl_tests::{
-    Call, CountingBackend, Faults, Recorder, RecordingFactory, RecordingProcessor, Resharded,
-    Running, assert_order_per_key, assert_parents_ended, produce, split_then_merge, start_worker,
+    Call, Faults, Recorder, RecordingFactory, RecordingProcessor, Resharded, Running,
+    assert_order_per_key, assert_parents_ended, counting_backend, produce, split_then_merge,
+    start_worker,
 };
 
 const STREAM: &str = "orders";
@@ -389,7 +390,7 @@ async fn a_slow_processor_outlives_its_iterator_without_losing_records() {
                 .create(shard),
         }
     };
-    let counting = CountingBackend::new(model.clone());
+    let counting = counting_backend(model.clone());
     let w = start_with("w1", &model, &table, factory, |b| {
         b.backend(counting.clone()).polling(polling)
     });
@@ -401,6 +402,7 @@ async fn a_slow_processor_outlives_its_iterator_without_losing_records() {
     assert_order_per_key(&recorder, &produced);
     assert!(
         counting
+            .hooks()
             .expired_iterators
             .load(std::sync::atomic::Ordering::SeqCst)
             > 0,
@@ -439,7 +441,7 @@ async fn throttled_reads_back_off_and_lose_nothing() {
     };
     let mut runs = Vec::new();
     let mut recorders = Vec::new();
-    let counting = CountingBackend::new(model.clone());
+    let counting = counting_backend(model.clone());
     for app in ["a", "b"] {
         let recorder = Recorder::new();
         let table = table();
@@ -460,7 +462,11 @@ async fn throttled_reads_back_off_and_lose_nothing() {
         assert_order_per_key(r, &produced);
     }
     assert!(
-        counting.throttled.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        counting
+            .hooks()
+            .throttled
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0,
         "the scenario must actually be throttled"
     );
 }

@@ -234,7 +234,7 @@ impl TableHooks for Faults {
         }
     }
 
-    async fn after(&self, _call: &TableCall<'_>, _succeeded: bool) {
+    async fn after(&self, _call: &TableCall<'_>, _outcome: Result<(), &LeaseError>) {
         // A paused worker receives the reply only when resumed.
         self.gate.pass().await;
     }
@@ -256,7 +256,7 @@ impl BackendHooks for Faults {
         Ok(())
     }
 
-    async fn after(&self, _call: &BackendCall<'_>, _succeeded: bool) {
+    async fn after(&self, _call: &BackendCall<'_>, _outcome: Result<(), &BackendError>) {
         self.gate.pass().await;
     }
 }

@@ -122,9 +122,10 @@ pub trait TableHooks: Send + Sync + fmt::Debug {
     }
 
     /// After the inner table answered, before the caller gets the answer (may wait too: a
-    /// paused worker gets its replies only when resumed). `succeeded` says how it went.
-    async fn after(&self, call: &TableCall<'_>, succeeded: bool) {
-        let _ = (call, succeeded);
+    /// paused worker gets its replies only when resumed). `outcome` says how it went: the
+    /// error the caller gets, if any (a [`Before::Fail`] error too).
+    async fn after(&self, call: &TableCall<'_>, outcome: Result<(), &LeaseError>) {
+        let _ = (call, outcome);
     }
 }
 
@@ -161,8 +162,8 @@ impl<H: TableHooks + ?Sized> TableHooks for Arc<H> {
         (**self).before(call).await
     }
 
-    async fn after(&self, call: &TableCall<'_>, succeeded: bool) {
-        (**self).after(call, succeeded).await
+    async fn after(&self, call: &TableCall<'_>, outcome: Result<(), &LeaseError>) {
+        (**self).after(call, outcome).await
     }
 }
 
@@ -197,7 +198,7 @@ impl<H: TableHooks> HookedTable<H> {
         let lose = match self.hooks.before(&call).await {
             Before::Proceed => None,
             Before::Fail(error) => {
-                self.hooks.after(&call, false).await;
+                self.hooks.after(&call, Err(&error)).await;
                 return Err(error);
             }
             Before::Delay(delay) => {
@@ -207,7 +208,7 @@ impl<H: TableHooks> HookedTable<H> {
             Before::LoseReply(error) => Some(error),
         };
         let result = forward.await;
-        self.hooks.after(&call, result.is_ok()).await;
+        self.hooks.after(&call, result.as_ref().map(|_| ())).await;
         match lose {
             Some(error) => Err(error),
             None => result,
@@ -345,9 +346,10 @@ pub trait BackendHooks: Send + Sync + fmt::Debug {
         Ok(())
     }
 
-    /// After the inner backend answered, before the caller gets the answer.
-    async fn after(&self, call: &BackendCall<'_>, succeeded: bool) {
-        let _ = (call, succeeded);
+    /// After the inner backend answered, before the caller gets the answer; `outcome` is the
+    /// error the caller gets, if any (one from [`before`](Self::before) too).
+    async fn after(&self, call: &BackendCall<'_>, outcome: Result<(), &BackendError>) {
+        let _ = (call, outcome);
     }
 }
 
@@ -384,8 +386,8 @@ impl<H: BackendHooks + ?Sized> BackendHooks for Arc<H> {
         (**self).before(call).await
     }
 
-    async fn after(&self, call: &BackendCall<'_>, succeeded: bool) {
-        (**self).after(call, succeeded).await
+    async fn after(&self, call: &BackendCall<'_>, outcome: Result<(), &BackendError>) {
+        (**self).after(call, outcome).await
     }
 }
 
@@ -419,11 +421,11 @@ impl<H: BackendHooks> HookedBackend<H> {
         forward: impl std::future::Future<Output = Result<T, BackendError>> + Send,
     ) -> Result<T, BackendError> {
         if let Err(error) = self.hooks.before(&call).await {
-            self.hooks.after(&call, false).await;
+            self.hooks.after(&call, Err(&error)).await;
             return Err(error);
         }
         let result = forward.await;
-        self.hooks.after(&call, result.is_ok()).await;
+        self.hooks.after(&call, result.as_ref().map(|_| ())).await;
         result
     }
 
@@ -586,7 +588,7 @@ mod tests {
         struct Count(AtomicU32);
         #[async_trait]
         impl BackendHooks for Count {
-            async fn after(&self, _: &BackendCall<'_>, _: bool) {
+            async fn after(&self, _: &BackendCall<'_>, _: Result<(), &BackendError>) {
                 self.0.fetch_add(1, Ordering::SeqCst);
             }
         }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use bytes::Bytes;
 use kcl_core::checkpoint::Checkpointer;
+use kcl_core::lease::LeaseError;
 use kcl_core::processor::{
     BoxError, InitializationInput, ProcessRecordsInput, ProcessorFactory, RecordProcessor,
     ShardEndedInput, ShardInfo, ShutdownReason,
@@ -234,14 +235,14 @@ impl CheckpointLog {
 
 #[async_trait]
 impl TableHooks for CheckpointLog {
-    async fn after(&self, call: &TableCall<'_>, succeeded: bool) {
+    async fn after(&self, call: &TableCall<'_>, outcome: Result<(), &LeaseError>) {
         let TableCall::Update { key, update, .. } = call else {
             return;
         };
         let Some(position) = &update.checkpoint else {
             return;
         };
-        if !succeeded {
+        if outcome.is_err() {
             return;
         }
         let mut state = self.state();
