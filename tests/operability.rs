@@ -10,10 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kcl_core::backend::{
-    BackendError, GetRecordsOutput, ListShardsPage, ListShardsRequest, ShardIterator,
-    StartingPosition, StreamBackend, StreamDescription,
-};
+use kcl_core::backend::{BackendError, StreamBackend};
 use kcl_core::checkpoint::Checkpointer;
 use kcl_core::deaggregation::aggregator::Aggregator;
 use kcl_core::lease::{
@@ -28,6 +25,9 @@ use kcl_core::processor::{
 use kcl_core::retry::RetryBackoff;
 use kcl_core::shard_sync::InitialPosition;
 use kcl_core::worker::{HealthStatus, ShardState, Worker, WorkerError};
+use kcl_testkit::hooks::{
+    BackendCall, Before, HookedBackend, HookedTable, TableCall, TableHooks, backend_fn, table_fn,
+};
 use kcl_tests::{Faults, Recorder, RecordingProcessor, produce, within};
 use tokio::time::Instant;
 
@@ -105,61 +105,29 @@ async fn a_missing_stream_ends_run_with_a_typed_error_after_the_timeout() {
     ));
 }
 
-/// A backend whose `ListShards` fails transiently a number of times first.
-#[derive(Debug)]
-struct FlakyListing {
-    inner: Arc<KinesisModel>,
-    failures_left: AtomicU32,
-}
-
-#[async_trait]
-impl StreamBackend for FlakyListing {
-    async fn describe_stream(&self, stream: &str) -> Result<StreamDescription, BackendError> {
-        self.inner.describe_stream(stream).await
-    }
-
-    async fn list_shards(
-        &self,
-        request: ListShardsRequest,
-    ) -> Result<ListShardsPage, BackendError> {
-        if self
-            .failures_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(BackendError::Transient("injected 503".into()));
-        }
-        self.inner.list_shards(request).await
-    }
-
-    async fn get_shard_iterator(
-        &self,
-        stream: &str,
-        shard_id: &str,
-        position: StartingPosition,
-    ) -> Result<ShardIterator, BackendError> {
-        self.inner
-            .get_shard_iterator(stream, shard_id, position)
-            .await
-    }
-
-    async fn get_records(
-        &self,
-        iterator: &ShardIterator,
-        limit: u32,
-    ) -> Result<GetRecordsOutput, BackendError> {
-        self.inner.get_records(iterator, limit).await
-    }
+/// The model behind testkit hooks whose `ListShards` fails transiently `failures` times first.
+fn flaky_listing(inner: Arc<KinesisModel>, failures: u32) -> Arc<dyn StreamBackend> {
+    let left = AtomicU32::new(failures);
+    Arc::new(HookedBackend::new(
+        inner,
+        backend_fn(move |call| match call {
+            BackendCall::ListShards(_)
+                if left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok() =>
+            {
+                Err(BackendError::Transient("injected 503".into()))
+            }
+            _ => Ok(()),
+        }),
+    ))
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_transient_sync_failure_is_retried_with_backoff_and_counted() {
     let model = model(2);
     let produced = produce(&model, STREAM, 10, 100, 0);
-    let backend = Arc::new(FlakyListing {
-        inner: model,
-        failures_left: AtomicU32::new(4),
-    });
+    let backend = flaky_listing(model, 4);
     let recorder = Recorder::new();
     let built = worker(
         "flaky-listing",
@@ -189,42 +157,23 @@ async fn a_transient_sync_failure_is_retried_with_backoff_and_counted() {
     assert_eq!(handle.health().status, HealthStatus::Stopped);
 }
 
-/// A lease table whose every call answers `Misconfigured`.
-#[derive(Debug)]
-struct Unusable;
-
-#[async_trait]
-impl LeaseTable for Unusable {
-    async fn create_if_absent(&self, _lease: &Lease) -> Result<bool, LeaseError> {
-        Err(LeaseError::Misconfigured(
-            "table app: missing dynamodb:PutItem".into(),
-        ))
-    }
-    async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
-        Err(LeaseError::Misconfigured(
-            "table app: missing dynamodb:Scan".into(),
-        ))
-    }
-    async fn get(&self, _key: &str) -> Result<Option<Lease>, LeaseError> {
-        Err(LeaseError::Misconfigured(
-            "table app: missing dynamodb:GetItem".into(),
-        ))
-    }
-    async fn update(
-        &self,
-        _key: &str,
-        _expect: &Expectation,
-        _update: &LeaseUpdate,
-    ) -> Result<Lease, LeaseError> {
-        Err(LeaseError::Misconfigured(
-            "table app: missing dynamodb:UpdateItem".into(),
-        ))
-    }
-    async fn delete(&self, _key: &str, _expect: &Expectation) -> Result<(), LeaseError> {
-        Err(LeaseError::Misconfigured(
-            "table app: missing dynamodb:DeleteItem".into(),
-        ))
-    }
+/// A lease table whose every call answers `Misconfigured`, naming the permission it lacks.
+fn unusable() -> Arc<dyn LeaseTable> {
+    Arc::new(HookedTable::new(
+        Arc::new(InMemoryLeaseTable::new()),
+        table_fn(|call| {
+            let action = match call {
+                TableCall::CreateIfAbsent(_) => "PutItem",
+                TableCall::Get(_) => "GetItem",
+                TableCall::Update { .. } => "UpdateItem",
+                TableCall::Delete { .. } => "DeleteItem",
+                _ => "Scan",
+            };
+            Before::Fail(LeaseError::Misconfigured(format!(
+                "table app: missing dynamodb:{action}"
+            )))
+        }),
+    ))
 }
 
 #[tokio::test(start_paused = true)]
@@ -232,7 +181,7 @@ async fn an_unusable_lease_table_ends_run_naming_the_table() {
     let built = worker(
         "unusable-table",
         model(1),
-        Arc::new(Unusable),
+        unusable(),
         RecordingProcessor::factory("unusable-table", Recorder::new(), Faults::default()),
     )
     .build()
@@ -488,40 +437,20 @@ async fn initialize_failing_more_times_than_the_policy_allows_stops_the_shard() 
     within(LIMIT, "shutdown", running).await.unwrap().unwrap();
 }
 
-/// A lease table whose first `get` of one key panics: the consumer task reading it (a child
+/// A lease table whose first `get` of `key` panics: the consumer task reading it (a child
 /// checking its parent) dies.
-#[derive(Debug)]
-struct PanicOnce {
-    inner: InMemoryLeaseTable,
-    key: String,
-    armed: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait]
-impl LeaseTable for PanicOnce {
-    async fn create_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {
-        self.inner.create_if_absent(lease).await
-    }
-    async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
-        self.inner.list().await
-    }
-    async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
-        if key == self.key && self.armed.swap(false, Ordering::SeqCst) {
-            panic!("lease store bug (injected)");
-        }
-        self.inner.get(key).await
-    }
-    async fn update(
-        &self,
-        key: &str,
-        expect: &Expectation,
-        update: &LeaseUpdate,
-    ) -> Result<Lease, LeaseError> {
-        self.inner.update(key, expect, update).await
-    }
-    async fn delete(&self, key: &str, expect: &Expectation) -> Result<(), LeaseError> {
-        self.inner.delete(key, expect).await
-    }
+fn panic_once(key: String) -> Arc<HookedTable<impl TableHooks>> {
+    let armed = std::sync::atomic::AtomicBool::new(true);
+    Arc::new(HookedTable::new(
+        Arc::new(InMemoryLeaseTable::new()),
+        table_fn(move |call| {
+            if matches!(call, TableCall::Get(k) if *k == key) && armed.swap(false, Ordering::SeqCst)
+            {
+                panic!("lease store bug (injected)");
+            }
+            Before::Proceed
+        }),
+    ))
 }
 
 #[tokio::test(start_paused = true)]
@@ -534,11 +463,7 @@ async fn a_consumer_task_that_dies_releases_its_lease_and_the_shard_is_taken_aga
         .split_shard(STREAM, &parent.shard_id, &mid.to_string())
         .unwrap();
     produced.extend(produce(&model, STREAM, 5, 50, 50));
-    let table = Arc::new(PanicOnce {
-        inner: InMemoryLeaseTable::new(),
-        key: parent.shard_id.clone(),
-        armed: std::sync::atomic::AtomicBool::new(true),
-    });
+    let table = panic_once(parent.shard_id.clone());
     let recorder = Recorder::new();
     let built = worker(
         "task-death",
@@ -733,10 +658,8 @@ async fn the_application_name_comes_from_the_lease_table() {
 async fn fan_out_on_a_backend_without_it_is_a_configuration_error() {
     // A wrapper that does not pass fan-out on: refused when the worker is built, not retried
     // forever while it runs.
-    let backend = Arc::new(FlakyListing {
-        inner: model(1),
-        failures_left: AtomicU32::new(0),
-    });
+    let backend: Arc<dyn StreamBackend> =
+        Arc::new(HookedBackend::new(model(1), backend_fn(|_| Ok(()))).without_fan_out());
     let error = worker(
         "no-fan-out",
         backend,

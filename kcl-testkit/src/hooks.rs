@@ -392,17 +392,30 @@ impl<H: BackendHooks + ?Sized> BackendHooks for Arc<H> {
 }
 
 /// A [`StreamBackend`] forwarding to another through [`BackendHooks`]; it offers
-/// [`FanOut`] exactly when the inner backend does. See the [module docs](self).
+/// [`FanOut`] exactly when the inner backend does, unless built
+/// [`without_fan_out`](Self::without_fan_out). See the [module docs](self).
 #[derive(Debug)]
 pub struct HookedBackend<H> {
     inner: Arc<dyn StreamBackend>,
     hooks: H,
+    fan_out: bool,
 }
 
 impl<H: BackendHooks> HookedBackend<H> {
     /// Wraps `inner`.
     pub fn new(inner: Arc<dyn StreamBackend>, hooks: H) -> Self {
-        Self { inner, hooks }
+        Self {
+            inner,
+            hooks,
+            fan_out: true,
+        }
+    }
+
+    /// Hides the inner backend's [`FanOut`]: a polling-only backend, as a store without
+    /// enhanced fan-out would be (the worker then refuses `Retrieval::FanOut` when built).
+    pub fn without_fan_out(mut self) -> Self {
+        self.fan_out = false;
+        self
     }
 
     /// The wrapped backend.
@@ -487,6 +500,9 @@ impl<H: BackendHooks> StreamBackend for HookedBackend<H> {
     }
 
     fn fan_out(&self) -> Option<&dyn FanOut> {
+        if !self.fan_out {
+            return None;
+        }
         self.inner.fan_out().map(|_| self as &dyn FanOut)
     }
 }
