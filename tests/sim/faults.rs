@@ -8,71 +8,23 @@
 //! - [`WorkerTable`] is one worker incarnation's view of it: it injects the faults of the
 //!   incarnation's [`FaultPlan`] (failed conditional writes, timeouts before or after the write
 //!   landed, throttling, unavailability, latency) and freezes while the incarnation is paused.
-//! - [`GatedBackend`] freezes an incarnation's Kinesis calls while it is paused.
+//! - [`GatedBackend`] freezes an incarnation's Kinesis calls while it is paused (the testkit's
+//!   `HookedBackend` with the incarnation's [`Gate`] as hooks).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kcl_core::backend::{
-    BackendError, GetRecordsOutput, ListShardsPage, ListShardsRequest, ShardIterator,
-    StartingPosition, StreamBackend, StreamDescription,
-};
 use kcl_core::lease::{
     Consistency, Expectation, InMemoryLeaseTable, Lease, LeaseError, LeaseTable, LeaseUpdate,
     WORKER_KEY_PREFIX,
 };
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::log::{AcceptedCheckpoint, Incident, IncidentKind, Log};
 
-/// Freezes a worker incarnation: while closed, its I/O and processing wait.
-///
-/// (A flag and a `Notify` rather than a `watch` channel, whose wake order is random: runs must
-/// replay exactly.)
-#[derive(Debug, Default)]
-pub struct Gate {
-    paused: Mutex<bool>,
-    opened: Notify,
-}
-
-impl Gate {
-    /// An open gate.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    /// Waits while the gate is closed.
-    pub async fn pass(&self) {
-        loop {
-            let opened = self.opened.notified();
-            tokio::pin!(opened);
-            opened.as_mut().enable();
-            if !self.is_paused() {
-                return;
-            }
-            opened.await;
-        }
-    }
-
-    /// Closes the gate.
-    pub fn pause(&self) {
-        *self.paused.lock().unwrap() = true;
-    }
-
-    /// Opens it.
-    pub fn resume(&self) {
-        *self.paused.lock().unwrap() = false;
-        self.opened.notify_waiters();
-    }
-
-    /// Whether it is closed.
-    pub fn is_paused(&self) -> bool {
-        *self.paused.lock().unwrap()
-    }
-}
+pub use kcl_testkit::Gate;
 
 /// Who holds each lease, by incarnation and worker id, as the store-side check tracks it.
 #[derive(Debug, Default, Clone)]
@@ -512,57 +464,6 @@ impl LeaseTable for WorkerTable {
     }
 }
 
-/// An incarnation's Kinesis client: the shared model, frozen while the incarnation is paused.
-#[derive(Debug)]
-pub struct GatedBackend {
-    /// The model.
-    pub inner: Arc<dyn StreamBackend>,
-    /// The pause gate.
-    pub gate: Arc<Gate>,
-}
-
-#[async_trait]
-impl StreamBackend for GatedBackend {
-    async fn describe_stream(&self, stream: &str) -> Result<StreamDescription, BackendError> {
-        self.gate.pass().await;
-        let result = self.inner.describe_stream(stream).await;
-        self.gate.pass().await;
-        result
-    }
-
-    async fn list_shards(
-        &self,
-        request: ListShardsRequest,
-    ) -> Result<ListShardsPage, BackendError> {
-        self.gate.pass().await;
-        let result = self.inner.list_shards(request).await;
-        self.gate.pass().await;
-        result
-    }
-
-    async fn get_shard_iterator(
-        &self,
-        stream: &str,
-        shard_id: &str,
-        position: StartingPosition,
-    ) -> Result<ShardIterator, BackendError> {
-        self.gate.pass().await;
-        let result = self
-            .inner
-            .get_shard_iterator(stream, shard_id, position)
-            .await;
-        self.gate.pass().await;
-        result
-    }
-
-    async fn get_records(
-        &self,
-        iterator: &ShardIterator,
-        limit: u32,
-    ) -> Result<GetRecordsOutput, BackendError> {
-        self.gate.pass().await;
-        let result = self.inner.get_records(iterator, limit).await;
-        self.gate.pass().await;
-        result
-    }
-}
+/// An incarnation's Kinesis client: the shared model behind the incarnation's gate, frozen
+/// while it is paused (testkit hooks: the gate waits before each call and before each reply).
+pub type GatedBackend = kcl_testkit::hooks::HookedBackend<Arc<Gate>>;

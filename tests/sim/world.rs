@@ -266,7 +266,7 @@ impl World {
     fn start(&mut self, worker: &str) {
         let id = self.next_incarnation;
         self.next_incarnation += 1;
-        let gate = Gate::new();
+        let gate = Arc::new(Gate::new());
         let faults = FaultPlan::new(self.seed ^ (u64::from(id) << 32) ^ 0xfa17);
         let table: Arc<dyn LeaseTable> = Arc::new(WorkerTable {
             table: self.table.clone(),
@@ -281,10 +281,7 @@ impl World {
                 2_000_000
             },
         });
-        let backend = Arc::new(GatedBackend {
-            inner: self.model.clone(),
-            gate: gate.clone(),
-        });
+        let backend = Arc::new(GatedBackend::new(self.model.clone(), gate.clone()));
         let factory = SimFactory {
             log: self.log.clone(),
             gate: gate.clone(),
