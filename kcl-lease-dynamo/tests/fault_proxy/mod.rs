@@ -3,8 +3,8 @@
 //! real SDK client; the server behind is the real test server.
 //!
 //! The server closes every connection after one answer (moto does; the proxy also forces it by
-//! closing), so "the n-th connection" is "the n-th request". Each connection gets the next
-//! [`Fault`] of the script, then everything passes through.
+//! closing), so "the n-th connection" is "the n-th request". Each connection that carries a
+//! request gets the next [`Fault`] of the script, then everything passes through.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
@@ -149,18 +149,24 @@ impl FaultProxy {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
-                let fault = queue.lock().unwrap().pop_front().unwrap_or(Fault::Pass);
                 let upstream = upstream.clone();
-                let log = Arc::clone(&log);
+                let (queue, log) = (Arc::clone(&queue), Arc::clone(&log));
                 tokio::spawn(async move {
-                    if let Fault::Pass = fault {
-                        let mut server = TcpStream::connect(&upstream).await.unwrap();
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        return;
-                    }
+                    // The fault is taken only once a request arrived: a connection the client
+                    // opens and drops unused (its pool may race a new connection against a
+                    // returning one) must not consume the next fault.
                     let Some(request) = read_request(&mut client).await else {
                         return;
                     };
+                    let fault = queue.lock().unwrap().pop_front().unwrap_or(Fault::Pass);
+                    if let Fault::Pass = fault {
+                        let mut server = TcpStream::connect(&upstream).await.unwrap();
+                        if server.write_all(&request).await.is_err() {
+                            return;
+                        }
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        return;
+                    }
                     // Logged before the client can see the outcome, so a test that awaited the
                     // request sees the fault counted.
                     match fault.clone() {
