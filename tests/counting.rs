@@ -77,13 +77,13 @@ impl Sizes {
     }
 }
 
-fn read_units(bytes: f64, eventual: bool) -> u64 {
+pub fn read_units(bytes: f64, eventual: bool) -> u64 {
     // Thousandths of a unit: one per started 4 KB, at least one; half when eventual.
     let units = ((bytes / 4096.0).ceil() as u64).max(1) * 1000;
     if eventual { units / 2 } else { units }
 }
 
-fn write_units(bytes: f64) -> u64 {
+pub fn write_units(bytes: f64) -> u64 {
     ((bytes / 1024.0).ceil() as u64).max(1)
 }
 
@@ -256,21 +256,5 @@ impl LeaseTable for CountingTable {
         let result = self.inner.delete(key, expect).await;
         self.failed(&result);
         result
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn units_follow_the_read_kind_and_size() {
-        assert_eq!(read_units(0.0, false), 1000, "at least one unit");
-        assert_eq!(read_units(4096.0, false), 1000);
-        assert_eq!(read_units(4097.0, false), 2000);
-        assert_eq!(read_units(4097.0, true), 1000, "eventual reads cost half");
-        assert_eq!(read_units(100.0, true), 500);
-        assert_eq!(write_units(300.0), 1);
-        assert_eq!(write_units(1025.0), 2);
     }
 }

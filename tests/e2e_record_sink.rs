@@ -10,6 +10,8 @@
 //! `target/debug/examples/record_sink`); `scripts/test.sh` provides both.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -173,7 +175,7 @@ async fn scenario_in(mode: Mode) {
     let spawn = |name: &str, stream: &str, app: &str, dir: &Path, fanout: bool| {
         spawn_with(name, stream, app, dir, fanout, extra)
     };
-    kcl_tests::init_tracing();
+    support::init_tracing();
     let k = Kinesis::server().await;
     let stream = unique(match (fanout, extra.is_empty()) {
         (true, _) => "e2e-efo",
@@ -454,7 +456,7 @@ fn max(samples: &[(String, HashMap<String, String>, f64)], name: &str) -> Option
 #[tokio::test]
 #[ignore = "needs kinesis-local and the record_sink binary: run scripts/test.sh"]
 async fn record_sink_serves_metrics_and_health_that_match_what_it_did() {
-    kcl_tests::init_tracing();
+    support::init_tracing();
     let k = Kinesis::server().await;
     let stream = unique("e2e-metrics");
     let app = format!("{stream}-app");

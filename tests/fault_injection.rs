@@ -4,6 +4,8 @@
 //! record, once, in the order the stream holds them.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,8 +21,8 @@ use kcl_core::retry::RetryBackoff;
 use kcl_core::shard_sync::InitialPosition;
 use kcl_core::worker::Worker;
 use kcl_testkit::kinesis::{Kinesis, Target, TargetExt, server_backend, unique};
-use kcl_tests::faults::{FaultInjector, FaultPlan};
-use kcl_tests::{Faults, Recorder, RecordingProcessor};
+use support::faults::{FaultInjector, FaultPlan};
+use support::{Faults, Recorder, RecordingProcessor};
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -113,7 +115,7 @@ fn assert_exactly_once_in_order(
 #[tokio::test]
 #[ignore = "needs a Kinesis endpoint: run scripts/test.sh"]
 async fn polling_recovers_from_throttling_server_errors_expired_iterators_and_partial_puts() {
-    kcl_tests::init_tracing();
+    support::init_tracing();
     let (k, faults) = faulty(FaultPlan {
         throttle_get_records_every: 3,
         fail_get_records_every: 5,
@@ -176,7 +178,7 @@ async fn polling_recovers_from_throttling_server_errors_expired_iterators_and_pa
 #[tokio::test]
 #[ignore = "needs a Kinesis endpoint: run scripts/test.sh"]
 async fn fan_out_recovers_from_dropped_subscriptions() {
-    kcl_tests::init_tracing();
+    support::init_tracing();
     let (k, faults) = faulty(FaultPlan {
         cut_subscription_every: 1,
         cut_after_frames: 3,
@@ -225,7 +227,7 @@ async fn fan_out_recovers_from_dropped_subscriptions() {
 #[tokio::test]
 #[ignore = "needs a Kinesis endpoint: run scripts/test.sh"]
 async fn the_cached_stream_arn_is_dropped_on_resource_not_found() {
-    kcl_tests::init_tracing();
+    support::init_tracing();
     let (k, faults) = faulty(FaultPlan::default()).await;
     let Kinesis::Server(backend) = &k else {
         panic!("a server backend")
@@ -266,7 +268,7 @@ async fn the_cached_stream_arn_is_dropped_on_resource_not_found() {
 
 /// A worker whose credentials lack `operation` on a stream with records.
 async fn denied(operation: &'static str) -> kcl_core::worker::WorkerError {
-    kcl_tests::init_tracing();
+    support::init_tracing();
     let (k, _faults) = faulty(FaultPlan {
         deny: vec![operation],
         ..Default::default()

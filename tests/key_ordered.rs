@@ -5,6 +5,8 @@
 //! poisoned key.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +26,7 @@ use kcl_core::record::{ExtendedSequenceNumber, Record};
 use kcl_core::retrieval::PollingConfig;
 use kcl_core::retry::RetryBackoff;
 use kcl_core::worker::{CheckpointCadence, ConfigError, KeyOrdered, Worker, WorkerBuilder};
-use kcl_tests::{Running, produce, split_then_merge, start_worker, within};
+use support::{Running, produce, split_then_merge, start_worker, within};
 use tokio::sync::Notify;
 
 const STREAM: &str = "orders";
@@ -280,7 +282,7 @@ fn start(
     behaviour: Behaviour,
     configure: impl FnOnce(WorkerBuilder<Factory>) -> WorkerBuilder<Factory>,
 ) -> Running {
-    kcl_tests::metrics::recorder();
+    support::metrics::recorder();
     start_worker(
         ("app", STREAM, name),
         model.clone(),
@@ -293,7 +295,7 @@ fn start(
 
 /// The sum of a counter over the series of `worker`.
 fn metric(name: &str, worker: &str) -> f64 {
-    kcl_tests::metrics::recorder().value(name, &[("worker", worker)])
+    support::metrics::recorder().value(name, &[("worker", worker)])
 }
 
 /// Asserts that the first processing of each key's records follows production order.
@@ -372,7 +374,7 @@ async fn per_key_order_holds_at_ten_in_flight_under_random_latencies_across_a_sp
             );
         }
     }
-    kcl_tests::assert_parents_ended(table.as_ref(), &shards).await;
+    support::assert_parents_ended(table.as_ref(), &shards).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -817,7 +819,7 @@ async fn records_older_than_the_maximum_age_go_to_the_dead_letter_handler() {
         "{}",
         batches[0].3
     );
-    let expired = kcl_tests::metrics::recorder().value(
+    let expired = support::metrics::recorder().value(
         names::RECORDS_EXPIRED,
         &[("worker", "too-old"), ("action", "dead_lettered")],
     );
@@ -828,7 +830,7 @@ async fn records_older_than_the_maximum_age_go_to_the_dead_letter_handler() {
 async fn records_older_than_the_maximum_age_can_be_skipped_and_counted() {
     let (_log, dlq, _old) = old_records(ExpiredRecords::Skip, "too-old-skipped").await;
     assert!(dlq.batches.lock().unwrap().is_empty());
-    let skipped = kcl_tests::metrics::recorder().value(
+    let skipped = support::metrics::recorder().value(
         names::RECORDS_EXPIRED,
         &[("worker", "too-old-skipped"), ("action", "skipped")],
     );
@@ -880,7 +882,7 @@ async fn an_ordering_key_that_panics_is_caught_and_the_partition_key_orders_the_
         .await;
     w.stop().await;
     assert_eq!(log.of(Kind::Processed).len(), 100);
-    let failures = kcl_tests::metrics::recorder().value(
+    let failures = support::metrics::recorder().value(
         names::PROCESSOR_FAILURES,
         &[("worker", "panicky"), ("call", "ordering_key")],
     );

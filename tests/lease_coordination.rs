@@ -1,4 +1,4 @@
-//! The lease-coordination scenarios ([`kcl_tests::scenarios`]) on the in-memory table and on a
+//! The lease-coordination scenarios ([`kcl_testkit::scenarios`]) on the in-memory table and on a
 //! SQLite file shared by workers with one connection each, under tokio's paused clock. (The
 //! DynamoDB run is in kcl-lease-dynamo's tests, against a real server.)
 #![allow(clippy::unwrap_used)]
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kcl_core::lease::{InMemoryLeaseTable, LeaseTable};
 use kcl_lease_sqlite::SqliteLeaseTable;
-use kcl_tests::scenarios::{self, Tables};
+use kcl_testkit::scenarios::{self, Tables};
 
 const FAILOVER: Duration = Duration::from_secs(10);
 

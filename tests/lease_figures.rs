@@ -14,18 +14,21 @@
 //! produces (read and renewal schedules, failover), measured from processor lifecycle events,
 //! without network latency. Trials draw their timing phase from a fixed seed. Costs are every
 //! lease-table call the workers make, billed by DynamoDB's on-demand rules for the read kind the
-//! DynamoDB store uses, with the DynamoDB sizes of the actual rows (`kcl_tests::counting`).
+//! DynamoDB store uses, with the DynamoDB sizes of the actual rows (`counting`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod counting;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use counting::{CountingTable, Counts, Sizes};
 use kcl_core::lease::{InMemoryLeaseTable, LeaseConfig, LeaseTable, Renewal};
 use kcl_core::worker::CheckpointCadence;
-use kcl_tests::counting::{CountingTable, Counts, Sizes};
-use kcl_tests::scenarios::{Cluster, STREAM, Tables, shared};
-use kcl_tests::{Call, Event};
+use kcl_testkit::observe::{Call, Lifecycle as Event};
+use kcl_testkit::scenarios::{Cluster, STREAM, Tables, shared};
 use tokio::time::Instant;
 
 const FAILOVER: Duration = Duration::from_secs(10);
@@ -87,7 +90,7 @@ fn is_init(c: &Call) -> bool {
 }
 
 fn is_shutdown(c: &Call) -> bool {
-    *c == Call::Shutdown
+    matches!(c, Call::Shutdown(_))
 }
 
 fn names(workers: usize) -> Vec<String> {
@@ -129,7 +132,7 @@ async fn start_together(cluster: &mut Cluster, workers: usize) -> Duration {
     let shards = cluster.model.open_shard_ids(STREAM).unwrap().len();
     cluster
         .wait_for("every shard processing", |c| {
-            let events = c.recorder.events();
+            let events = c.deliveries.events();
             let initialized: BTreeSet<&str> = events
                 .iter()
                 .filter(|e| is_init(&e.call))
@@ -138,7 +141,7 @@ async fn start_together(cluster: &mut Cluster, workers: usize) -> Duration {
             initialized.len() == shards
         })
         .await;
-    let events = cluster.recorder.events();
+    let events = cluster.deliveries.events();
     let mut last = started;
     let mut firsts: BTreeMap<&str, Instant> = BTreeMap::new();
     for e in events.iter().filter(|e| is_init(&e.call)) {
@@ -253,8 +256,8 @@ async fn takeover(trials: usize) {
         cluster.wait_for("takeover", |c| c.held("w2") == 4).await;
         let produced = producer.await.unwrap();
         cluster.wait_all_delivered(&produced).await;
-        let events = cluster.recorder.events();
-        let seen = cluster.recorder.seen();
+        let events = cluster.deliveries.events();
+        let seen = cluster.deliveries.all();
         let mut t = Duration::ZERO;
         let mut r = Duration::ZERO;
         for shard in &shards {
@@ -311,7 +314,7 @@ async fn graceful(trials: usize) {
         let produced = producer.await.unwrap();
         cluster.wait_all_delivered(&produced).await;
         duplicates += cluster.duplicates();
-        let events = cluster.recorder.events();
+        let events = cluster.deliveries.events();
         for shard in &shards {
             let stopped = first(&events, "w1", shard, asked, is_shutdown).expect("w1 handed over");
             let started = first(&events, "w2", shard, stopped, is_init).expect("w2 took over");
@@ -359,7 +362,7 @@ async fn rebalance(trials: usize) {
         let produced = producer.await.unwrap();
         cluster.wait_all_delivered(&produced).await;
         duplicates += cluster.duplicates();
-        let events = cluster.recorder.events();
+        let events = cluster.deliveries.events();
         let moved: BTreeSet<String> = cluster.status("w2").held_leases.into_iter().collect();
         let mut reached = Duration::ZERO;
         for shard in &moved {
@@ -419,7 +422,7 @@ async fn rolling(trials: usize) {
                 })
                 .await;
             settle(&cluster).await;
-            let events = cluster.recorder.events();
+            let events = cluster.deliveries.events();
             for e in events
                 .iter()
                 .filter(|e| e.at >= asked && is_shutdown(&e.call))
@@ -487,7 +490,7 @@ async fn scale(trials: usize) {
                 shards.iter().all(|s| held.contains(s))
             })
             .await;
-        let events = cluster.recorder.events();
+        let events = cluster.deliveries.events();
         let mut t = Duration::ZERO;
         for shard in &shards {
             let init = events
@@ -509,7 +512,7 @@ async fn scale(trials: usize) {
         let produced = producer.await.unwrap();
         cluster.wait_all_delivered(&produced).await;
         duplicates += cluster.duplicates();
-        let events = cluster.recorder.events();
+        let events = cluster.deliveries.events();
         for shard in &shards {
             let stopped = first(&events, &leaving, shard, asked, is_shutdown).expect("handed");
             let started = events
@@ -532,7 +535,7 @@ async fn scale(trials: usize) {
     cluster.kill("w0").await;
     cluster
         .wait_for("every shard processing", |c| {
-            let events = c.recorder.events();
+            let events = c.deliveries.events();
             let initialized: BTreeSet<&str> = events
                 .iter()
                 .filter(|e| is_init(&e.call))

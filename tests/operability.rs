@@ -4,6 +4,8 @@
 //! lease back, health and status tell the truth, and the metrics count what happened.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -28,7 +30,7 @@ use kcl_core::worker::{HealthStatus, ShardState, Worker, WorkerError};
 use kcl_testkit::hooks::{
     BackendCall, Before, HookedBackend, HookedTable, TableCall, TableHooks, backend_fn, table_fn,
 };
-use kcl_tests::{Faults, Recorder, RecordingProcessor, produce, within};
+use support::{Faults, Recorder, RecordingProcessor, produce, within};
 use tokio::time::Instant;
 
 const STREAM: &str = "orders";
@@ -38,7 +40,7 @@ const LIMIT: Duration = Duration::from_secs(600);
 fn metric(name: &str, worker: &str, label: Option<(&str, &str)>) -> f64 {
     let mut labels = vec![("worker", worker)];
     labels.extend(label);
-    kcl_tests::metrics::recorder().value(name, &labels)
+    support::metrics::recorder().value(name, &labels)
 }
 
 fn model(shards: u32) -> Arc<KinesisModel> {
@@ -61,8 +63,8 @@ fn worker<F: ProcessorFactory>(
     table: Arc<dyn LeaseTable>,
     factory: F,
 ) -> kcl_core::worker::WorkerBuilder<F> {
-    kcl_tests::init_tracing();
-    kcl_tests::metrics::recorder();
+    support::init_tracing();
+    support::metrics::recorder();
     Worker::builder(factory)
         .application_name("app")
         .stream(STREAM)
@@ -201,7 +203,7 @@ async fn an_unusable_lease_table_ends_run_naming_the_table() {
 
 /// Creates [`RecordingProcessor`]s, panicking in `create` while `panics_left` is positive.
 struct PanickingFactory {
-    inner: kcl_tests::RecordingFactory,
+    inner: support::RecordingFactory,
     panics_left: Arc<AtomicU32>,
 }
 

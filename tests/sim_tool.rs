@@ -18,9 +18,10 @@
 //! (`tests/simulation.rs`).
 #![allow(clippy::unwrap_used)]
 
-use std::process::ExitCode;
+mod sim;
+mod support;
 
-use kcl_tests::sim;
+use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
             let Some(seed) = number(1) else {
                 return usage();
             };
-            kcl_tests::init_tracing_to_stderr();
+            support::init_tracing_to_stderr();
             let started = std::time::Instant::now();
             let outcome = if large {
                 sim::run_large(seed)

@@ -1,4 +1,4 @@
-//! The deterministic simulation of lease coordination ([`kcl_tests::sim`]).
+//! The deterministic simulation of lease coordination ([`crate::sim`]).
 //!
 //! CI runs 200 seeded schedules (seeds 0 to 199, in four tests so they run in parallel) and four
 //! large-fleet schedules (seeds 0 to 3: 100 to 300 workers on 1,000 to 3,000 shards, in two
@@ -17,9 +17,9 @@
 //! Twelve more schedules (seeds 0 to 11) run with the shards key-ordered.
 #![allow(clippy::unwrap_used)]
 
-use std::ops::Range;
+mod sim;
 
-use kcl_tests::sim;
+use std::ops::Range;
 
 /// Runs every seed of `seeds`; fails with the reports of the failing ones.
 fn run_seeds(seeds: Range<u64>) {

@@ -1,6 +1,8 @@
 //! The worker end to end on the in-memory model, under tokio's paused clock.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use kcl_core::record::ExtendedSequenceNumber;
 use kcl_core::retry::RetryBackoff;
 use kcl_core::shard_sync::InitialPosition;
 use kcl_core::worker::{CheckpointCadence, ConfigError, Worker, WorkerBuilder};
-use kcl_tests::{
+use support::{
     Call, Faults, Recorder, RecordingFactory, RecordingProcessor, Resharded, Running,
     assert_order_per_key, assert_parents_ended, counting_backend, produce, split_then_merge,
     start_worker,

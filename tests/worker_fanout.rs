@@ -1,6 +1,8 @@
 //! The worker with enhanced fan-out retrieval on the in-memory model, under tokio's paused clock.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,7 +21,7 @@ use kcl_core::processor::{BoxError, ProcessorFactory, RecordProcessor, ShardInfo
 use kcl_core::record::ExtendedSequenceNumber;
 use kcl_core::retrieval::{FanOutConfig, Retrieval};
 use kcl_core::worker::WorkerBuilder;
-use kcl_tests::{
+use support::{
     Call, Faults, Recorder, RecordingFactory, RecordingProcessor, Running, assert_order_per_key,
     assert_parents_ended, produce, split_then_merge, start_worker, within,
 };

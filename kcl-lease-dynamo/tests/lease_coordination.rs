@@ -1,4 +1,4 @@
-//! The lease-coordination scenarios ([`kcl_tests::scenarios`]: takeover after a crash, graceful
+//! The lease-coordination scenarios ([`kcl_testkit::scenarios`]: takeover after a crash, graceful
 //! handoff, a joining worker, resharding across workers) against a real DynamoDB API server,
 //! each worker with its own client. Real time: the scenarios wait for events with generous
 //! bounds. The failover time is 6 s: shorter ones (2 s was tried) leave a worker too little slack
@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{Server, server, unique_table};
 use kcl_core::lease::LeaseTable;
 use kcl_lease_dynamo::DynamoLeaseTable;
-use kcl_tests::scenarios::{self, Tables};
+use kcl_testkit::scenarios::{self, Tables};
 
 const FAILOVER: Duration = Duration::from_secs(6);
 

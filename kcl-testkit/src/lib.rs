@@ -39,6 +39,7 @@
 //! | [`faults`] | seeded lease-store faults, read throttling and pauses, as hooks |
 //! | [`gate`] | [`Gate`]: freezing a worker |
 //! | [`lease_contract`] | the suite every `LeaseTable` implementation must pass |
+//! | [`scenarios`] | the lease-coordination suite: crash, handoff, join, resharding across workers, on your store |
 //! | [`conformance`] | the suite every `StreamBackend` implementation should pass |
 //! | [`kinesis`] | the services tests run against: the model, or a real server (feature `aws`) |
 //!
@@ -57,6 +58,7 @@ pub mod hooks;
 pub mod kinesis;
 pub mod observe;
 pub mod report;
+pub mod scenarios;
 
 pub use cluster::{Cluster, ClusterBuilder, Store};
 pub use faults::{Fault, FaultWindow, Faults};

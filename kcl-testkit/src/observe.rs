@@ -1,9 +1,10 @@
-//! What the harness sees: every record a processor completed, and every checkpoint the lease
-//! table accepted.
+//! What the harness sees: every record a processor completed, every lifecycle call the worker
+//! made, and every checkpoint the lease table accepted.
 //!
 //! [`Observed`] wraps the user's [`ProcessorFactory`]: each processor it creates forwards every
-//! call to the user's processor unchanged and logs the records of each batch it completed
-//! (`process_records` returned `Ok`). While the worker is paused, its processor calls wait at
+//! call to the user's processor unchanged, logs the records of each batch it completed
+//! (`process_records` returned `Ok`) and each lifecycle call (initialize, shard end, shutdown,
+//! lease lost) as a [`Lifecycle`] event. While the worker is paused, its processor calls wait at
 //! the worker's [`Gate`] too. [`CheckpointLog`] watches the lease table's successful
 //! checkpoint writes and flags any that moved a lease backwards.
 
@@ -44,10 +45,39 @@ pub struct Delivery {
     pub data: Bytes,
 }
 
-/// Every record completed so far, in completion order.
+/// A lifecycle call the worker made on a processor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// `initialize`, starting at this checkpoint.
+    Initialize(ExtendedSequenceNumber),
+    /// `shard_ended`: the shard was read to its end.
+    ShardEnded,
+    /// `shutdown_requested`: a graceful stop or handoff.
+    Shutdown(ShutdownReason),
+    /// `lease_lost`: the lease was lost without a chance to checkpoint.
+    LeaseLost,
+}
+
+/// A lifecycle call with when and where it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// When (tokio's clock).
+    pub at: Instant,
+    /// The worker.
+    pub worker: String,
+    /// Which start of that worker.
+    pub incarnation: u32,
+    /// The shard.
+    pub shard_id: String,
+    /// The call.
+    pub call: Call,
+}
+
+/// Every record completed so far, in completion order, and every lifecycle call.
 #[derive(Debug, Default)]
 pub struct Deliveries {
     log: Mutex<Vec<Delivery>>,
+    events: Mutex<Vec<Lifecycle>>,
     changed: Notify,
 }
 
@@ -74,6 +104,43 @@ impl Deliveries {
     fn push(&self, deliveries: impl IntoIterator<Item = Delivery>) {
         self.log().extend(deliveries);
         self.changed.notify_waiters();
+    }
+
+    /// Every lifecycle call so far, in order.
+    pub fn events(&self) -> Vec<Lifecycle> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn event(&self, event: Lifecycle) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+        self.changed.notify_waiters();
+    }
+
+    /// The payloads of first deliveries, grouped by partition key, in completion order.
+    pub fn first_deliveries_by_key(&self) -> HashMap<String, Vec<Bytes>> {
+        let mut out: HashMap<String, Vec<Bytes>> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for d in self.log().iter() {
+            if seen.insert(d.data.clone()) {
+                out.entry(d.partition_key.clone())
+                    .or_default()
+                    .push(d.data.clone());
+            }
+        }
+        out
+    }
+
+    /// Deliveries beyond the first of each payload.
+    pub fn duplicates(&self) -> usize {
+        let log = self.log();
+        let distinct: std::collections::HashSet<&Bytes> = log.iter().map(|d| &d.data).collect();
+        log.len() - distinct.len()
     }
 
     /// Waits until `done` holds for what was delivered.
@@ -142,11 +209,24 @@ pub struct ObservedProcessor<P> {
     gate: Arc<Gate>,
 }
 
+impl<P> ObservedProcessor<P> {
+    fn event(&self, call: Call) {
+        self.deliveries.event(Lifecycle {
+            at: Instant::now(),
+            worker: self.worker.clone(),
+            incarnation: self.incarnation,
+            shard_id: self.shard_id.clone(),
+            call,
+        });
+    }
+}
+
 impl<P: RecordProcessor> RecordProcessor for ObservedProcessor<P> {
     type Error = BoxError;
 
     async fn initialize(&mut self, input: InitializationInput) -> Result<(), BoxError> {
         self.gate.pass().await;
+        self.event(Call::Initialize(input.checkpoint.clone()));
         self.inner.initialize(input).await.map_err(Into::into)
     }
 
@@ -176,6 +256,7 @@ impl<P: RecordProcessor> RecordProcessor for ObservedProcessor<P> {
     }
 
     async fn lease_lost(&mut self) -> Result<(), BoxError> {
+        self.event(Call::LeaseLost);
         self.inner.lease_lost().await.map_err(Into::into)
     }
 
@@ -185,6 +266,7 @@ impl<P: RecordProcessor> RecordProcessor for ObservedProcessor<P> {
         checkpointer: &mut Checkpointer,
     ) -> Result<(), BoxError> {
         self.gate.pass().await;
+        self.event(Call::ShardEnded);
         self.inner
             .shard_ended(input, checkpointer)
             .await
@@ -197,6 +279,7 @@ impl<P: RecordProcessor> RecordProcessor for ObservedProcessor<P> {
         checkpointer: &mut Checkpointer,
     ) -> Result<(), BoxError> {
         self.gate.pass().await;
+        self.event(Call::Shutdown(reason));
         self.inner
             .shutdown_requested(reason, checkpointer)
             .await

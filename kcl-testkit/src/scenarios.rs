@@ -1,25 +1,49 @@
-//! Lease-coordination scenarios, written once and run against every lease store.
+//! The lease-coordination suite: scenarios every `LeaseTable` implementation should survive,
+//! written once and run against every store (the in-memory table, SQLite, DynamoDB, yours).
 //!
 //! Each scenario runs several workers on one in-memory Kinesis model, each worker with its own
 //! lease-table handle from a [`Tables`] factory (its own SQLite connection, its own DynamoDB
-//! client), so the stores' real concurrency is exercised. The scenarios wait for events (records
-//! seen, leases moved), never for fixed times, so they run under tokio's paused clock for the
-//! in-memory and SQLite tables and in real time against a DynamoDB server.
+//! client), so the store's real concurrency is exercised: takeover after a crash
+//! ([`takeover_after_a_crash`]), graceful handoff ([`graceful_shutdown_hands_over_without_duplicates`]),
+//! a joining worker ([`a_joining_worker_gets_its_share_without_duplicates`]) and resharding
+//! across workers ([`resharding_across_workers_keeps_order`]). A scenario panics, naming what
+//! went wrong, when the store breaks a property.
+//!
+//! The scenarios wait for events (records completed, leases moved), never for fixed times, so
+//! they run under tokio's paused clock for stores that do not do real I/O in time-sensitive
+//! ways (the in-memory table, SQLite) and in real time against a server.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use kcl_core::lease::InMemoryLeaseTable;
+//! use kcl_testkit::scenarios;
+//!
+//! let tables = scenarios::shared(Arc::new(InMemoryLeaseTable::new()));
+//! scenarios::takeover_after_a_crash(tables, Duration::from_secs(10)).await;
+//! # }
+//! ```
+#![allow(clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kcl_core::checkpoint::Checkpointer;
 use kcl_core::lease::{LeaseConfig, LeaseTable};
 use kcl_core::model::{KinesisModel, ModelConfig};
+use kcl_core::processor::{BoxError, ProcessRecordsInput, RecordProcessor, ShardInfo};
 use kcl_core::retrieval::PollingConfig;
 use kcl_core::shard_sync::InitialPosition;
 use kcl_core::worker::{CheckpointCadence, Worker, WorkerHandle, WorkerStatus};
 
-use crate::{Faults, Recorder, RecordingProcessor, assert_order_per_key};
+use crate::gate::Gate;
+use crate::observe::{Deliveries, Observed};
 
 /// Opens a new handle on the shared lease table (one per worker).
 pub type Tables =
@@ -48,8 +72,8 @@ struct Member {
 pub struct Cluster {
     /// The stream model.
     pub model: Arc<KinesisModel>,
-    /// Everything the processors saw.
-    pub recorder: Arc<Recorder>,
+    /// Everything the processors completed, and their lifecycle calls.
+    pub deliveries: Arc<Deliveries>,
     tables: Tables,
     /// Lease timings of the workers started from now on.
     pub lease: LeaseConfig,
@@ -68,12 +92,11 @@ pub struct Cluster {
 impl Cluster {
     /// A stream of `shards` shards and no workers yet; `failover` sets the lease timings.
     pub fn new(tables: Tables, shards: u32, failover: Duration) -> Self {
-        crate::init_tracing();
         let model = KinesisModel::new(ModelConfig::new());
         model.create_stream(STREAM, shards).expect("create stream");
         Self {
             model,
-            recorder: Recorder::new(),
+            deliveries: Arc::new(Deliveries::default()),
             tables,
             lease: LeaseConfig::with_failover(failover),
             cadence: CheckpointCadence {
@@ -93,7 +116,13 @@ impl Cluster {
     /// Starts worker `name`.
     pub async fn start(&mut self, name: &str) {
         let table = (self.tables)().await;
-        let factory = RecordingProcessor::factory(name, self.recorder.clone(), Faults::default());
+        let factory = Observed::new(
+            Arc::new(|_: &ShardInfo| Accept),
+            name,
+            0,
+            self.deliveries.clone(),
+            Arc::new(Gate::new()),
+        );
         let worker = Worker::builder(factory)
             .application_name("app")
             .stream(STREAM)
@@ -118,7 +147,7 @@ impl Cluster {
     pub async fn stop(&mut self, name: &str) {
         let member = self.members.remove(name).expect("running worker");
         member.handle.shutdown();
-        crate::within(self.bound, "graceful shutdown", member.task)
+        within(self.bound, "graceful shutdown", member.task)
             .await
             .expect("worker task");
     }
@@ -143,7 +172,7 @@ impl Cluster {
     /// Waits until `done` holds, checking every scan interval.
     pub async fn wait_for(&self, what: &str, mut done: impl FnMut(&Self) -> bool) {
         let step = self.lease.scan_interval;
-        crate::within(self.bound, what, async {
+        within(self.bound, what, async {
             while !done(self) {
                 tokio::time::sleep(step).await;
             }
@@ -165,7 +194,7 @@ impl Cluster {
             let mut produced = Vec::with_capacity(count);
             while produced.len() < count {
                 let n = per_step.min(count - produced.len());
-                produced.extend(crate::produce(&model, STREAM, keys, n, produced.len()));
+                produced.extend(produce(&model, STREAM, keys, n, produced.len()));
                 tokio::time::sleep(step).await;
             }
             produced
@@ -175,12 +204,12 @@ impl Cluster {
     /// Waits until every record of `produced` was delivered at least once.
     pub async fn wait_all_delivered(&self, produced: &[(String, Bytes)]) {
         let want: HashSet<Bytes> = produced.iter().map(|(_, d)| d.clone()).collect();
-        crate::within(
+        within(
             self.bound,
             "every record delivered",
-            self.recorder.wait_until(self.bound, |r| {
-                let seen: HashSet<Bytes> = r.seen().into_iter().map(|s| s.data).collect();
-                want.is_subset(&seen)
+            self.deliveries.wait_until(|all| {
+                let seen: HashSet<&Bytes> = all.iter().map(|d| &d.data).collect();
+                want.iter().all(|d| seen.contains(d))
             }),
         )
         .await;
@@ -188,9 +217,16 @@ impl Cluster {
 
     /// Deliveries beyond the first of each record.
     pub fn duplicates(&self) -> usize {
-        let seen = self.recorder.seen();
-        let distinct: HashSet<&Bytes> = seen.iter().map(|s| &s.data).collect();
-        seen.len() - distinct.len()
+        self.deliveries.duplicates()
+    }
+
+    /// Waits (within the bound) until `done` holds for what was completed.
+    pub async fn wait_deliveries(
+        &self,
+        what: &str,
+        done: impl Fn(&[crate::observe::Delivery]) -> bool,
+    ) {
+        within(self.bound, what, self.deliveries.wait_until(done)).await;
     }
 
     /// Starts `w1` and `w2`, waits until each holds half the shards, starts a producer (400
@@ -207,9 +243,10 @@ impl Cluster {
         })
         .await;
         let producer = self.produce_in_background(20, 400, per_step);
-        self.recorder
-            .wait_until(self.bound, |r| r.seen().iter().any(|s| s.worker == "w1"))
-            .await;
+        self.wait_deliveries("w1 processed records", |all| {
+            all.iter().any(|d| d.worker == "w1")
+        })
+        .await;
         producer
     }
 
@@ -235,12 +272,12 @@ pub async fn takeover_after_a_crash(tables: Tables, failover: Duration) {
     cluster
         .wait_for("w2 holds every shard", |c| c.held("w2") == 4)
         .await;
-    assert_order_per_key(&cluster.recorder, &produced);
+    assert_order_per_key(&cluster.deliveries, &produced);
     let stats = cluster.status("w2").leases;
     assert!(stats.taken_expired >= 2, "{stats:?}");
     // Re-deliveries: only the dead worker's shards, and on each at most what w1 processed after
     // its last checkpoint: fewer than one cadence (20 records) plus the batch it was in.
-    let seen = cluster.recorder.seen();
+    let seen = cluster.deliveries.all();
     let mut first: BTreeMap<Bytes, &str> = BTreeMap::new();
     let mut redelivered: BTreeMap<&str, usize> = BTreeMap::new();
     for s in &seen {
@@ -288,7 +325,7 @@ pub async fn graceful_shutdown_hands_over_without_duplicates(tables: Tables, fai
         0,
         "a graceful handoff delivered a record twice"
     );
-    assert_order_per_key(&cluster.recorder, &produced);
+    assert_order_per_key(&cluster.deliveries, &produced);
     // w2 found the leases in its name: nothing expired, nothing forced.
     let stats = cluster.status("w2").leases;
     assert_eq!(stats.taken_expired, 0, "{stats:?}");
@@ -310,8 +347,7 @@ pub async fn a_joining_worker_gets_its_share_without_duplicates(
         .await;
     let producer = cluster.produce_in_background(20, 400, 10);
     cluster
-        .recorder
-        .wait_until(cluster.bound, |r| r.seen().len() >= 40)
+        .wait_deliveries("40 records", |all| all.len() >= 40)
         .await;
     cluster.start("w2").await;
     cluster
@@ -322,21 +358,21 @@ pub async fn a_joining_worker_gets_its_share_without_duplicates(
     let mut produced = producer.await.expect("producer");
     // A tail produced after the handoffs, so that w2 has records to process however slowly
     // (in real time) the join went.
-    produced.extend(crate::produce(&cluster.model, STREAM, 20, 40, 400));
+    produced.extend(produce(&cluster.model, STREAM, 20, 40, 400));
     cluster.wait_all_delivered(&produced).await;
     assert_eq!(
         cluster.duplicates(),
         0,
         "a rebalancing handoff delivered a record twice"
     );
-    assert_order_per_key(&cluster.recorder, &produced);
+    assert_order_per_key(&cluster.deliveries, &produced);
     let w2 = cluster.status("w2").leases;
     assert_eq!(
         (w2.handoffs_requested, w2.handoffs_received),
         (2, 2),
         "{w2:?}"
     );
-    assert!(cluster.recorder.seen().iter().any(|s| s.worker == "w2"));
+    assert!(cluster.deliveries.all().iter().any(|d| d.worker == "w2"));
     // Stable: no lease moves in the following scans.
     let moves = |c: &Cluster| {
         ["w1", "w2"].map(|w| {
@@ -375,8 +411,7 @@ pub async fn resharding_across_workers_keeps_order(tables: Tables, failover: Dur
         .await;
     let producer = cluster.produce_in_background(40, 600, 10);
     cluster
-        .recorder
-        .wait_until(cluster.bound, |r| r.seen().len() >= 60)
+        .wait_deliveries("60 records", |all| all.len() >= 60)
         .await;
     let shards = cluster.model.open_shard_ids(STREAM).expect("shards");
     // Split both shards, then merge the two middle children (each from a different parent).
@@ -398,8 +433,7 @@ pub async fn resharding_across_workers_keeps_order(tables: Tables, failover: Dur
                 .expect("split"),
         );
         cluster
-            .recorder
-            .wait_until(cluster.bound, |r| r.seen().len() >= 120)
+            .wait_deliveries("120 records", |all| all.len() >= 120)
             .await;
     }
     let merged = cluster
@@ -409,18 +443,22 @@ pub async fn resharding_across_workers_keeps_order(tables: Tables, failover: Dur
     let mut produced = producer.await.expect("producer");
     // A tail produced after the merge, so that the merge child has records however slowly (in
     // real time) the consumers went.
-    produced.extend(crate::produce(&cluster.model, STREAM, 40, 80, 600));
+    produced.extend(produce(&cluster.model, STREAM, 40, 80, 600));
     cluster.wait_all_delivered(&produced).await;
-    assert_order_per_key(&cluster.recorder, &produced);
+    assert_order_per_key(&cluster.deliveries, &produced);
     assert!(
-        cluster.recorder.seen().iter().any(|s| s.shard_id == merged),
+        cluster
+            .deliveries
+            .all()
+            .iter()
+            .any(|d| d.shard_id == merged),
         "the merge child was processed"
     );
     // Finished parents go once their children made progress (shard sync runs every failover).
     let table = (tables)().await;
     let gone =
         |key: &String, leases: &[kcl_core::lease::Lease]| !leases.iter().any(|l| &l.key == key);
-    crate::within(cluster.bound, "finished parents removed", async {
+    within(cluster.bound, "finished parents removed", async {
         loop {
             let leases = table.list().await.expect("list");
             if shards.iter().all(|s| gone(s, &leases)) {
@@ -431,4 +469,65 @@ pub async fn resharding_across_workers_keeps_order(tables: Tables, failover: Dur
     })
     .await;
     cluster.stop_all().await;
+}
+
+/// The processor of the scenarios: accepts every batch (the harness logs what it completed).
+struct Accept;
+
+impl RecordProcessor for Accept {
+    type Error = BoxError;
+
+    async fn process_records(
+        &mut self,
+        _input: ProcessRecordsInput<'_>,
+        _checkpointer: &mut Checkpointer,
+    ) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// Puts `count` records over `keys` partition keys; payloads are `"<key>:<n>"` with `n` counting
+/// per key, numbered on from `start`, so order per key can be checked. Returns them in order.
+pub fn produce(
+    model: &KinesisModel,
+    stream: &str,
+    keys: usize,
+    count: usize,
+    start: usize,
+) -> Vec<(String, Bytes)> {
+    let mut out = Vec::with_capacity(count);
+    for i in start..start + count {
+        let key = format!("key-{}", i % keys);
+        let data = Bytes::from(format!("{key}:{:08}", i / keys));
+        model
+            .put_record(stream, &key, data.clone(), None)
+            .expect("put_record on the model");
+        out.push((key, data));
+    }
+    out
+}
+
+/// Asserts that, for every partition key, the first deliveries are in production order.
+pub fn assert_order_per_key(deliveries: &Deliveries, produced: &[(String, Bytes)]) {
+    let mut expected: HashMap<String, Vec<Bytes>> = HashMap::new();
+    for (k, d) in produced {
+        expected.entry(k.clone()).or_default().push(d.clone());
+    }
+    let actual = deliveries.first_deliveries_by_key();
+    for (key, want) in &expected {
+        let got = actual.get(key).cloned().unwrap_or_default();
+        let got: Vec<Bytes> = got.into_iter().filter(|d| want.contains(d)).collect();
+        assert_eq!(
+            &got, want,
+            "first deliveries out of order or missing for {key}"
+        );
+    }
+}
+
+/// Runs `fut` with a bound of (virtual or real) time, panicking with `what` if it does not finish.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {limit:?}"),
+    }
 }

@@ -2,7 +2,9 @@
 //!
 //! Every test runs under tokio's paused clock where it can, and waits for events (records seen),
 //! never for wall-clock time.
-#![allow(missing_docs, clippy::unwrap_used)]
+//!
+//! Each test binary of this crate mounts this module (`mod support;`) and uses what it needs.
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -22,10 +24,7 @@ use kcl_core::record::ExtendedSequenceNumber;
 use kcl_testkit::hooks::{BackendCall, BackendHooks, HookedBackend};
 use tokio::sync::Notify;
 
-pub mod counting;
 pub mod metrics;
-pub mod scenarios;
-pub mod sim;
 
 /// Sends the crate's tracing output to stderr when `RUST_LOG` is set (for tools, not tests).
 pub fn init_tracing_to_stderr() {
