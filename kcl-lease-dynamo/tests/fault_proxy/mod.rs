@@ -210,6 +210,11 @@ impl FaultProxy {
         self.script.lock().unwrap().extend(faults);
     }
 
+    /// Replaces the faults still queued.
+    pub fn replace(&self, faults: impl IntoIterator<Item = Fault>) {
+        *self.script.lock().unwrap() = faults.into_iter().collect();
+    }
+
     pub fn applied(&self) -> usize {
         self.applied.lock().unwrap().len()
     }
