@@ -25,6 +25,7 @@
 //! | [`put`] | the write side: `PutRecord`/`PutRecords` requests and results |
 //! | [`retrieval`] | reading records from a shard: polling and fan-out, the prefetch budgets |
 //! | [`deaggregation`] | KPL aggregated-record format: de-aggregation (and, feature `aggregator`, aggregation) |
+//! | [`stream`] | stream identity (name, ARN, Java's `account:stream:creationEpoch`) and lease keys per stream |
 //! | [`shard_sync`] | shard discovery and lease creation, lineage rules |
 //! | [`worker`] | the worker, its builder and configuration, per-shard consumers, errors, health |
 //! | [`metrics`] | what the worker publishes through the `metrics` facade, and the catalog of names |
@@ -54,6 +55,7 @@ pub mod record;
 pub mod retrieval;
 pub mod retry;
 pub mod shard_sync;
+pub mod stream;
 pub mod worker;
 
 pub(crate) mod sync;

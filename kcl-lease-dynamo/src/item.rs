@@ -7,6 +7,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
 use kcl_core::lease::{Expectation, Lease, LeaseError, LeaseUpdate, PendingCheckpoint};
 use kcl_core::record::{ExtendedSequenceNumber, HashKeyRange, parse_hash_key};
+use kcl_core::stream::StreamIdentifier;
 
 /// A DynamoDB item.
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -42,6 +43,11 @@ pub mod attributes {
     pub const ENDING_HASH_KEY: &str = "endingHashKey";
     /// (S) Java KCL 3.x graceful-handoff marker: the previous owner that may still checkpoint.
     pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
+    /// (S) Multi-stream leases only: the serialized stream identifier
+    /// `account:stream:creationEpoch`, as Java KCL writes it (the name is Java's).
+    pub const STREAM_NAME: &str = "streamName";
+    /// (S) Multi-stream leases only: the shard id (the lease key without its stream prefix).
+    pub const SHARD_ID: &str = "shardId";
     /// (N) Kinesin heartbeat rows only (in the workers table): the leases the worker held at its
     /// last heartbeat ([`Lease::load`](kcl_core::lease::Lease::load)).
     pub const LOAD: &str = "kclRsLoad";
@@ -93,6 +99,15 @@ pub(crate) fn lease_to_item(lease: &Lease) -> Result<Item, LeaseError> {
         return Err(malformed("", LEASE_KEY, "the lease key is empty"));
     }
     let mut item = key(&lease.key);
+    // A multi-stream lease carries its stream and shard id as attributes too, as Java writes
+    // them (Java's MultiStreamLease reads them instead of splitting the key).
+    if lease.heartbeat_of().is_none()
+        && let Ok((stream, shard)) = StreamIdentifier::parse_lease_key(&lease.key)
+        && let Ok(serialized) = stream.serialize()
+    {
+        item.insert(STREAM_NAME.into(), s(&serialized));
+        item.insert(SHARD_ID.into(), s(shard));
+    }
     item.insert(LEASE_COUNTER.into(), n(lease.counter));
     if let Some(owner) = &lease.owner {
         item.insert(LEASE_OWNER.into(), s(owner));
@@ -263,6 +278,17 @@ pub(crate) fn item_to_lease(item: &Item) -> Result<Lease, LeaseError> {
         None => return Err(malformed("<unknown>", LEASE_KEY, "missing")),
     };
     let r = Reader { key, item };
+    // Multi-stream items: the stream and shard attributes must agree with the key.
+    if let Some(stream) = r.string(STREAM_NAME)? {
+        let expected = format!("{stream}:{}", r.string(SHARD_ID)?.unwrap_or_default());
+        if expected != key {
+            return Err(malformed(
+                key,
+                STREAM_NAME,
+                format!("{STREAM_NAME} and {SHARD_ID} make {expected:?}, not the lease key"),
+            ));
+        }
+    }
 
     let counter = r
         .number(LEASE_COUNTER, false)?
@@ -542,6 +568,41 @@ mod tests {
         assert!(matches!(
             item_to_lease(&item),
             Err(LeaseError::Malformed { attribute, .. }) if attribute == CHECKPOINT
+        ));
+    }
+
+    #[test]
+    fn multi_stream_leases_carry_stream_name_and_shard_id_as_java_writes_them() {
+        let key = "123456789012:orders:1700000000:shardId-000000000003";
+        let lease = Lease::new(key, ExtendedSequenceNumber::TrimHorizon)
+            .with_parents(["shardId-000000000001"]);
+        let item = lease_to_item(&lease).expect("encode");
+        assert!(
+            matches!(&item[STREAM_NAME], AttributeValue::S(s) if s == "123456789012:orders:1700000000")
+        );
+        assert!(matches!(&item[SHARD_ID], AttributeValue::S(s) if s == "shardId-000000000003"));
+        // Parents stay plain shard ids, as in Java's multi-stream leases.
+        assert!(
+            matches!(&item[PARENT_SHARD_IDS], AttributeValue::Ss(p) if p == &["shardId-000000000001"])
+        );
+        assert_eq!(item_to_lease(&item).expect("decode"), lease);
+        // Single-stream leases and heartbeat rows get neither attribute.
+        for plain in [
+            Lease::new("shardId-000000000003", ExtendedSequenceNumber::TrimHorizon),
+            Lease::worker_heartbeat("123456789012:orders:1700000000:w"),
+        ] {
+            let item = lease_to_item(&plain).expect("encode");
+            assert!(!item.contains_key(STREAM_NAME) && !item.contains_key(SHARD_ID));
+        }
+        // An item whose attributes disagree with its key is refused, naming the attribute.
+        let mut item = lease_to_item(&lease).expect("encode");
+        item.insert(
+            SHARD_ID.into(),
+            AttributeValue::S("shardId-000000000004".into()),
+        );
+        assert!(matches!(
+            item_to_lease(&item),
+            Err(LeaseError::Malformed { attribute, .. }) if attribute == STREAM_NAME
         ));
     }
 
