@@ -616,6 +616,15 @@ impl Scope {
         self.level
     }
 
+    /// The same worker's labels for another stream (multi-stream workers).
+    pub(crate) fn for_stream(&self, stream: &str) -> Self {
+        Self {
+            level: self.level,
+            stream: stream.to_owned(),
+            worker: self.worker.clone(),
+        }
+    }
+
     fn base(&self) -> Vec<Label> {
         vec![
             Label::new("stream", self.stream.clone()),

@@ -115,6 +115,11 @@ pub enum ShutdownReason {
 pub struct ShardInfo {
     /// The stream name.
     pub stream: String,
+    /// Multi-stream workers: the stream's full identity, Java's serialized
+    /// `account:stream:creationEpoch` (parse it with
+    /// [`StreamIdentifier::parse`](crate::stream::StreamIdentifier::parse)); `None` for a
+    /// single-stream worker.
+    pub stream_id: Option<String>,
     /// The shard id.
     pub shard_id: String,
     /// The shard's parents.

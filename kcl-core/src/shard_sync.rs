@@ -20,6 +20,10 @@
 //!   before the lease finished (a sync, a parent's consumer retrying) could otherwise re-create
 //!   it after its deletion.
 //!
+//! Every function works on the leases of one stream, named by a [`LeaseNaming`]: in a
+//! multi-stream table the other streams' leases are invisible to it, and lineage (parents,
+//! children: plain shard ids, as Java stores them) is resolved within the stream.
+//!
 //! Creation is idempotent (`create_if_absent`) and deletion conditional on the lease as read, so
 //! several workers may sync concurrently. The worker leaves both to one worker, the sync leader,
 //! which creates each new lease in the name of a live worker (see
@@ -34,6 +38,7 @@ use tracing::{debug, info};
 use crate::backend::{BackendError, Shard, ShardFilter, StreamBackend, list_all_shards};
 use crate::lease::{Lease, LeaseError, LeaseTable};
 use crate::record::ExtendedSequenceNumber;
+use crate::stream::LeaseNaming;
 
 /// Where a new application starts reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -95,11 +100,32 @@ pub struct SyncReport {
     pub shards: usize,
 }
 
-/// A lease for `shard` at `checkpoint`, carrying its lineage and hash range.
+/// A lease for `shard` at `checkpoint`, carrying its lineage and hash range (single-stream key).
 pub fn lease_for_shard(shard: &Shard, checkpoint: ExtendedSequenceNumber) -> Lease {
-    Lease::new(shard.shard_id.clone(), checkpoint)
+    named_lease_for_shard(&LeaseNaming::Single, shard, checkpoint)
+}
+
+/// A lease for `shard` of the stream `naming` keys, at `checkpoint`, with lineage and hash range.
+pub fn named_lease_for_shard(
+    naming: &LeaseNaming,
+    shard: &Shard,
+    checkpoint: ExtendedSequenceNumber,
+) -> Lease {
+    Lease::new(naming.lease_key(&shard.shard_id), checkpoint)
         .with_parents(shard.parents().map(str::to_owned))
         .with_hash_key_range(shard.hash_key_range)
+}
+
+/// One stream to sync: its name for the backend, how its leases are keyed, where new leases
+/// start.
+#[derive(Clone, Debug)]
+pub(crate) struct SyncTarget {
+    /// The stream name the backend knows.
+    pub stream: String,
+    /// How its leases are keyed.
+    pub naming: LeaseNaming,
+    /// Where new root leases start.
+    pub initial: InitialPosition,
 }
 
 /// How many lease creations a sync keeps in flight.
@@ -112,8 +138,19 @@ pub async fn sync_shards(
     stream: &str,
     initial: InitialPosition,
 ) -> Result<SyncReport, ShardSyncError> {
+    sync_stream_shards(backend, table, stream, &LeaseNaming::Single, initial).await
+}
+
+/// [`sync_shards`] for one stream of a multi-stream table: leases keyed by `naming`.
+pub async fn sync_stream_shards(
+    backend: &dyn StreamBackend,
+    table: &dyn LeaseTable,
+    stream: &str,
+    naming: &LeaseNaming,
+    initial: InitialPosition,
+) -> Result<SyncReport, ShardSyncError> {
     let rows = table.list().await?;
-    sync_shards_from(backend, table, stream, initial, &rows, &mut || None).await
+    sync_shards_from(backend, table, stream, naming, initial, &rows, &mut || None).await
 }
 
 /// [`sync_shards`] from `rows`, the table as just read, creating each new lease in the name of
@@ -122,6 +159,7 @@ pub(crate) async fn sync_shards_from(
     backend: &dyn StreamBackend,
     table: &dyn LeaseTable,
     stream: &str,
+    naming: &LeaseNaming,
     initial: InitialPosition,
     rows: &[Lease],
     assign: &mut (dyn FnMut() -> Option<String> + Send),
@@ -131,12 +169,9 @@ pub(crate) async fn sync_shards_from(
         shards: shards.len(),
         ..SyncReport::default()
     };
-    // Shard leases only: worker heartbeat rows live in the same table.
-    let leases: HashMap<&str, &Lease> = rows
-        .iter()
-        .filter(|l| l.heartbeat_of().is_none())
-        .map(|l| (l.key.as_str(), l))
-        .collect();
+    // This stream's shard leases only, by shard id: worker heartbeat rows and other streams'
+    // leases live in the same table.
+    let leases = stream_leases(naming, rows);
     let by_id: HashMap<&str, &Shard> = shards.iter().map(|s| (s.shard_id.as_str(), s)).collect();
 
     // Parents of a shard, from the stream listing or, for trimmed shards, from lease lineage.
@@ -193,7 +228,11 @@ pub(crate) async fn sync_shards_from(
             });
             if all_done {
                 info!(shard = %shard.shard_id, "creating the lease of a child of finished parents");
-                to_create.push(lease_for_shard(shard, ExtendedSequenceNumber::TrimHorizon));
+                to_create.push(named_lease_for_shard(
+                    naming,
+                    shard,
+                    ExtendedSequenceNumber::TrimHorizon,
+                ));
             } else {
                 debug!(shard = %shard.shard_id, "waiting for parents to finish");
             }
@@ -213,7 +252,7 @@ pub(crate) async fn sync_shards_from(
                 continue;
             }
             debug!(shard = %shard.shard_id, position = %initial.checkpoint(), "creating a lease at the initial position");
-            to_create.push(lease_for_shard(&shard, initial.checkpoint()));
+            to_create.push(named_lease_for_shard(naming, &shard, initial.checkpoint()));
         }
     }
     for lease in &mut to_create {
@@ -236,6 +275,13 @@ pub(crate) async fn sync_shards_from(
     Ok(report)
 }
 
+/// The shard leases of the stream `naming` keys, by shard id.
+fn stream_leases<'a>(naming: &LeaseNaming, rows: &'a [Lease]) -> HashMap<&'a str, &'a Lease> {
+    rows.iter()
+        .filter_map(|l| naming.shard_id(&l.key).map(|shard| (shard, l)))
+        .collect()
+}
+
 /// Creates `lease` unless it exists; its key if created.
 async fn create_one(table: &dyn LeaseTable, lease: Lease) -> Result<Option<String>, LeaseError> {
     Ok(table.create_if_absent(&lease).await?.then_some(lease.key))
@@ -249,20 +295,17 @@ pub async fn remove_finished_leases(
     settled: impl Fn(&Lease) -> bool,
 ) -> Result<Vec<String>, ShardSyncError> {
     let rows = table.list().await?;
-    remove_finished_from(table, &rows, settled).await
+    remove_finished_from(table, &LeaseNaming::Single, &rows, settled).await
 }
 
 /// [`remove_finished_leases`] from `rows`, the table as just read.
 pub(crate) async fn remove_finished_from(
     table: &dyn LeaseTable,
+    naming: &LeaseNaming,
     rows: &[Lease],
     settled: impl Fn(&Lease) -> bool,
 ) -> Result<Vec<String>, ShardSyncError> {
-    let leases: HashMap<&str, &Lease> = rows
-        .iter()
-        .filter(|l| l.heartbeat_of().is_none())
-        .map(|l| (l.key.as_str(), l))
-        .collect();
+    let leases = stream_leases(naming, rows);
     let mut children: HashMap<&str, Vec<&Lease>> = HashMap::new();
     for lease in leases.values() {
         for parent in &lease.parent_shard_ids {
@@ -275,18 +318,15 @@ pub(crate) async fn remove_finished_from(
             ExtendedSequenceNumber::Sequence { .. } | ExtendedSequenceNumber::ShardEnd
         )
     };
-    let mut finished: Vec<&Lease> = leases
-        .values()
-        .copied()
-        .filter(|l| l.is_finished() && settled(l))
+    let mut finished: Vec<(&str, &Lease)> = leases
+        .iter()
+        .map(|(shard, l)| (*shard, *l))
+        .filter(|(_, l)| l.is_finished() && settled(l))
         .collect();
-    finished.sort_by(|a, b| a.key.cmp(&b.key));
+    finished.sort_by(|a, b| a.1.key.cmp(&b.1.key));
     let mut removed = Vec::new();
-    for lease in finished {
-        let found = children
-            .get(lease.key.as_str())
-            .cloned()
-            .unwrap_or_default();
+    for (shard, lease) in finished {
+        let found = children.get(shard).cloned().unwrap_or_default();
         // Every child the lease names must be leased; at least one child must be known.
         let all_named_leased = lease
             .child_shard_ids
@@ -395,6 +435,73 @@ mod tests {
         assert!(child.hash_key_range.is_some());
         // Idempotent.
         assert!(sync(&model, &table).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn each_stream_of_a_multi_stream_table_syncs_its_own_leases() {
+        let model = KinesisModel::new(ModelConfig::unlimited());
+        model.create_stream("a", 1).unwrap();
+        model.create_stream("b", 2).unwrap();
+        let table = InMemoryLeaseTable::new();
+        let a = LeaseNaming::Multi("123456789012:a:1".into());
+        let b = LeaseNaming::Multi("123456789012:b:1".into());
+        let initial = InitialPosition::TrimHorizon;
+        let created = sync_stream_shards(model.as_ref(), &table, "a", &a, initial)
+            .await
+            .unwrap();
+        assert_eq!(created.created, ["123456789012:a:1:shardId-000000000000"]);
+        // b's shard 0 shares its id with a's: a lease of its own all the same.
+        let created = sync_stream_shards(model.as_ref(), &table, "b", &b, initial)
+            .await
+            .unwrap();
+        assert_eq!(
+            created.created,
+            [
+                "123456789012:b:1:shardId-000000000000",
+                "123456789012:b:1:shardId-000000000001"
+            ]
+        );
+        // A split in a: its children wait for a's parent only, and are keyed in a.
+        let parent = "shardId-000000000000";
+        let range = model.shards("a").unwrap()[0].hash_key_range;
+        let [c1, c2] = model
+            .split_shard(
+                "a",
+                parent,
+                &(range.start + (range.end - range.start) / 2).to_string(),
+            )
+            .unwrap();
+        finish(&table, "123456789012:b:1:shardId-000000000000").await;
+        assert!(
+            sync_stream_shards(model.as_ref(), &table, "a", &a, initial)
+                .await
+                .unwrap()
+                .created
+                .is_empty()
+        );
+        finish(&table, &a.lease_key(parent)).await;
+        let created = sync_stream_shards(model.as_ref(), &table, "a", &a, initial)
+            .await
+            .unwrap();
+        assert_eq!(created.created, [a.lease_key(&c1), a.lease_key(&c2)]);
+        let child = table.get(&a.lease_key(&c1)).await.unwrap().unwrap();
+        assert_eq!(child.parent_shard_ids, [parent]);
+        // Cleanup sees lineage within the stream.
+        progress(&table, &a.lease_key(&c1)).await;
+        progress(&table, &a.lease_key(&c2)).await;
+        let rows = table.list().await.unwrap();
+        let removed = remove_finished_from(&table, &a, &rows, |_| true)
+            .await
+            .unwrap();
+        assert_eq!(removed, [a.lease_key(parent)]);
+        let rows = table.list().await.unwrap();
+        assert!(
+            remove_finished_from(&table, &b, &rows, |_| true)
+                .await
+                .unwrap()
+                .is_empty(),
+            "b's finished lease has no children"
+        );
     }
 
     #[tokio::test]

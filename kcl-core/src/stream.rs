@@ -273,7 +273,7 @@ impl FromStr for StreamIdentifier {
 }
 
 /// How the leases of one stream are keyed in the lease table.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LeaseNaming {
     /// Single-stream application: the key is the shard id.
     Single,
@@ -286,6 +286,18 @@ impl LeaseNaming {
     /// The naming of a resolved stream in a multi-stream application.
     pub fn multi(stream: &StreamIdentifier) -> Result<Self, StreamIdError> {
         Ok(Self::Multi(stream.serialize()?))
+    }
+
+    /// The naming of the stream the lease `key` belongs to: multi-stream when the key is
+    /// `account:stream:creationEpoch:shardId`, else single-stream. With it, a lease's parents and
+    /// children (plain shard ids, as Java stores them) are found under their own keys.
+    pub fn of_key(key: &str) -> Self {
+        match StreamIdentifier::parse_lease_key(key) {
+            Ok((stream, _)) if !key.starts_with(crate::lease::WORKER_KEY_PREFIX) => {
+                stream.serialize().map_or(Self::Single, Self::Multi)
+            }
+            _ => Self::Single,
+        }
     }
 
     /// The lease key of `shard_id`.
@@ -499,6 +511,12 @@ mod tests {
         // A prefix of the epoch is not the stream.
         assert_eq!(a.shard_id("123456789012:a:10:shardId-000000000001"), None);
         assert_eq!(a.stream(), Some("123456789012:a:1"));
+        assert_eq!(LeaseNaming::of_key(&key), a);
+        assert_eq!(LeaseNaming::of_key("shardId-000000000001"), single);
+        assert_eq!(
+            LeaseNaming::of_key("kcl-rs/worker/123456789012:a:1:w"),
+            single
+        );
     }
 
     #[test]

@@ -221,7 +221,12 @@ impl ProcessorFactory for RecordingFactory {
     fn create(&self, shard: &ShardInfo) -> RecordingProcessor {
         RecordingProcessor {
             worker: self.worker.clone(),
-            shard_id: shard.shard_id.clone(),
+            // Multi-stream workers: `<stream>/<shard>`, so the shards of different streams
+            // (which share ids) stay apart.
+            shard_id: match &shard.stream_id {
+                Some(_) => format!("{}/{}", shard.stream, shard.shard_id),
+                None => shard.shard_id.clone(),
+            },
             recorder: self.recorder.clone(),
             faults: self.faults.clone(),
         }
@@ -306,7 +311,8 @@ pub struct Running {
     pub handle: kcl_core::worker::WorkerHandle,
     /// Its task.
     pub task: tokio::task::JoinHandle<()>,
-    bound: Duration,
+    /// How long stopping may take (virtual time).
+    pub bound: Duration,
 }
 
 impl Running {

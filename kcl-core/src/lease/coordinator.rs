@@ -239,11 +239,15 @@ impl<'a> View<'a> {
     }
 
     /// Whether every parent of `lease` has finished (or is gone from the table).
+    /// Parents are plain shard ids (as Java stores them): found under the keys of the lease's
+    /// own stream.
     fn parents_done(&self, lease: &Lease) -> bool {
-        lease
-            .parent_shard_ids
-            .iter()
-            .all(|p| self.leases.get(p.as_str()).is_none_or(|l| l.is_finished()))
+        let naming = crate::stream::LeaseNaming::of_key(&lease.key);
+        lease.parent_shard_ids.iter().all(|p| {
+            self.leases
+                .get(naming.lease_key(p).as_str())
+                .is_none_or(|l| l.is_finished())
+        })
     }
 
     /// Whether `worker` announced that it is leaving (graceful shutdown in progress).

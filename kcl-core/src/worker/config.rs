@@ -20,6 +20,7 @@ use crate::shard_sync::InitialPosition;
 
 use super::Worker;
 use super::key_ordered::{AsShared, KeyOrdered, as_shared};
+use super::streams::MultiStreamTracker;
 
 /// An invalid or missing setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,8 +90,11 @@ pub struct WorkerConfig {
     /// Application name (the default lease table name for stores that use one, and the
     /// fan-out consumer's default name).
     pub application_name: String,
-    /// Stream name.
+    /// Stream name (single-stream workers); empty for a multi-stream worker, whose streams are
+    /// in [`multi_stream`](Self::multi_stream).
     pub stream: String,
+    /// The streams of a multi-stream worker (`None`: the single stream [`stream`](Self::stream)).
+    pub multi_stream: Option<MultiStreamTracker>,
     /// This worker's id, unique among the application's workers.
     pub worker_id: String,
     /// Where new leases start.
@@ -138,6 +142,7 @@ pub struct WorkerBuilder<F: ProcessorFactory> {
     lease_table: Option<Arc<dyn LeaseTable>>,
     application_name: Option<String>,
     stream: Option<String>,
+    multi_stream: Option<MultiStreamTracker>,
     worker_id: Option<String>,
     initial_position: InitialPosition,
     lease: LeaseConfig,
@@ -162,6 +167,7 @@ impl<F: ProcessorFactory> std::fmt::Debug for WorkerBuilder<F> {
         f.debug_struct("WorkerBuilder")
             .field("application_name", &self.application_name)
             .field("stream", &self.stream)
+            .field("multi_stream", &self.multi_stream)
             .field("worker_id", &self.worker_id)
             .finish_non_exhaustive()
     }
@@ -175,6 +181,7 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
             lease_table: None,
             application_name: None,
             stream: None,
+            multi_stream: None,
             worker_id: None,
             initial_position: InitialPosition::default(),
             lease: LeaseConfig::default(),
@@ -214,9 +221,20 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
         self
     }
 
-    /// The stream to consume. Required.
+    /// The stream to consume. Required, unless the worker consumes several streams
+    /// ([`multi_stream`](Self::multi_stream)).
     pub fn stream(mut self, stream: impl Into<String>) -> Self {
         self.stream = Some(stream.into());
+        self
+    }
+
+    /// Consumes several streams through one lease table, Java KCL's multi-stream mode: a static
+    /// list or a polled callback, each stream with its own initial position and retrieval (the
+    /// worker's [`initial_position`](Self::initial_position) and
+    /// [`retrieval`](Self::retrieval) otherwise). Leases are keyed
+    /// `account:stream:creationEpoch:shardId`. Excludes [`stream`](Self::stream).
+    pub fn multi_stream(mut self, tracker: MultiStreamTracker) -> Self {
+        self.multi_stream = Some(tracker);
         self
     }
 
@@ -368,8 +386,33 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
             .lease_table
             .ok_or(ConfigError::Missing("lease_table"))?;
         let application_name = application_name(self.application_name, lease_table.as_ref())?;
-        let stream = self.stream.ok_or(ConfigError::Missing("stream"))?;
-        validate_name("stream", &stream, 128)?;
+        let stream = match (self.stream, &self.multi_stream) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "multi_stream",
+                    "give either one stream (`stream`) or a multi-stream tracker, not both",
+                ));
+            }
+            (None, None) => return Err(ConfigError::Missing("stream")),
+            (Some(stream), None) => {
+                validate_name("stream", &stream, 128)?;
+                stream
+            }
+            (None, Some(tracker)) => {
+                positive("multi_stream.interval", tracker.tracker_interval())?;
+                if let Some(list) = tracker.static_streams() {
+                    if list.is_empty() {
+                        return Err(invalid("multi_stream", "the stream list is empty"));
+                    }
+                    for config in list {
+                        if let Some(retrieval) = &config.retrieval {
+                            validate_retrieval(retrieval, backend.as_ref())?;
+                        }
+                    }
+                }
+                String::new()
+            }
+        };
         let worker_id = match self.worker_id {
             Some(id) => id,
             None => default_worker_id(),
@@ -391,6 +434,7 @@ impl<F: ProcessorFactory> WorkerBuilder<F> {
         let config = WorkerConfig {
             application_name,
             stream,
+            multi_stream: self.multi_stream,
             worker_id,
             initial_position: self.initial_position,
             lease: self.lease,

@@ -35,6 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use super::delivery::{self, Call, DeliveryContext, End};
 use super::key_ordered::{self, AsShared, KeyOrdered};
+use super::streams::StreamContext;
 use super::{CheckpointCadence, ConsumerExit, ShardState, Shutdown, StatusBoard, WorkerConfig};
 use crate::backend::{ChildShard, StreamBackend};
 use crate::checkpoint::{CheckpointError, Checkpointer};
@@ -49,14 +50,17 @@ use crate::processor::{
 };
 use crate::record::{ExtendedSequenceNumber, Record};
 use crate::retrieval::{
-    ConsumerRegistry, PrefetchBudget, RetrievalContext, RetrievalEvent, Retriever, WorkerBudget,
-    starting_position,
+    PrefetchBudget, RetrievalContext, RetrievalEvent, Retriever, WorkerBudget, starting_position,
 };
 use crate::retry::RetryBackoff;
 use crate::sync::Watch;
 
 /// Shared state a consumer needs.
 pub(crate) struct ConsumerContext {
+    /// The stream the shard belongs to, with its settings.
+    pub stream: Arc<StreamContext>,
+    /// The shard id (the lease key without any stream prefix).
+    pub shard_id: String,
     pub config: Arc<WorkerConfig>,
     pub backend: Arc<dyn StreamBackend>,
     pub table: Arc<dyn LeaseTable>,
@@ -67,7 +71,6 @@ pub(crate) struct ConsumerContext {
     pub metrics: ShardMetrics,
     pub worker_metrics: Arc<WorkerMetrics>,
     pub budget: Arc<WorkerBudget>,
-    pub consumers: Arc<ConsumerRegistry>,
 }
 
 /// Something that interrupted the consumer.
@@ -191,14 +194,18 @@ impl Retry {
 /// and what can interrupt it.
 pub(super) struct Shard {
     pub ctx: ConsumerContext,
+    /// The shard id.
     pub id: String,
+    /// The lease key (the shard id, or `account:stream:creationEpoch:shardId`): what the status
+    /// board knows the shard by.
+    pub key: String,
     pub held: Arc<HeldLease>,
     pub interrupts: Interrupts,
 }
 
 impl Shard {
     pub(super) fn set_state(&self, state: ShardState) {
-        self.ctx.status.update(&self.id, |s| s.state = state);
+        self.ctx.status.update(&self.key, |s| s.state = state);
     }
 
     /// Waits until every parent lease is finished or gone (`Ok`), or an interruption.
@@ -206,7 +213,13 @@ impl Shard {
         loop {
             let mut pending = None;
             for parent in &lease.parent_shard_ids {
-                match self.ctx.table.get(parent).await {
+                // Parents are shard ids of the same stream.
+                match self
+                    .ctx
+                    .table
+                    .get(&self.ctx.stream.naming.lease_key(parent))
+                    .await
+                {
                     Ok(Some(parent_lease)) if !parent_lease.is_finished() => {
                         pending = Some(parent.clone());
                         break;
@@ -266,7 +279,12 @@ impl Shard {
     /// Whether every parent of `child` other than this shard holds a finished lease.
     async fn other_parents_finished(&self, child: &ChildShard) -> bool {
         for parent in child.parent_shards.iter().filter(|p| **p != self.id) {
-            match self.ctx.table.get(parent).await {
+            match self
+                .ctx
+                .table
+                .get(&self.ctx.stream.naming.lease_key(parent))
+                .await
+            {
                 Ok(Some(lease)) if lease.is_finished() => {}
                 Ok(_) => return false,
                 Err(error) => {
@@ -324,8 +342,11 @@ pub(crate) async fn run<F: ProcessorFactory>(
     key_ordered: Option<AsShared<F::Processor>>,
 ) -> ConsumerExit {
     let lease = held.lease().await;
+    ctx.status
+        .register(&lease.key, &ctx.stream.name, &ctx.shard_id);
     let mut shard = Shard {
-        id: lease.key.clone(),
+        id: ctx.shard_id.clone(),
+        key: lease.key.clone(),
         interrupts: Interrupts {
             status: held.watch(),
             shutdown: ctx.shutdown.clone(),
@@ -351,7 +372,8 @@ pub(crate) async fn run<F: ProcessorFactory>(
     // 2. Processor.
     shard.set_state(ShardState::Initializing);
     let info = ShardInfo {
-        stream: shard.ctx.config.stream.clone(),
+        stream: shard.ctx.stream.name.clone(),
+        stream_id: shard.ctx.stream.naming.stream().map(str::to_owned),
         shard_id: shard.id.clone(),
         parent_shard_ids: lease.parent_shard_ids.clone(),
     };
@@ -370,7 +392,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
         shard.ctx.metrics.checkpoint_failures.clone(),
     );
     let delivery = DeliveryContext {
-        stream: config.stream.clone(),
+        stream: shard.ctx.stream.name.clone(),
         shard_id: shard.id.clone(),
         metrics: shard.ctx.metrics.clone(),
         status: shard.ctx.status.clone(),
@@ -387,7 +409,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
         force_remembered: false,
         cadence: config.checkpoint,
         status: shard.ctx.status.clone(),
-        shard_id: shard.id.clone(),
+        key: shard.key.clone(),
     };
     // Key-ordered only with more than one batch in flight: one is today's path exactly.
     let key_ordered = key_ordered.zip(config.key_ordered.filter(|mode| mode.max_in_flight > 1));
@@ -470,7 +492,7 @@ pub(super) fn receive(
     shard
         .ctx
         .status
-        .fetched(&shard.id, fetched.millis_behind_latest);
+        .fetched(&shard.key, fetched.millis_behind_latest);
 }
 
 /// How far a shard got and what is checkpointed: the one place automatic checkpoints are
@@ -490,7 +512,8 @@ pub(super) struct Progress {
     force_remembered: bool,
     cadence: CheckpointCadence,
     status: Arc<StatusBoard>,
-    shard_id: String,
+    /// The lease key (the status board's key).
+    key: String,
 }
 
 impl Progress {
@@ -580,7 +603,7 @@ impl Progress {
                 self.force_remembered = false;
                 if moves {
                     self.status
-                        .update(&self.shard_id, |s| s.last_checkpoint = Some(position));
+                        .update(&self.key, |s| s.last_checkpoint = Some(position));
                 }
                 Ok(())
             }
@@ -639,7 +662,7 @@ impl<P: RecordProcessor> Consumer<P> {
         }
         let Some(start) = starting_position(
             &lease.checkpoint,
-            self.shard.ctx.config.initial_position.timestamp(),
+            self.shard.ctx.stream.initial_position.timestamp(),
         ) else {
             return ConsumerExit::ShardEnded;
         };
@@ -677,7 +700,7 @@ impl<P: RecordProcessor> Consumer<P> {
                     self.shard
                         .ctx
                         .status
-                        .fetched(&self.shard.id, millis_behind_latest);
+                        .fetched(&self.shard.key, millis_behind_latest);
                     self.maybe_checkpoint().await
                 }
                 Next::Event(Some(RetrievalEvent::ShardEnd { child_shards })) => {
@@ -741,7 +764,7 @@ impl<P: RecordProcessor> Consumer<P> {
     /// Calls `initialize` under the failure policy.
     async fn initialize(&mut self, lease: &Lease) -> Step {
         let input = InitializationInput {
-            stream: self.shard.ctx.config.stream.clone(),
+            stream: self.shard.ctx.stream.name.clone(),
             shard_id: self.shard.id.clone(),
             checkpoint: lease.checkpoint.clone(),
             pending_checkpoint: lease.pending_checkpoint.clone(),
@@ -777,12 +800,12 @@ impl<P: RecordProcessor> Consumer<P> {
         let ctx = &self.shard.ctx;
         let (events, budget, retriever) = crate::retrieval::spawn(
             RetrievalContext {
-                retrieval: &ctx.config.retrieval,
-                stream: &ctx.config.stream,
+                retrieval: &ctx.stream.retrieval,
+                stream: &ctx.stream.name,
                 default_consumer_name: &ctx.config.application_name,
                 permanent_error_timeout: ctx.config.permanent_error_timeout,
                 worker_budget: &ctx.budget,
-                consumers: &ctx.consumers,
+                consumers: &ctx.stream.consumers,
                 metrics: ctx.metrics.retrieval.clone(),
             },
             ctx.backend.clone(),
@@ -975,7 +998,7 @@ impl<P: RecordProcessor> Consumer<P> {
             debug!(%error, "could not complete the handoff of an ended shard");
         }
         info!(children = ?children, "shard ended");
-        self.shard.ctx.status.update(&self.shard.id, |s| {
+        self.shard.ctx.status.update(&self.shard.key, |s| {
             s.state = ShardState::Ended;
             s.last_checkpoint = Some(ExtendedSequenceNumber::ShardEnd);
         });
@@ -1000,7 +1023,8 @@ impl<P: RecordProcessor> Consumer<P> {
                 debug!(child = %child.shard_id, "another parent has not finished; it creates the child");
                 continue;
             }
-            let lease = Lease::new(child.shard_id.clone(), ExtendedSequenceNumber::TrimHorizon)
+            let key = self.shard.ctx.stream.naming.lease_key(&child.shard_id);
+            let lease = Lease::new(key, ExtendedSequenceNumber::TrimHorizon)
                 .with_parents(child.parent_shards.iter().cloned())
                 .with_hash_key_range(child.hash_key_range);
             let mut retry = Retry::new(&retry_policy.backoff, Some(retry_policy.max_attempts));

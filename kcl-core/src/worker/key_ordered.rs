@@ -494,7 +494,7 @@ pub(super) async fn run(parts: Parts<'_>) -> Exit {
                 millis_behind_latest: mbl,
             })) => {
                 millis_behind_latest = mbl;
-                shard.ctx.status.fetched(&shard.id, mbl);
+                shard.ctx.status.fetched(&shard.key, mbl);
             }
             Wake::Event(Some(RetrievalEvent::ShardEnd { child_shards })) => {
                 state.phase = Phase::Ending(child_shards);

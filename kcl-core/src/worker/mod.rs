@@ -81,7 +81,7 @@ use crate::lease::held::{HeldLease, HeldStatus};
 use crate::lease::instrumented::Instrumented;
 use crate::metrics::{MetricsLevel, Scope, WorkerMetrics};
 use crate::processor::ProcessorFactory;
-use crate::retrieval::{ConsumerRegistry, WorkerBudget};
+use crate::retrieval::WorkerBudget;
 use crate::retry::RetryBackoff;
 use crate::shard_sync::ShardSyncError;
 use crate::sync::{Signal, Watch};
@@ -94,6 +94,7 @@ mod health;
 mod key_ordered;
 mod signals;
 mod status;
+mod streams;
 mod window;
 
 pub use config::{CheckpointCadence, ConfigError, WorkerBuilder, WorkerConfig};
@@ -101,9 +102,11 @@ pub use error::WorkerError;
 pub use health::{Health, HealthStatus};
 pub use key_ordered::KeyOrdered;
 pub use status::{ShardState, ShardStatus, WorkerStatus};
+pub use streams::{FormerStreams, MultiStreamTracker, StreamConfig, StreamListFuture};
 
 use health::{Lifecycle, Phase};
 use status::StatusBoard;
+use streams::{Defaults, StreamSet};
 
 /// How a worker is asked to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -285,8 +288,9 @@ pub struct Worker<F: ProcessorFactory> {
     lifecycle: Arc<Lifecycle>,
     metrics: Arc<WorkerMetrics>,
     budget: Arc<WorkerBudget>,
-    /// The stream consumers this worker's fan-out tasks share.
-    consumers: Arc<ConsumerRegistry>,
+    /// The streams consumed (one, or a tracked set), each with its settings and its fan-out
+    /// consumer.
+    streams: Arc<StreamSet>,
     /// How batches share a processor, in key-ordered mode.
     key_ordered: Option<key_ordered::AsShared<F::Processor>>,
 }
@@ -343,9 +347,19 @@ impl<F: ProcessorFactory> Worker<F> {
             config.lease.clone(),
         ));
         let shutdown = Signal::new(Shutdown::Running);
+        let defaults = Defaults {
+            initial_position: config.initial_position,
+            retrieval: config.retrieval.clone(),
+            metrics_level: config.metrics_level,
+            worker_id: config.worker_id.clone(),
+        };
+        let streams = match &config.multi_stream {
+            Some(tracker) => StreamSet::multi(tracker.clone(), defaults),
+            None => StreamSet::single(&config.stream, defaults),
+        };
         Self {
             budget: WorkerBudget::new(config.worker_prefetch),
-            consumers: Arc::default(),
+            streams: Arc::new(streams),
             config: Arc::new(config),
             factory: Arc::new(factory),
             backend,
@@ -381,11 +395,11 @@ impl<F: ProcessorFactory> Worker<F> {
     /// Runs until shut down through a [`WorkerHandle`], or until a permanent failure (returned
     /// as a [`WorkerError`]).
     pub async fn run(self) -> Result<(), WorkerError> {
-        let span = info_span!(
-            "worker",
-            stream = %self.config.stream,
-            worker_id = %self.config.worker_id
-        );
+        let stream = match &self.config.multi_stream {
+            Some(_) => "<multi-stream>",
+            None => self.config.stream.as_str(),
+        };
+        let span = info_span!("worker", stream = %stream, worker_id = %self.config.worker_id);
         let lifecycle = self.lifecycle.clone();
         // Whatever happens to this future, `wait` returns: a dropped `run` counts as cancelled.
         let _finished = FinishOnDrop(lifecycle.clone());
@@ -419,6 +433,13 @@ impl<F: ProcessorFactory> Worker<F> {
         // Handoffs this worker asked for are polled faster than the table is scanned.
         let pending_poll = (self.config.lease.scan_interval / 5).max(Duration::from_millis(10));
         let mut next_scan = Instant::now();
+        // Multi-stream: when the tracked streams are re-read next.
+        let tracker_interval = self
+            .streams
+            .tracker()
+            .map(|t| t.tracker_interval())
+            .unwrap_or(Duration::MAX);
+        let mut next_streams = Instant::now();
 
         let end = loop {
             if shutdown_rx.get_and_update() != Shutdown::Running {
@@ -426,6 +447,17 @@ impl<F: ProcessorFactory> Worker<F> {
             }
             if let Some(fatal) = self.fatal(&sync) {
                 break LoopEnd::Fatal(fatal);
+            }
+            if self.streams.tracker().is_some() && Instant::now() >= next_streams {
+                match self.streams.refresh(self.backend.as_ref()).await {
+                    // New streams are synced at once.
+                    Ok(true) => sync.next = Instant::now(),
+                    Ok(false) => {}
+                    Err(error) => {
+                        warn!(%error, "listing the tracked streams failed; keeping the last list")
+                    }
+                }
+                next_streams = Instant::now() + tracker_interval;
             }
             if Instant::now() >= sync.next {
                 self.sync_shards(&mut sync).await;
@@ -454,6 +486,7 @@ impl<F: ProcessorFactory> Worker<F> {
                     continue;
                 }
                 _ = tokio::time::sleep_until(sync.next) => continue,
+                _ = tokio::time::sleep_until(next_streams), if self.streams.tracker().is_some() => continue,
                 _ = tokio::time::sleep_until(next_scan) => {
                     match self.coordinator.scan().await {
                         Ok(started) if !started.is_empty() => {
@@ -597,23 +630,42 @@ impl<F: ProcessorFactory> Worker<F> {
     /// [`crate::lease::coordinator`]). Schedules the next check: when the duty may come, after
     /// the sync interval, or sooner with backoff after a failure.
     async fn sync_shards(&self, state: &mut SyncState) {
+        let targets = self.streams.targets();
         let result = self
             .coordinator
             .sync_shards(
                 self.backend.as_ref(),
-                &self.config.stream,
-                self.config.initial_position,
+                &targets,
                 self.config.shard_sync_interval,
             )
             .await;
+        let multi = self.streams.tracker().is_some();
+        let result = match result {
+            // One stream: its failure is the sync's, as always.
+            Ok(SyncOutcome::Synced(_, mut failures)) if !multi && !failures.is_empty() => {
+                Err(failures.swap_remove(0).1)
+            }
+            other => other,
+        };
         match result {
             Ok(SyncOutcome::NotMine(next)) => state.not_mine(next),
-            Ok(SyncOutcome::Synced(report)) => {
+            Ok(SyncOutcome::Synced(report, failures)) => {
                 self.metrics.shard_syncs.increment(1);
                 if !report.created.is_empty() {
                     debug!(created = report.created.len(), "shard sync created leases");
                 }
-                state.succeeded(self.config.shard_sync_interval);
+                if failures.is_empty() {
+                    state.succeeded(self.config.shard_sync_interval);
+                } else {
+                    // Multi-stream: the other streams were synced. A stream that cannot be
+                    // listed (deleted, say) is not the worker's failure: retried with backoff,
+                    // never fatal.
+                    self.metrics.shard_sync_failures.increment(1);
+                    for (stream, error) in &failures {
+                        warn!(%stream, %error, "shard sync of a stream failed; will retry");
+                    }
+                    state.failed(None, self.config.permanent_error_timeout);
+                }
             }
             Err(error) => {
                 self.metrics.shard_sync_failures.increment(1);
@@ -642,12 +694,30 @@ impl<F: ProcessorFactory> Worker<F> {
         match scope.level() {
             MetricsLevel::Off => {}
             MetricsLevel::Summary => {
-                let max = lags.iter().map(|(_, ms)| *ms).max().unwrap_or(0);
-                scope.behind_latest(None).set(max as f64 / 1000.0);
+                // The largest lag per stream (one stream: as before).
+                let mut max: HashMap<&str, u64> = HashMap::new();
+                for (stream, _, ms) in &lags {
+                    let entry = max.entry(stream.as_str()).or_default();
+                    *entry = (*entry).max(*ms);
+                }
+                if self.streams.tracker().is_none() {
+                    let ms = max.values().copied().max().unwrap_or(0);
+                    scope.behind_latest(None).set(ms as f64 / 1000.0);
+                } else {
+                    for (stream, ms) in max {
+                        scope
+                            .for_stream(stream)
+                            .behind_latest(None)
+                            .set(ms as f64 / 1000.0);
+                    }
+                }
             }
             MetricsLevel::Detailed => {
-                for (shard, ms) in lags {
-                    scope.behind_latest(Some(&shard)).set(ms as f64 / 1000.0);
+                for (stream, shard, ms) in lags {
+                    scope
+                        .for_stream(&stream)
+                        .behind_latest(Some(&shard))
+                        .set(ms as f64 / 1000.0);
                 }
             }
         }
@@ -682,11 +752,17 @@ impl<F: ProcessorFactory> Worker<F> {
             ConsumerExit::Failed(error) => {
                 self.coordinator.forget(held);
                 self.status.remove(key);
-                Err(WorkerError::from_backend(
-                    &self.config.stream,
-                    Some(key),
-                    error,
-                ))
+                let (stream, shard) = match self.streams.for_key(key) {
+                    Ok((context, shard)) => (context.name.clone(), shard),
+                    Err(_) => (self.config.stream.clone(), key.to_owned()),
+                };
+                if self.streams.tracker().is_some() {
+                    // Multi-stream: one stream failing (deleted, access revoked) is not the
+                    // worker's failure; the lease was released for whoever can read it.
+                    error!(%stream, shard = %shard, %error, "reading a shard failed permanently; lease released");
+                    return Ok(false);
+                }
+                Err(WorkerError::from_backend(&stream, Some(&shard), error))
             }
         }
     }
@@ -759,7 +835,23 @@ impl<F: ProcessorFactory> Worker<F> {
                 }
                 continue;
             }
-            let id = self.spawn_consumer(&mut consumers.set, held.clone(), deaggregator, exit_tx);
+            let (stream, shard_id) = match self.streams.for_key(&key) {
+                Ok(found) => found,
+                Err(why) => {
+                    if consumers.unreadable.insert(key.clone()) {
+                        warn!(lease = %key, reason = %why, "holding a lease that is not processed");
+                    }
+                    continue;
+                }
+            };
+            let id = self.spawn_consumer(
+                &mut consumers.set,
+                held.clone(),
+                stream,
+                shard_id,
+                deaggregator,
+                exit_tx,
+            );
             consumers.tasks.insert(id, held);
             consumers.running.insert(key);
         }
@@ -769,11 +861,16 @@ impl<F: ProcessorFactory> Worker<F> {
         &self,
         set: &mut JoinSet<()>,
         held: Arc<HeldLease>,
+        stream: Arc<streams::StreamContext>,
+        shard_id: String,
         deaggregator: &Arc<Deaggregator>,
         exit_tx: &mpsc::UnboundedSender<(Arc<HeldLease>, ConsumerExit)>,
     ) -> Id {
-        let span = info_span!("shard", shard_id = %held.key());
+        let span = info_span!("shard", stream = %stream.name, shard_id = %shard_id);
         let ctx = consumer::ConsumerContext {
+            metrics: crate::metrics::ShardMetrics::new(&stream.scope, &shard_id),
+            stream,
+            shard_id,
             config: self.config.clone(),
             backend: self.backend.clone(),
             table: self.table.clone(),
@@ -781,10 +878,8 @@ impl<F: ProcessorFactory> Worker<F> {
             deaggregator: deaggregator.clone(),
             shutdown: self.shutdown.watch(),
             coordinator: self.coordinator.clone(),
-            metrics: crate::metrics::ShardMetrics::new(self.metrics.scope(), held.key()),
             worker_metrics: self.metrics.clone(),
             budget: self.budget.clone(),
-            consumers: self.consumers.clone(),
         };
         let factory = self.factory.clone();
         let exit_tx = exit_tx.clone();
@@ -886,6 +981,8 @@ struct Consumers {
     running: HashSet<String>,
     /// Shards stopped by the failure policy, whose lease is kept until shutdown.
     stopped: HashMap<String, Arc<HeldLease>>,
+    /// Held leases whose key names no shard of this worker's streams (reported once).
+    unreadable: HashSet<String>,
 }
 
 /// Renews the worker's claim every renewal interval (sooner after a failure) until the worker

@@ -31,8 +31,13 @@ pub enum ShardState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShardStatus {
+    /// The stream name.
+    pub stream: String,
     /// The shard id.
     pub shard_id: String,
+    /// The lease key: the shard id, or `account:stream:creationEpoch:shardId` for a
+    /// multi-stream worker.
+    pub lease_key: String,
     /// Current state.
     pub state: ShardState,
     /// User records processed successfully by this worker.
@@ -50,7 +55,7 @@ pub struct WorkerStatus {
     /// The worker id.
     pub worker_id: String,
     /// Shards with a consumer on this worker (running, waiting for parents, or stopped by the
-    /// failure policy), by shard id. Shards that ended, were handed over or lost are dropped.
+    /// failure policy), by lease key. Shards that ended, were handed over or lost are dropped.
     pub shards: Vec<ShardStatus>,
     /// Shards whose lease this worker holds now.
     pub held_leases: Vec<String>,
@@ -76,12 +81,22 @@ impl StatusBoard {
         self.shards.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Changes the status of `shard_id`, adding it if new.
-    pub(crate) fn update(&self, shard_id: &str, f: impl FnOnce(&mut ShardStatus)) {
+    /// Adds the shard of lease `key` (of `stream`) if new.
+    pub(crate) fn register(&self, key: &str, stream: &str, shard_id: &str) {
+        self.update(key, |s| {
+            s.stream = stream.to_owned();
+            s.shard_id = shard_id.to_owned();
+        });
+    }
+
+    /// Changes the status of the shard of lease `key`, adding it if new.
+    pub(crate) fn update(&self, key: &str, f: impl FnOnce(&mut ShardStatus)) {
         let mut map = self.shards();
-        let entry = map.entry(shard_id.to_owned()).or_insert_with(|| Entry {
+        let entry = map.entry(key.to_owned()).or_insert_with(|| Entry {
             status: ShardStatus {
-                shard_id: shard_id.to_owned(),
+                stream: String::new(),
+                shard_id: key.to_owned(),
+                lease_key: key.to_owned(),
                 state: ShardState::WaitingOnParents,
                 records_processed: 0,
                 millis_behind_latest: None,
@@ -92,18 +107,19 @@ impl StatusBoard {
         f(&mut entry.status);
     }
 
-    /// Records a fetch of `shard_id`: a batch, or a report that the shard is caught up.
-    pub(crate) fn fetched(&self, shard_id: &str, millis_behind_latest: Option<u64>) {
+    /// Records a fetch of the shard of lease `key`: a batch, or a report that the shard is
+    /// caught up.
+    pub(crate) fn fetched(&self, key: &str, millis_behind_latest: Option<u64>) {
         let mut map = self.shards();
-        if let Some(entry) = map.get_mut(shard_id) {
+        if let Some(entry) = map.get_mut(key) {
             entry.flowed = true;
             entry.status.millis_behind_latest = millis_behind_latest;
         }
     }
 
     /// Forgets a shard that is no longer processed here.
-    pub(crate) fn remove(&self, shard_id: &str) {
-        self.shards().remove(shard_id);
+    pub(crate) fn remove(&self, key: &str) {
+        self.shards().remove(key);
     }
 
     pub(crate) fn snapshot(&self) -> Vec<ShardStatus> {
@@ -121,7 +137,7 @@ impl StatusBoard {
                         ShardState::Initializing | ShardState::Processing | ShardState::Retrying
                     )
             })
-            .map(|e| e.status.shard_id.clone())
+            .map(|e| e.status.lease_key.clone())
             .collect()
     }
 
@@ -130,18 +146,18 @@ impl StatusBoard {
         self.shards()
             .values()
             .filter(|e| e.status.state == ShardState::Stopped)
-            .map(|e| e.status.shard_id.clone())
+            .map(|e| e.status.lease_key.clone())
             .collect()
     }
 
-    /// The lag of every shard that reported one.
-    pub(crate) fn lags(&self) -> Vec<(String, u64)> {
+    /// The lag of every shard that reported one: stream, shard id, milliseconds.
+    pub(crate) fn lags(&self) -> Vec<(String, String, u64)> {
         self.shards()
             .values()
             .filter_map(|e| {
                 e.status
                     .millis_behind_latest
-                    .map(|ms| (e.status.shard_id.clone(), ms))
+                    .map(|ms| (e.status.stream.clone(), e.status.shard_id.clone(), ms))
             })
             .collect()
     }

@@ -27,7 +27,7 @@ use super::{LeaseCoordinator, Renewal, bump, lock};
 use crate::backend::StreamBackend;
 use crate::lease::membership;
 use crate::shard_sync::{
-    InitialPosition, ShardSyncError, SyncReport, remove_finished_from, sync_shards_from,
+    ShardSyncError, SyncReport, SyncTarget, remove_finished_from, sync_shards_from,
 };
 
 /// What this worker knows of its shard-sync duty.
@@ -44,8 +44,8 @@ pub(crate) struct SyncState {
 pub(crate) enum SyncOutcome {
     /// Not this worker's duty now: check again then.
     NotMine(Instant),
-    /// Synced.
-    Synced(SyncReport),
+    /// Synced: what was created, and the streams whose sync failed (the others were synced).
+    Synced(SyncReport, Vec<(String, ShardSyncError)>),
 }
 
 /// Whether to sync now.
@@ -108,8 +108,7 @@ impl LeaseCoordinator {
     pub(crate) async fn sync_shards(
         &self,
         backend: &dyn StreamBackend,
-        stream: &str,
-        initial: InitialPosition,
+        targets: &[SyncTarget],
         interval: Duration,
     ) -> Result<SyncOutcome, ShardSyncError> {
         if let SyncDuty::NotBefore(at) = self.sync_duty(interval) {
@@ -124,7 +123,8 @@ impl LeaseCoordinator {
                 debug!(%error, "shard sync: acting on the read failed");
             }
         }
-        // New leases go to the least loaded live workers (this one included).
+        // New leases go to the least loaded live workers (this one included), counting the
+        // leases of every stream together.
         let mut loads: BTreeMap<String, usize> = if heartbeat {
             lock(&self.watch).loads.clone()
         } else {
@@ -142,21 +142,36 @@ impl LeaseCoordinator {
             receivers.insert(best.clone());
             Some(best)
         };
-        let report = sync_shards_from(
-            backend,
-            self.table.as_ref(),
-            stream,
-            initial,
-            &rows,
-            &mut assign,
-        )
-        .await;
+        let mut report = SyncReport::default();
+        let mut failures = Vec::new();
+        for target in targets {
+            match sync_shards_from(
+                backend,
+                self.table.as_ref(),
+                &target.stream,
+                &target.naming,
+                target.initial,
+                &rows,
+                &mut assign,
+            )
+            .await
+            {
+                Ok(one) => {
+                    report.created.extend(one.created);
+                    report.shards += one.shards;
+                }
+                Err(error) => failures.push((target.stream.clone(), error)),
+            }
+        }
         if heartbeat {
             // Also after a partial failure: some leases may have been created in their names.
             self.poker.poke_all(receivers).await;
         }
-        let report = report?;
-        lock(&self.sync).last_sync = Some(Instant::now());
+        report.created.sort();
+        if failures.is_empty() {
+            // A failed stream makes the worker retry with backoff: the duty stays due.
+            lock(&self.sync).last_sync = Some(Instant::now());
+        }
         if !report.created.is_empty() {
             self.stats
                 .created
@@ -164,11 +179,13 @@ impl LeaseCoordinator {
         }
         let grace = self.config.failover_time * 2;
         let settled = |lease: &crate::lease::Lease| self.quiet_for(&lease.key) > grace;
-        match remove_finished_from(self.table.as_ref(), &rows, settled).await {
-            Ok(removed) if !removed.is_empty() => debug!(?removed, "removed finished leases"),
-            Ok(_) => {}
-            Err(error) => warn!(%error, "removing finished leases failed; will retry"),
+        for target in targets {
+            match remove_finished_from(self.table.as_ref(), &target.naming, &rows, settled).await {
+                Ok(removed) if !removed.is_empty() => debug!(?removed, "removed finished leases"),
+                Ok(_) => {}
+                Err(error) => warn!(%error, "removing finished leases failed; will retry"),
+            }
         }
-        Ok(SyncOutcome::Synced(report))
+        Ok(SyncOutcome::Synced(report, failures))
     }
 }

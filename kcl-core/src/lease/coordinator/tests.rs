@@ -619,7 +619,8 @@ async fn three_visible(table: &Arc<dyn LeaseTable>) -> [LeaseCoordinator; 3] {
 #[tokio::test(start_paused = true)]
 async fn only_the_sync_leader_creates_leases_each_in_a_live_workers_name() {
     use crate::model::{KinesisModel, ModelConfig};
-    use crate::shard_sync::InitialPosition;
+    use crate::shard_sync::{InitialPosition, SyncTarget};
+    use crate::stream::LeaseNaming;
     let model = KinesisModel::new(ModelConfig::unlimited());
     model.create_stream("s", 6).unwrap();
     let table = table_with(&[]).await;
@@ -629,15 +630,18 @@ async fn only_the_sync_leader_creates_leases_each_in_a_live_workers_name() {
         let outcome = w
             .sync_shards(
                 model,
-                "s",
-                InitialPosition::TrimHorizon,
+                &[SyncTarget {
+                    stream: "s".into(),
+                    naming: LeaseNaming::Single,
+                    initial: InitialPosition::TrimHorizon,
+                }],
                 Duration::from_secs(60),
             )
             .await
             .unwrap();
         match outcome {
             SyncOutcome::NotMine(at) => at,
-            SyncOutcome::Synced(_) => Instant::now() + Duration::from_secs(60),
+            SyncOutcome::Synced(..) => Instant::now() + Duration::from_secs(60),
         }
     }
     // The others only check whether they lead; the smallest live id does.
@@ -677,7 +681,8 @@ async fn only_the_sync_leader_creates_leases_each_in_a_live_workers_name() {
 #[tokio::test(start_paused = true)]
 async fn the_leaders_audit_finds_a_lease_given_to_a_worker_that_never_heard_of_it() {
     use crate::model::{KinesisModel, ModelConfig};
-    use crate::shard_sync::InitialPosition;
+    use crate::shard_sync::{InitialPosition, SyncTarget};
+    use crate::stream::LeaseNaming;
     let model = KinesisModel::new(ModelConfig::unlimited());
     model.create_stream("s", 1).unwrap();
     let table = table_with(&[]).await;
@@ -694,8 +699,11 @@ async fn the_leaders_audit_finds_a_lease_given_to_a_worker_that_never_heard_of_i
     // The leader compares b's reported load (0) with the leases in its name (1), and pokes it.
     a.sync_shards(
         model.as_ref(),
-        "s",
-        InitialPosition::TrimHorizon,
+        &[SyncTarget {
+            stream: "s".into(),
+            naming: LeaseNaming::Single,
+            initial: InitialPosition::TrimHorizon,
+        }],
         Duration::from_secs(60),
     )
     .await

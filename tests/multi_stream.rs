@@ -1,0 +1,354 @@
+//! Multi-stream workers on the in-memory model, under tokio's paused clock: several streams
+//! through one lease table, streams added and removed at run time, resharding in one of them,
+//! a stream recreated under its name, leases keyed as Java KCL keys them.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kcl_core::lease::{InMemoryLeaseTable, Lease, LeaseTable};
+use kcl_core::model::{KinesisModel, ModelConfig};
+use kcl_core::processor::BoxError;
+use kcl_core::record::ExtendedSequenceNumber;
+use kcl_core::stream::StreamIdentifier;
+use kcl_core::worker::{MultiStreamTracker, StreamConfig};
+use support::{Call, Faults, Recorder, RecordingProcessor, Running, within};
+
+const LONG: Duration = Duration::from_secs(600);
+/// The model's account (its ARNs name it).
+const ACCOUNT: &str = "000000000000";
+
+/// Puts `count` records into `stream` over 5 keys; payloads `<stream>/<key>:<n>` with `n`
+/// counting per key. Returns them.
+fn produce(model: &KinesisModel, stream: &str, count: usize, start: usize) -> Vec<Bytes> {
+    (start..start + count)
+        .map(|i| {
+            let key = format!("{stream}-key-{}", i % 5);
+            let data = Bytes::from(format!("{key}:{:08}", i / 5));
+            model.put_record(stream, &key, data.clone(), None).unwrap();
+            data
+        })
+        .collect()
+}
+
+/// The streams a test's tracker lists, changed while the workers run.
+#[derive(Clone, Default)]
+struct Tracked(Arc<Mutex<Vec<String>>>);
+
+impl Tracked {
+    fn set(&self, streams: &[&str]) {
+        *self.0.lock().unwrap() = streams.iter().map(|s| (*s).to_owned()).collect();
+    }
+
+    fn tracker(&self, interval: Duration) -> MultiStreamTracker {
+        let list = self.0.clone();
+        MultiStreamTracker::polled(move || {
+            let streams = list.lock().unwrap().clone();
+            async move {
+                streams
+                    .iter()
+                    .map(|s| StreamConfig::parse(s).map_err(BoxError::from))
+                    .collect()
+            }
+        })
+        .interval(interval)
+    }
+}
+
+fn start(
+    name: &str,
+    model: &Arc<KinesisModel>,
+    table: &Arc<dyn LeaseTable>,
+    recorder: &Arc<Recorder>,
+    tracker: MultiStreamTracker,
+) -> Running {
+    support::init_tracing();
+    let worker = kcl_core::worker::Worker::builder(RecordingProcessor::factory(
+        name,
+        recorder.clone(),
+        Faults::default(),
+    ))
+    .application_name("app")
+    .multi_stream(tracker)
+    .worker_id(name)
+    .backend(model.clone())
+    .lease_table(table.clone())
+    .initial_position(kcl_core::shard_sync::InitialPosition::TrimHorizon)
+    .build()
+    .unwrap();
+    let handle = worker.handle();
+    let task = tokio::spawn(async move { worker.run().await.unwrap() });
+    Running {
+        handle,
+        task,
+        bound: LONG,
+    }
+}
+
+/// The serialized identifier of `stream` as the model describes it now.
+async fn serialized(model: &KinesisModel, stream: &str) -> String {
+    let description = kcl_core::backend::StreamBackend::describe_stream(model, stream)
+        .await
+        .unwrap();
+    StreamIdentifier::from_name(stream)
+        .unwrap()
+        .resolve(&description)
+        .unwrap()
+        .serialize()
+        .unwrap()
+}
+
+async fn shard_leases(table: &dyn LeaseTable) -> Vec<Lease> {
+    let mut leases: Vec<Lease> = table
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.heartbeat_of().is_none())
+        .collect();
+    leases.sort_by(|a, b| a.key.cmp(&b.key));
+    leases
+}
+
+/// Every payload seen, per stream (the recorder's shard ids are `<stream>/<shard>`).
+fn seen_by_stream(recorder: &Recorder) -> HashMap<String, BTreeSet<Bytes>> {
+    let mut out: HashMap<String, BTreeSet<Bytes>> = HashMap::new();
+    for s in recorder.seen() {
+        let stream = s.shard_id.split('/').next().unwrap().to_owned();
+        out.entry(stream).or_default().insert(s.data);
+    }
+    out
+}
+
+fn has_all(recorder: &Recorder, stream: &str, produced: &[Bytes]) -> bool {
+    seen_by_stream(recorder)
+        .get(stream)
+        .is_some_and(|seen| produced.iter().all(|p| seen.contains(p)))
+}
+
+/// Order per partition key, across everything seen.
+fn assert_order_per_key(recorder: &Recorder) {
+    for (key, payloads) in recorder.first_deliveries_by_key() {
+        assert!(
+            payloads.windows(2).all(|w| w[0] < w[1]),
+            "{key} out of order: {payloads:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_streams_one_added_one_removed_a_split_three_workers() {
+    let model = KinesisModel::new(ModelConfig::new());
+    model.create_stream("alpha", 2).unwrap();
+    model.create_stream("beta", 1).unwrap();
+    model.create_stream("gamma", 3).unwrap();
+    let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
+    let recorder = Recorder::new();
+    let tracked = Tracked::default();
+    tracked.set(&["alpha", "beta"]);
+    let interval = Duration::from_secs(5);
+    let mut alpha = produce(&model, "alpha", 200, 0);
+    let beta = produce(&model, "beta", 100, 0);
+    let workers: Vec<Running> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|name| start(name, &model, &table, &recorder, tracked.tracker(interval)))
+        .collect();
+    recorder
+        .wait_until(LONG, |r| {
+            has_all(r, "alpha", &alpha) && has_all(r, "beta", &beta)
+        })
+        .await;
+    assert!(
+        !seen_by_stream(&recorder).contains_key("gamma"),
+        "not tracked yet"
+    );
+
+    // Leases keyed as Java keys multi-stream leases, one per shard of each tracked stream.
+    let (alpha_id, beta_id, gamma_id) = (
+        serialized(&model, "alpha").await,
+        serialized(&model, "beta").await,
+        serialized(&model, "gamma").await,
+    );
+    assert!(alpha_id.starts_with(&format!("{ACCOUNT}:alpha:")));
+    let keys: Vec<String> = shard_leases(table.as_ref())
+        .await
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            format!("{alpha_id}:shardId-000000000000"),
+            format!("{alpha_id}:shardId-000000000001"),
+            format!("{beta_id}:shardId-000000000000"),
+        ]
+    );
+
+    // gamma is added, beta removed (its leases are kept: the default former-streams strategy),
+    // and a shard of alpha split.
+    tracked.set(&["alpha", "gamma"]);
+    let gamma = produce(&model, "gamma", 300, 0);
+    let parent = "shardId-000000000000";
+    let range = model
+        .shards("alpha")
+        .unwrap()
+        .into_iter()
+        .find(|s| s.shard_id == parent)
+        .unwrap()
+        .hash_key_range;
+    let children = model
+        .split_shard(
+            "alpha",
+            parent,
+            &(range.start + (range.end - range.start) / 2).to_string(),
+        )
+        .unwrap();
+    alpha.extend(produce(&model, "alpha", 200, 200));
+    let beta_late = produce(&model, "beta", 20, 100);
+    recorder
+        .wait_until(LONG, |r| {
+            has_all(r, "alpha", &alpha)
+                && has_all(r, "gamma", &gamma)
+                && has_all(r, "beta", &beta_late)
+        })
+        .await;
+
+    let leases = shard_leases(table.as_ref()).await;
+    let keys: BTreeSet<&str> = leases.iter().map(|l| l.key.as_str()).collect();
+    for shard in [
+        "shardId-000000000000",
+        "shardId-000000000001",
+        "shardId-000000000002",
+    ] {
+        assert!(
+            keys.contains(format!("{gamma_id}:{shard}").as_str()),
+            "{keys:?}"
+        );
+    }
+    for child in &children {
+        let key = format!("{alpha_id}:{child}");
+        let lease = leases.iter().find(|l| l.key == key).expect("child leased");
+        // Lineage in plain shard ids, as Java stores it.
+        assert_eq!(lease.parent_shard_ids, [parent]);
+    }
+    // The removed stream's leases are still there (kept), and were still processed.
+    assert!(keys.contains(format!("{beta_id}:shardId-000000000000").as_str()));
+
+    // Parents before children, per stream: the parent ended before either child started.
+    let events = recorder.events();
+    let ended = events
+        .iter()
+        .position(|e| e.shard_id == format!("alpha/{parent}") && e.call == Call::ShardEnded)
+        .expect("the parent ended");
+    for child in &children {
+        let first = events
+            .iter()
+            .position(|e| e.shard_id == format!("alpha/{child}"))
+            .expect("the child started");
+        assert!(ended < first, "{child} started before its parent ended");
+    }
+    assert_order_per_key(&recorder);
+
+    // Balancing counts the leases of all streams together: the unfinished leases (alpha's
+    // two children and shard 1, beta's, gamma's three) end up spread over the three workers.
+    let balanced = async {
+        loop {
+            let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
+            for lease in shard_leases(table.as_ref()).await {
+                if !lease.is_finished() {
+                    *per_owner
+                        .entry(lease.owner.unwrap_or_default())
+                        .or_default() += 1;
+                }
+            }
+            let counts: Vec<usize> = per_owner.values().copied().collect();
+            if per_owner.len() == 3
+                && !per_owner.contains_key("")
+                && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1
+            {
+                return per_owner;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    let per_owner = within(LONG, "balanced leases", balanced).await;
+    assert_eq!(per_owner.values().sum::<usize>(), 7, "{per_owner:?}");
+    // The status names each shard's stream.
+    let statuses: Vec<_> = workers
+        .iter()
+        .flat_map(|w| w.handle.status().shards)
+        .collect();
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s.stream == "gamma" && s.lease_key.starts_with(&gamma_id))
+    );
+    for w in workers {
+        w.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recreated_stream_starts_afresh_and_never_reads_through_its_old_leases() {
+    let model = KinesisModel::new(ModelConfig::new());
+    model.create_stream("orders", 1).unwrap();
+    let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
+    let recorder = Recorder::new();
+    let tracked = Tracked::default();
+    tracked.set(&["orders"]);
+    let old = produce(&model, "orders", 50, 0);
+    let w = start(
+        "w1",
+        &model,
+        &table,
+        &recorder,
+        tracked.tracker(Duration::from_secs(5)),
+    );
+    recorder
+        .wait_until(LONG, |r| has_all(r, "orders", &old))
+        .await;
+    let old_id = serialized(&model, "orders").await;
+
+    // Deleted and created again, with two shards this time, a few seconds later.
+    model.delete_stream("orders").unwrap();
+    tokio::time::advance(Duration::from_secs(3)).await;
+    model.create_stream("orders", 2).unwrap();
+    let new_id = serialized(&model, "orders").await;
+    assert_ne!(old_id, new_id, "another creation epoch");
+    let new = produce(&model, "orders", 60, 1_000);
+    recorder
+        .wait_until(LONG, |r| has_all(r, "orders", &new))
+        .await;
+    let leases = shard_leases(table.as_ref()).await;
+    let by_stream: BTreeMap<&str, usize> = leases.iter().fold(BTreeMap::new(), |mut m, l| {
+        *m.entry(l.key.rsplit_once(':').unwrap().0).or_default() += 1;
+        m
+    });
+    assert_eq!(by_stream.get(new_id.as_str()), Some(&2), "{by_stream:?}");
+    // The old incarnation's lease stays its own: its shard was gone, so (as Java KCL does) it
+    // was recorded as ended; it never became the new stream's.
+    let old_lease = leases
+        .iter()
+        .find(|l| l.key == format!("{old_id}:shardId-000000000000"))
+        .expect("old lease kept");
+    assert_eq!(old_lease.checkpoint, ExtendedSequenceNumber::ShardEnd);
+    for lease in leases.iter().filter(|l| l.key.starts_with(&new_id)) {
+        assert!(
+            lease.parent_shard_ids.is_empty(),
+            "new stream's lease {} has lineage from the old stream",
+            lease.key
+        );
+    }
+    // The new stream was read from its start: every new record seen exactly once so far.
+    let seen_new = recorder
+        .seen()
+        .into_iter()
+        .filter(|s| new.contains(&s.data))
+        .count();
+    assert_eq!(seen_new, new.len());
+    w.stop().await;
+}
