@@ -142,6 +142,7 @@ fn read_lines(sinks: &[&Path]) -> Vec<Line> {
                 index,
             });
             assert!(v["shard_id"].as_str().unwrap().starts_with("shardId-"));
+            assert!(!v["stream"].as_str().unwrap().is_empty());
             assert!(v["sequence_number"].as_str().unwrap().len() > 20);
             assert!(v["sub_sequence_number"].as_u64().is_some());
         }

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p kcl-examples --example record_sink -- \
-//!     --stream NAME --application NAME --worker-id ID \
+//!     --stream NAME [--stream NAME ...] [--multi-stream] --application NAME --worker-id ID \
 //!     --lease-table sqlite:PATH|dynamodb|dynamodb:TABLE \
 //!     --retrieval polling|fanout --initial-position trim-horizon|latest \
 //!     --output FILE [--checkpoint-every N] [--failover-ms MS] \
@@ -16,10 +16,16 @@
 //! Endpoints, region and credentials come from the standard AWS environment variables
 //! (`AWS_ENDPOINT_URL_KINESIS`, `AWS_ENDPOINT_URL_DYNAMODB`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
 //! ...). For each user record (after KPL de-aggregation) one line is appended to FILE:
-//! `{"shard_id", "sequence_number", "sub_sequence_number", "partition_key", "data" (base64),
+//! `{"stream", "shard_id", "sequence_number", "sub_sequence_number", "partition_key", "data" (base64),
 //! "worker_id", "processed_at_ms"}`, written and flushed before the batch returns (and so
 //! before the framework checkpoints it). The file is written by a thread of its own, so the
 //! processors never block the async runtime.
+//!
+//! `--stream` given more than once consumes every stream through the one lease table (Java
+//! KCL's multi-stream mode, leases keyed `account:stream:creationEpoch:shardId`); a stream may be
+//! named by its name, its ARN or Java's `account:stream:creationEpoch`. `--multi-stream` uses
+//! that mode with a single stream too (to share a Java multi-stream table). `stream` on every
+//! line is the stream's name.
 //!
 //! With `--metrics-listen ADDR`, Prometheus metrics are served at `http://ADDR/metrics` and the
 //! worker's health at `http://ADDR/health` (200 when ready, 503 otherwise).
@@ -53,7 +59,7 @@ use kcl_core::processor::{
 };
 use kcl_core::retrieval::{FanOutConfig, Retrieval};
 use kcl_core::shard_sync::InitialPosition;
-use kcl_core::worker::{CheckpointCadence, KeyOrdered, Worker};
+use kcl_core::worker::{CheckpointCadence, KeyOrdered, MultiStreamTracker, StreamConfig, Worker};
 use kcl_lease_dynamo::DynamoLeaseTable;
 use kcl_lease_sqlite::SqliteLeaseTable;
 use tokio::sync::oneshot;
@@ -112,9 +118,13 @@ enum LevelArg {
 #[derive(Debug, Parser)]
 #[command(name = "record_sink", version)]
 struct Args {
-    /// The stream to consume.
-    #[arg(long, value_name = "NAME")]
-    stream: String,
+    /// A stream to consume: a name, an ARN or `account:stream:creationEpoch`. Give it more than
+    /// once to consume several streams through one lease table (multi-stream mode).
+    #[arg(long, value_name = "NAME", required = true)]
+    stream: Vec<String>,
+    /// Multi-stream lease keys (`account:stream:creationEpoch:shardId`) even with one stream.
+    #[arg(long)]
+    multi_stream: bool,
     /// The application name (the DynamoDB table's default name, the fan-out consumer's name).
     #[arg(long, value_name = "NAME")]
     application: String,
@@ -230,6 +240,7 @@ impl Writer {
 /// before the framework checkpoints it). Batches may run concurrently (`&self`): the file
 /// thread writes each batch's lines in one piece.
 struct RecordSink {
+    stream: String,
     shard_id: String,
     worker_id: String,
     out: Writer,
@@ -270,6 +281,7 @@ impl ConcurrentProcessor for RecordSink {
                 .map(|d| d.as_millis())
                 .unwrap_or(0);
             let line = serde_json::json!({
+                "stream": self.stream,
                 "shard_id": self.shard_id,
                 "sequence_number": record.sequence_number().as_str(),
                 "sub_sequence_number": record.sub_sequence_number(),
@@ -317,14 +329,25 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let factory = {
         let out = sink.writer();
         move |shard: &ShardInfo| RecordSink {
+            stream: shard.stream.clone(),
             shard_id: shard.shard_id.clone(),
             worker_id: worker_id.clone(),
             out: out.clone(),
             delay,
         }
     };
-    let mut builder = Worker::builder(factory)
-        .stream(&args.stream)
+    let mut builder = Worker::builder(factory);
+    builder = match args.stream.as_slice() {
+        [one] if !args.multi_stream => builder.stream(one),
+        streams => {
+            let configs = streams
+                .iter()
+                .map(|s| StreamConfig::parse(s).map_err(|e| format!("--stream {s}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            builder.multi_stream(MultiStreamTracker::new(configs))
+        }
+    };
+    let mut builder = builder
         .worker_id(&args.worker_id)
         .backend(backend)
         .lease_table(table)
@@ -414,7 +437,8 @@ mod tests {
     #[test]
     fn a_full_command_line_parses() {
         let parsed = args(VALID).unwrap();
-        assert_eq!(parsed.stream, "s");
+        assert_eq!(parsed.stream, ["s"]);
+        assert!(!parsed.multi_stream);
         assert_eq!(parsed.retrieval, RetrievalArg::Fanout);
         assert_eq!(parsed.output, PathBuf::from("out.jsonl"));
         assert_eq!(parsed.lease_table, LeaseStore::Sqlite("/tmp/l.db".into()));
@@ -436,9 +460,24 @@ mod tests {
 
     #[test]
     fn a_repeated_flag_is_named() {
-        let error = args(&format!("{VALID} --stream other")).err().unwrap();
-        assert!(error.contains("--stream"), "{error}");
+        let error = args(&format!("{VALID} --worker-id other")).err().unwrap();
+        assert!(error.contains("--worker-id"), "{error}");
         assert!(error.contains("cannot be used multiple times"), "{error}");
+    }
+
+    #[test]
+    fn streams_may_be_given_more_than_once() {
+        let parsed = args(&format!(
+            "{VALID} --stream arn:aws:kinesis:us-east-1:123456789012:stream/b --multi-stream"
+        ))
+        .unwrap();
+        assert_eq!(
+            parsed.stream,
+            ["s", "arn:aws:kinesis:us-east-1:123456789012:stream/b"]
+        );
+        assert!(parsed.multi_stream);
+        let error = args(&VALID.replace("--stream s ", "")).err().unwrap();
+        assert!(error.contains("--stream"), "{error}");
     }
 
     #[test]
