@@ -15,7 +15,7 @@ use kcl_core::model::{KinesisModel, ModelConfig};
 use kcl_core::processor::BoxError;
 use kcl_core::record::ExtendedSequenceNumber;
 use kcl_core::stream::StreamIdentifier;
-use kcl_core::worker::{MultiStreamTracker, StreamConfig};
+use kcl_core::worker::{FormerStreams, MultiStreamTracker, StreamConfig};
 use support::{Call, Faults, Recorder, RecordingProcessor, Running, within};
 
 const LONG: Duration = Duration::from_secs(600);
@@ -351,4 +351,107 @@ async fn a_recreated_stream_starts_afresh_and_never_reads_through_its_old_leases
         .count();
     assert_eq!(seen_new, new.len());
     w.stop().await;
+}
+
+/// Runs three streams with `former`, stops tracking beta and gamma, and returns the streams
+/// whose leases remain (by name) 15 s and 120 s after (virtual time).
+async fn former_streams_run(former: FormerStreams) -> (BTreeSet<String>, BTreeSet<String>) {
+    let model = KinesisModel::new(ModelConfig::new());
+    let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
+    let recorder = Recorder::new();
+    let tracked = Tracked::default();
+    let mut produced = Vec::new();
+    for stream in ["alpha", "beta", "gamma"] {
+        model.create_stream(stream, 1).unwrap();
+        produced.push((stream, produce(&model, stream, 30, 0)));
+    }
+    tracked.set(&["alpha", "beta", "gamma"]);
+    support::init_tracing();
+    let worker = kcl_core::worker::Worker::builder(RecordingProcessor::factory(
+        "w1",
+        recorder.clone(),
+        Faults::default(),
+    ))
+    .application_name("app")
+    .multi_stream(
+        tracked
+            .tracker(Duration::from_secs(2))
+            .former_streams(former),
+    )
+    .shard_sync_interval(Duration::from_secs(5))
+    .worker_id("w1")
+    .backend(model.clone())
+    .lease_table(table.clone())
+    .initial_position(kcl_core::shard_sync::InitialPosition::TrimHorizon)
+    .build()
+    .unwrap();
+    let w = Running {
+        handle: worker.handle(),
+        task: tokio::spawn(async move { worker.run().await.unwrap() }),
+        bound: LONG,
+    };
+    recorder
+        .wait_until(LONG, |r| produced.iter().all(|(s, p)| has_all(r, s, p)))
+        .await;
+    tracked.set(&["alpha"]);
+    let streams_with_leases = || async {
+        shard_leases(table.as_ref())
+            .await
+            .into_iter()
+            .map(|l| l.key.split(':').nth(1).unwrap().to_owned())
+            .collect::<BTreeSet<String>>()
+    };
+    // Not before the wait.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let early = streams_with_leases().await;
+    tokio::time::sleep(Duration::from_secs(105)).await;
+    let late = streams_with_leases().await;
+    w.stop().await;
+    (early, late)
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn former_streams_keep_their_leases_by_default() {
+    let (early, late) = former_streams_run(FormerStreams::Keep).await;
+    assert_eq!(early, names(&["alpha", "beta", "gamma"]));
+    assert_eq!(late, names(&["alpha", "beta", "gamma"]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn untracked_streams_lose_their_leases_after_the_wait() {
+    let (early, late) = former_streams_run(FormerStreams::DeleteWhenUntracked {
+        wait: Duration::from_secs(30),
+    })
+    .await;
+    assert_eq!(
+        early,
+        names(&["alpha", "beta", "gamma"]),
+        "not before the wait"
+    );
+    assert_eq!(late, names(&["alpha"]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_streams_listed_as_former_lose_their_leases() {
+    let (early, late) = former_streams_run(FormerStreams::DeleteListed {
+        wait: Duration::from_secs(30),
+        // gamma by name, and alpha: listed but still tracked, so kept.
+        list: Arc::new(|| {
+            vec![
+                StreamIdentifier::from_name("gamma").unwrap(),
+                StreamIdentifier::from_name("alpha").unwrap(),
+            ]
+        }),
+    })
+    .await;
+    assert_eq!(
+        early,
+        names(&["alpha", "beta", "gamma"]),
+        "not before the wait"
+    );
+    assert_eq!(late, names(&["alpha", "beta"]));
 }

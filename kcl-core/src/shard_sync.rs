@@ -347,6 +347,29 @@ pub(crate) async fn remove_finished_from(
     Ok(removed)
 }
 
+/// Deletes every lease of the stream `naming` keys, from `rows` (the table as just read), each
+/// conditional on the lease as read: the former-streams strategies' deletion. A lease changed
+/// since (or already gone) is left for the next call. Returns the keys deleted.
+pub(crate) async fn remove_stream_leases(
+    table: &dyn LeaseTable,
+    naming: &LeaseNaming,
+    rows: &[Lease],
+) -> Result<Vec<String>, LeaseError> {
+    let mut removed = Vec::new();
+    for lease in stream_leases(naming, rows).into_values() {
+        match table.delete(&lease.key, &lease.expectation()).await {
+            Ok(()) => removed.push(lease.key.clone()),
+            Err(LeaseError::ConditionFailed { .. }) | Err(LeaseError::NotFound(_)) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    removed.sort();
+    if !removed.is_empty() {
+        info!(stream = ?naming.stream(), removed = removed.len(), "removed the leases of a former stream");
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -651,6 +651,8 @@ impl<F: ProcessorFactory> Worker<F> {
             Ok(SyncOutcome::NotMine(next)) => state.not_mine(next),
             Ok(SyncOutcome::Synced(report, failures)) => {
                 self.metrics.shard_syncs.increment(1);
+                // The sync leader also applies the former-streams strategy.
+                self.remove_former_streams().await;
                 if !report.created.is_empty() {
                     debug!(created = report.created.len(), "shard sync created leases");
                 }
@@ -682,6 +684,36 @@ impl<F: ProcessorFactory> Worker<F> {
             }
         }
         Lifecycle::flag(&self.lifecycle.sync_failing, state.failing());
+    }
+
+    /// Deletes the leases of former streams that the tracker's strategy says are due (see
+    /// [`FormerStreams`]); failures are logged and retried at the next sync.
+    async fn remove_former_streams(&self) {
+        let deletes = self
+            .streams
+            .tracker()
+            .is_some_and(|t| !matches!(t.former_strategy(), FormerStreams::Keep));
+        if !deletes {
+            return;
+        }
+        let rows = match self.table.list().await {
+            Ok(rows) => rows,
+            Err(error) => {
+                warn!(%error, "reading the table for former streams failed; will retry");
+                return;
+            }
+        };
+        for naming in self.streams.former_due(&rows, Instant::now()) {
+            match crate::shard_sync::remove_stream_leases(self.table.as_ref(), &naming, &rows).await
+            {
+                Ok(removed) => {
+                    info!(stream = ?naming.stream(), removed = removed.len(), "former stream's leases deleted");
+                }
+                Err(error) => {
+                    warn!(stream = ?naming.stream(), %error, "deleting a former stream's leases failed; will retry");
+                }
+            }
+        }
     }
 
     /// Publishes the worker's gauges and lease counts, and the lag of the shards it runs.

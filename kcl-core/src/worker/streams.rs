@@ -10,16 +10,19 @@
 //! lease of a stream no longer (or not yet) tracked is processed with the worker's defaults, so
 //! nothing is left unprocessed while the former-streams strategy decides about it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::backend::{BackendError, StreamBackend};
+use crate::lease::Lease;
 use crate::metrics::{MetricsLevel, Scope};
 use crate::processor::BoxError;
 use crate::retrieval::{ConsumerRegistry, Retrieval};
@@ -244,6 +247,12 @@ pub(crate) struct StreamSet {
     resolved: Mutex<BTreeMap<StreamIdentifier, StreamIdentifier>>,
     /// Contexts made for leases of untracked streams.
     untracked: Mutex<BTreeMap<LeaseNaming, Arc<StreamContext>>>,
+    /// Former-streams strategies: since when each stream with leases has been a candidate for
+    /// deletion (untracked, or listed as former), on this worker's clock.
+    former: Mutex<BTreeMap<LeaseNaming, Instant>>,
+    /// Whether the last refresh knew every tracked stream (the list answered and every stream
+    /// was resolved or is gone): deletions wait while it did not.
+    complete: std::sync::atomic::AtomicBool,
 }
 
 impl StreamSet {
@@ -263,6 +272,8 @@ impl StreamSet {
             current: Mutex::new(BTreeMap::from([(LeaseNaming::Single, context)])),
             resolved: Mutex::default(),
             untracked: Mutex::default(),
+            former: Mutex::default(),
+            complete: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -274,6 +285,8 @@ impl StreamSet {
             current: Mutex::default(),
             resolved: Mutex::default(),
             untracked: Mutex::default(),
+            former: Mutex::default(),
+            complete: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -290,12 +303,26 @@ impl StreamSet {
         let Some(tracker) = &self.tracker else {
             return Ok(false);
         };
-        let configs = tracker.list().await?;
+        let configs = match tracker.list().await {
+            Ok(configs) => configs,
+            Err(error) => {
+                self.complete.store(false, Ordering::SeqCst);
+                return Err(error);
+            }
+        };
         let mut next: BTreeMap<LeaseNaming, Arc<StreamContext>> = BTreeMap::new();
+        let mut complete = true;
         for config in configs {
             let id = match self.resolve(backend, &config.stream).await {
                 Ok(id) => id,
                 Err(error) => {
+                    // A stream that does not exist is known to be gone; any other failure
+                    // leaves the set incomplete.
+                    let gone = matches!(
+                        error,
+                        ResolveError::Backend(BackendError::ResourceNotFound(_))
+                    );
+                    complete &= gone;
                     warn!(stream = %config.stream, %error, "cannot resolve a tracked stream; left out for now");
                     continue;
                 }
@@ -327,7 +354,57 @@ impl StreamSet {
             info!(streams = ?next.keys().filter_map(LeaseNaming::stream).collect::<Vec<_>>(), "tracked streams");
         }
         *current = next;
+        self.complete.store(complete, Ordering::SeqCst);
         Ok(changed)
+    }
+
+    /// The former streams whose leases are due for deletion under the tracker's strategy,
+    /// from `rows` (the table as just read) at `now`: streams with leases that are candidates
+    /// (untracked, or listed as former and untracked) and have been for the strategy's wait.
+    /// Nothing while the last refresh was incomplete (a failing list or describe must not
+    /// look like streams leaving).
+    pub(crate) fn former_due(&self, rows: &[Lease], now: Instant) -> Vec<LeaseNaming> {
+        let Some(tracker) = &self.tracker else {
+            return Vec::new();
+        };
+        let (wait, listed) = match &tracker.former {
+            FormerStreams::Keep => return Vec::new(),
+            FormerStreams::DeleteWhenUntracked { wait } => (*wait, None),
+            FormerStreams::DeleteListed { wait, list } => (*wait, Some(list())),
+        };
+        if !self.complete.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let current = lock(&self.current);
+        let with_leases: BTreeSet<LeaseNaming> = rows
+            .iter()
+            .filter(|l| l.heartbeat_of().is_none())
+            .map(|l| LeaseNaming::of_key(&l.key))
+            .filter(|n| *n != LeaseNaming::Single && !current.contains_key(n))
+            .collect();
+        drop(current);
+        let candidates: BTreeSet<LeaseNaming> = match listed {
+            None => with_leases,
+            Some(listed) => with_leases
+                .into_iter()
+                .filter(|naming| {
+                    let Some(Ok(id)) = naming.stream().map(StreamIdentifier::parse_serialized)
+                    else {
+                        return false;
+                    };
+                    listed.iter().any(|former| names_stream(former, &id))
+                })
+                .collect(),
+        };
+        let mut former = lock(&self.former);
+        former.retain(|naming, _| candidates.contains(naming));
+        candidates
+            .into_iter()
+            .filter(|naming| {
+                let since = *former.entry(naming.clone()).or_insert(now);
+                now.saturating_duration_since(since) >= wait
+            })
+            .collect()
     }
 
     fn context(
@@ -452,6 +529,18 @@ pub(crate) enum Unreadable {
         "it belongs to an earlier incarnation of a stream now tracked as {0} (deleted and created again)"
     )]
     FormerIncarnation(String),
+}
+
+/// Whether the identifier a user listed (`former`) names the stream `id`: exactly when it is
+/// resolved, else by account (when given) and name, whatever the creation epoch.
+fn names_stream(former: &StreamIdentifier, id: &StreamIdentifier) -> bool {
+    if former.is_resolved() {
+        return former == id;
+    }
+    former.name() == id.name()
+        && former
+            .account_id()
+            .is_none_or(|a| Some(a) == id.account_id())
 }
 
 /// Whether the serialized identifier `serialized` names the account and stream of `id`.
