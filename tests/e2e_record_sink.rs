@@ -112,6 +112,7 @@ fn terminate(sink: &mut Sink) {
 #[derive(Debug, Clone)]
 struct Line {
     worker: String,
+    stream: String,
     key: String,
     payload: String,
     at_ms: u64,
@@ -135,6 +136,7 @@ fn read_lines(sinks: &[&Path]) -> Vec<Line> {
                 .unwrap();
             out.push(Line {
                 worker: v["worker_id"].as_str().unwrap().to_owned(),
+                stream: v["stream"].as_str().unwrap().to_owned(),
                 key: v["partition_key"].as_str().unwrap().to_owned(),
                 payload: String::from_utf8(data).unwrap(),
                 at_ms: v["processed_at_ms"].as_u64().unwrap(),
@@ -343,6 +345,148 @@ async fn record_sink_processes_key_ordered_with_batches_in_flight() {
         extra: &["--max-in-flight", "8", "--delay-ms", "3"],
     })
     .await;
+}
+
+/// Two streams through one lease table (multi-stream mode, `--stream` twice): three processes,
+/// one killed with SIGKILL and one split meanwhile; every record of each stream arrives with its
+/// stream's name, first deliveries per key in order, duplicates only around the killed process.
+#[tokio::test]
+#[ignore = "needs kinesis-local and the record_sink binary: run scripts/test.sh"]
+async fn record_sink_consumes_two_streams_through_one_lease_table() {
+    support::init_tracing();
+    let k = Kinesis::server().await;
+    let a = unique("e2e-multi-a");
+    let b = unique("e2e-multi-b");
+    k.create_stream(&a, 2).await.expect("create a");
+    k.create_stream(&b, 3).await.expect("create b");
+    let app = format!("{a}-app");
+    let dir = tempfile::tempdir().unwrap();
+    let both = ["--stream", b.as_str()];
+    let spawn = |name: &str| spawn_with(name, &a, &app, dir.path(), false, &both);
+    let mut produced: HashSet<(String, String)> = HashSet::new();
+    let mut put = async |stream: &str, start: usize| {
+        for (_, data) in k.produce(stream, 50, 100, start).await {
+            produced.insert((stream.to_owned(), String::from_utf8(data.to_vec()).unwrap()));
+        }
+    };
+    let mut sinks = vec![spawn("w1")];
+    put(&a, 0).await;
+    put(&b, 0).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while read_lines(&[sinks[0].output.as_path()]).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "w1 delivered nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sinks.push(spawn("w2"));
+    sinks.push(spawn("w3"));
+    for round in 1..10 {
+        put(&a, round * 100).await;
+        put(&b, round * 100).await;
+        match round {
+            3 => {
+                sinks[0].child.kill().unwrap();
+                sinks[0].child.wait().unwrap();
+            }
+            5 => {
+                let open = k.open_shards(&b).await;
+                let s = &open[0];
+                let mid = s.hash_key_range.start / 2 + s.hash_key_range.end / 2;
+                k.split_shard(&b, &s.shard_id, mid).await.expect("split");
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let paths: Vec<PathBuf> = sinks.iter().map(|s| s.output.clone()).collect();
+    let path_refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let seen: HashSet<(String, String)> = read_lines(&path_refs)
+            .into_iter()
+            .map(|l| (l.stream, l.payload))
+            .collect();
+        let missing = produced.iter().filter(|p| !seen.contains(*p)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} of {} records never delivered",
+            produced.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for sink in sinks.iter_mut().skip(1) {
+        terminate(sink);
+    }
+    for sink in sinks.iter_mut().skip(1) {
+        let (status, log) = exit_of(sink, dir.path(), Duration::from_secs(60)).await;
+        assert!(
+            status.success(),
+            "{} exited with {status}; log:\n{log}",
+            sink.name
+        );
+    }
+    let mut lines = read_lines(&path_refs);
+    // Only the two streams, each line naming the stream its record was produced into.
+    let streams: HashSet<&str> = lines.iter().map(|l| l.stream.as_str()).collect();
+    assert_eq!(streams, HashSet::from([a.as_str(), b.as_str()]));
+    for line in &lines {
+        assert!(
+            produced.contains(&(line.stream.clone(), line.payload.clone())),
+            "{line:?} was not produced into its stream"
+        );
+    }
+    lines.sort_by_key(|l| (l.at_ms, l.file, l.index));
+    let mut first_seen = HashSet::new();
+    let mut by_key: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    let mut deliveries: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
+    for line in &lines {
+        let id = (line.stream.as_str(), line.payload.as_str());
+        deliveries.entry(id).or_default().push(line.worker.as_str());
+        if first_seen.insert(id) {
+            by_key
+                .entry((line.stream.as_str(), line.key.as_str()))
+                .or_default()
+                .push(line.payload.as_str());
+        }
+    }
+    for (key, payloads) in &by_key {
+        let mut sorted = payloads.clone();
+        sorted.sort();
+        assert_eq!(
+            payloads, &sorted,
+            "first deliveries of {key:?} out of order"
+        );
+    }
+    for (id, workers) in &deliveries {
+        if workers.len() > 1 {
+            assert!(
+                workers.contains(&"w1"),
+                "{id:?} delivered by {workers:?}, never by the killed worker"
+            );
+        }
+    }
+    let workers: HashSet<&str> = lines.iter().map(|l| l.worker.as_str()).collect();
+    assert!(workers.contains("w1"), "the killed process had work");
+    // The leases are multi-stream leases of the two streams, in one SQLite table.
+    let table = kcl_lease_sqlite::SqliteLeaseTable::open(dir.path().join("leases.db"), &app)
+        .await
+        .unwrap();
+    let keys: Vec<String> = kcl_core::lease::LeaseTable::list(&table)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.heartbeat_of().is_none())
+        .map(|l| l.key)
+        .collect();
+    for key in &keys {
+        let (id, _) = kcl_core::stream::StreamIdentifier::parse_lease_key(key).unwrap();
+        assert!(id.name() == a || id.name() == b, "{key}");
+    }
 }
 
 /// Waits until `sink` exits (at most `limit`); returns its status and its log.
