@@ -63,4 +63,5 @@ scenarios!(
     graceful_shutdown_hands_over_without_duplicates,
     a_joining_worker_gets_its_share_without_duplicates,
     resharding_across_workers_keeps_order,
+    two_streams_survive_a_crash_and_a_split,
 );

@@ -192,7 +192,11 @@ impl<F: ProcessorFactory> ProcessorFactory for Observed<F> {
             inner: self.inner.create(shard),
             worker: self.worker.clone(),
             incarnation: self.incarnation,
-            shard_id: shard.shard_id.clone(),
+            // Multi-stream workers: `<stream>/<shard>`, as shard ids repeat across streams.
+            shard_id: match &shard.stream_id {
+                Some(_) => format!("{}/{}", shard.stream, shard.shard_id),
+                None => shard.shard_id.clone(),
+            },
             deliveries: self.deliveries.clone(),
             gate: self.gate.clone(),
         }

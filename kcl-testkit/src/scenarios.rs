@@ -6,7 +6,8 @@
 //! client), so the store's real concurrency is exercised: takeover after a crash
 //! ([`takeover_after_a_crash`]), graceful handoff ([`graceful_shutdown_hands_over_without_duplicates`]),
 //! a joining worker ([`a_joining_worker_gets_its_share_without_duplicates`]) and resharding
-//! across workers ([`resharding_across_workers_keeps_order`]). A scenario panics, naming what
+//! across workers ([`resharding_across_workers_keeps_order`]), and two streams through one table
+//! (multi-stream mode: [`two_streams_survive_a_crash_and_a_split`]). A scenario panics, naming what
 //! went wrong, when the store breaks a property.
 //!
 //! The scenarios wait for events (records completed, leases moved), never for fixed times, so
@@ -40,7 +41,10 @@ use kcl_core::model::{KinesisModel, ModelConfig};
 use kcl_core::processor::{BoxError, ProcessRecordsInput, RecordProcessor, ShardInfo};
 use kcl_core::retrieval::PollingConfig;
 use kcl_core::shard_sync::InitialPosition;
-use kcl_core::worker::{CheckpointCadence, Worker, WorkerHandle, WorkerStatus};
+use kcl_core::stream::StreamIdentifier;
+use kcl_core::worker::{
+    CheckpointCadence, MultiStreamTracker, StreamConfig, Worker, WorkerHandle, WorkerStatus,
+};
 
 use crate::gate::Gate;
 use crate::observe::{Deliveries, Observed};
@@ -59,6 +63,8 @@ pub fn shared(table: Arc<dyn LeaseTable>) -> Tables {
 
 /// The stream every scenario consumes.
 pub const STREAM: &str = "orders";
+/// The second stream of the multi-stream scenario.
+pub const SECOND_STREAM: &str = "payments";
 /// Records per `GetRecords` call, so per processor batch, in every scenario.
 const MAX_BATCH: u32 = 10;
 
@@ -86,6 +92,9 @@ pub struct Cluster {
     pub shard_sync_interval: Duration,
     /// Bound for every wait (virtual or real time).
     pub bound: Duration,
+    /// The streams the workers started from now on consume: [`STREAM`] alone by default (a
+    /// single-stream worker); more than one makes them multi-stream workers.
+    pub streams: Vec<String>,
     members: BTreeMap<String, Member>,
 }
 
@@ -109,6 +118,7 @@ impl Cluster {
             },
             shard_sync_interval: failover,
             bound: failover * 60,
+            streams: vec![STREAM.to_owned()],
             members: BTreeMap::new(),
         }
     }
@@ -123,9 +133,16 @@ impl Cluster {
             self.deliveries.clone(),
             Arc::new(Gate::new()),
         );
-        let worker = Worker::builder(factory)
-            .application_name("app")
-            .stream(STREAM)
+        let builder = Worker::builder(factory).application_name("app");
+        let builder = match self.streams.as_slice() {
+            [one] => builder.stream(one),
+            streams => builder.multi_stream(MultiStreamTracker::new(
+                streams
+                    .iter()
+                    .map(|s| StreamConfig::parse(s).expect("a valid stream name")),
+            )),
+        };
+        let worker = builder
             .worker_id(name)
             .backend(self.model.clone())
             .lease_table(table)
@@ -471,6 +488,117 @@ pub async fn resharding_across_workers_keeps_order(tables: Tables, failover: Dur
     cluster.stop_all().await;
 }
 
+/// Two streams through one lease table (multi-stream mode): two workers balanced over the
+/// leases of both, records flowing into both, a shard of the second split, then a worker killed.
+/// The survivor takes every lease of both streams; every record is processed, in order per key;
+/// the split's children start after their parent; re-deliveries come only from the crash; every
+/// lease is keyed `account:stream:creationEpoch:shardId` of one of the two streams.
+pub async fn two_streams_survive_a_crash_and_a_split(tables: Tables, failover: Duration) {
+    let mut cluster = Cluster::new(tables.clone(), 2, failover);
+    cluster
+        .model
+        .create_stream(SECOND_STREAM, 2)
+        .expect("create the second stream");
+    cluster.streams = vec![STREAM.to_owned(), SECOND_STREAM.to_owned()];
+    cluster.start("w1").await;
+    cluster.start("w2").await;
+    cluster
+        .wait_for("two workers balanced over both streams", |c| {
+            c.held("w1") == 2 && c.held("w2") == 2
+        })
+        .await;
+    let mut produced = produce(&cluster.model, STREAM, 20, 200, 0);
+    produced.extend(produce_keyed(
+        &cluster.model,
+        SECOND_STREAM,
+        "pay",
+        20,
+        200,
+        0,
+    ));
+    cluster
+        .wait_deliveries("w1 processed records", |all| {
+            all.iter().any(|d| d.worker == "w1")
+        })
+        .await;
+    let parent = cluster
+        .model
+        .open_shard_ids(SECOND_STREAM)
+        .expect("shards")
+        .remove(0);
+    let range = cluster
+        .model
+        .shards(SECOND_STREAM)
+        .expect("shards")
+        .into_iter()
+        .find(|s| s.shard_id == parent)
+        .expect("shard listed")
+        .hash_key_range;
+    let children = cluster
+        .model
+        .split_shard(
+            SECOND_STREAM,
+            &parent,
+            &(range.start + (range.end - range.start) / 2).to_string(),
+        )
+        .expect("split");
+    produced.extend(produce_keyed(
+        &cluster.model,
+        SECOND_STREAM,
+        "pay",
+        20,
+        100,
+        200,
+    ));
+    let w1_shards: HashSet<String> = cluster.status("w1").held_leases.into_iter().collect();
+    cluster.kill("w1").await;
+    produced.extend(produce(&cluster.model, STREAM, 20, 100, 200));
+    cluster.wait_all_delivered(&produced).await;
+    assert_order_per_key(&cluster.deliveries, &produced);
+    // Parent before children, within the second stream.
+    let all = cluster.deliveries.all();
+    let parent_name = format!("{SECOND_STREAM}/{parent}");
+    for child in &children {
+        let child_name = format!("{SECOND_STREAM}/{child}");
+        let first_child = all.iter().position(|d| d.shard_id == child_name);
+        let last_parent = all.iter().rposition(|d| d.shard_id == parent_name);
+        if let (Some(c), Some(p)) = (first_child, last_parent) {
+            let duplicate_of_crash = all[p].worker == "w1";
+            assert!(
+                p < c || duplicate_of_crash,
+                "{child_name} delivered before its parent finished"
+            );
+        }
+    }
+    // Re-deliveries only from the crash: the first delivery was w1's.
+    let mut first: BTreeMap<Bytes, &str> = BTreeMap::new();
+    for d in &all {
+        match first.get(&d.data) {
+            Some(w) => assert_eq!(*w, "w1", "a re-delivery not caused by the crash: {d:?}"),
+            None => {
+                first.insert(d.data.clone(), d.worker.as_str());
+            }
+        }
+    }
+    assert!(!w1_shards.is_empty());
+    // Every shard lease is a multi-stream lease of one of the two streams.
+    let table = (tables)().await;
+    for lease in table.list().await.expect("list") {
+        if lease.heartbeat_of().is_some() {
+            continue;
+        }
+        let (id, _) = StreamIdentifier::parse_lease_key(&lease.key).unwrap_or_else(|e| {
+            panic!("{e}");
+        });
+        assert!(
+            id.name() == STREAM || id.name() == SECOND_STREAM,
+            "{}",
+            lease.key
+        );
+    }
+    cluster.stop_all().await;
+}
+
 /// The processor of the scenarios: accepts every batch (the harness logs what it completed).
 struct Accept;
 
@@ -495,9 +623,21 @@ pub fn produce(
     count: usize,
     start: usize,
 ) -> Vec<(String, Bytes)> {
+    produce_keyed(model, stream, "key", keys, count, start)
+}
+
+/// [`produce`] with partition keys `<prefix>-<i>` (streams sharing a test keep apart).
+pub fn produce_keyed(
+    model: &KinesisModel,
+    stream: &str,
+    prefix: &str,
+    keys: usize,
+    count: usize,
+    start: usize,
+) -> Vec<(String, Bytes)> {
     let mut out = Vec::with_capacity(count);
     for i in start..start + count {
-        let key = format!("key-{}", i % keys);
+        let key = format!("{prefix}-{}", i % keys);
         let data = Bytes::from(format!("{key}:{:08}", i / keys));
         model
             .put_record(stream, &key, data.clone(), None)
