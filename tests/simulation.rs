@@ -75,6 +75,25 @@ fn key_ordered_schedules() {
     );
 }
 
+/// Some schedules with two streams through one lease table (multi-stream workers, resharding
+/// in the first): the same invariants over the shards of both.
+#[test]
+fn two_stream_schedules() {
+    let mut failures = Vec::new();
+    for seed in 0..12 {
+        let outcome = sim::run_two_streams(seed);
+        assert_eq!(outcome.config.streams, 2);
+        if !outcome.violations.is_empty() {
+            eprintln!("{}", outcome.report());
+            failures.push(seed);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failing two-stream seeds: {failures:?} (reports above)"
+    );
+}
+
 /// Runs every large-fleet seed of `seeds`; fails with the reports of the failing ones.
 fn run_large_seeds(seeds: Range<u64>) {
     let failures = sim::run_range_large(seeds);

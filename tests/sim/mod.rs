@@ -73,6 +73,10 @@ pub struct SimConfig {
     /// Large-fleet mode: every worker starts at once, and each event of the schedule hits a
     /// group of workers (see [`SimConfig::large_for_seed`]).
     pub large: bool,
+    /// Streams consumed through the one lease table: 1 is a single-stream worker; 2 runs
+    /// multi-stream workers over a second stream (`sim-2`, as many shards, resharded never),
+    /// each partition key written to one of them.
+    pub streams: usize,
 }
 
 impl SimConfig {
@@ -106,6 +110,7 @@ impl SimConfig {
             },
             large: false,
             max_in_flight: 1,
+            streams: 1,
         }
     }
 
@@ -115,6 +120,15 @@ impl SimConfig {
         let mut rng = fastrand::Rng::with_seed(seed ^ 0x0bde_4ed0);
         Self {
             max_in_flight: rng.usize(2..=16),
+            ..Self::for_seed(seed)
+        }
+    }
+
+    /// The configuration of `seed` ([`SimConfig::for_seed`]) with two streams through one lease
+    /// table (multi-stream workers).
+    pub fn two_streams_for_seed(seed: u64) -> Self {
+        Self {
+            streams: 2,
             ..Self::for_seed(seed)
         }
     }
@@ -145,6 +159,7 @@ impl SimConfig {
             stale_reads: Duration::from_millis(rng.u64(0..=3_000)),
             large: true,
             max_in_flight: 1,
+            streams: 1,
         }
     }
 }
@@ -243,6 +258,11 @@ pub fn run(seed: u64) -> Outcome {
 /// Runs the schedule of `seed` in key-ordered mode ([`SimConfig::key_ordered_for_seed`]).
 pub fn run_key_ordered(seed: u64) -> Outcome {
     run_with(seed, SimConfig::key_ordered_for_seed(seed))
+}
+
+/// Runs the schedule of `seed` with two streams ([`SimConfig::two_streams_for_seed`]).
+pub fn run_two_streams(seed: u64) -> Outcome {
+    run_with(seed, SimConfig::two_streams_for_seed(seed))
 }
 
 /// Runs the large-fleet schedule of `seed`.

@@ -16,7 +16,9 @@ use kcl_core::processor::{
 };
 use kcl_core::retrieval::PollingConfig;
 use kcl_core::shard_sync::InitialPosition;
-use kcl_core::worker::{CheckpointCadence, KeyOrdered, Worker, WorkerHandle};
+use kcl_core::worker::{
+    CheckpointCadence, KeyOrdered, MultiStreamTracker, StreamConfig, Worker, WorkerHandle,
+};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -25,6 +27,8 @@ use super::faults::{Fault, FaultPlan, FaultWindow, Gate, GatedBackend, SimTable,
 use super::log::{Delivery, End, Incident, IncidentKind, Log, Produced, Session};
 
 pub(crate) const STREAM: &str = "sim";
+/// The second stream of two-stream runs.
+pub(crate) const SECOND_STREAM: &str = "sim-2";
 
 /// Processors of one incarnation.
 struct SimFactory {
@@ -47,7 +51,11 @@ impl ProcessorFactory for SimFactory {
             gate: self.gate.clone(),
             incarnation: self.incarnation,
             worker: self.worker.clone(),
-            shard: shard.shard_id.clone(),
+            // Multi-stream workers: `<stream>/<shard>`, as shard ids repeat across streams.
+            shard: match &shard.stream_id {
+                Some(_) => format!("{}/{}", shard.stream, shard.shard_id),
+                None => shard.shard_id.clone(),
+            },
             session: None,
             manual_checkpoints: self.manual_checkpoints,
             key_ordered: self.key_ordered,
@@ -224,6 +232,11 @@ impl World {
         model
             .create_stream(STREAM, config.initial_shards)
             .expect("create stream");
+        if config.streams > 1 {
+            model
+                .create_stream(SECOND_STREAM, config.initial_shards)
+                .expect("create the second stream");
+        }
         let slots = (0..config.workers)
             .map(|i| (format!("w{i}"), None))
             .collect();
@@ -290,9 +303,16 @@ impl World {
             manual_checkpoints: self.rng.bool(),
             key_ordered: self.config.max_in_flight > 1,
         };
-        let mut builder = Worker::builder(factory)
-            .application_name("sim")
-            .stream(STREAM)
+        let builder = Worker::builder(factory).application_name("sim");
+        let builder = if self.config.streams > 1 {
+            builder.multi_stream(MultiStreamTracker::new([
+                StreamConfig::parse(STREAM).expect("stream name"),
+                StreamConfig::parse(SECOND_STREAM).expect("stream name"),
+            ]))
+        } else {
+            builder.stream(STREAM)
+        };
+        let mut builder = builder
             .worker_id(worker)
             .backend(backend)
             .lease_table(table)
@@ -603,6 +623,7 @@ impl World {
             self.log.clone(),
             self.seed,
             self.config.keys,
+            self.config.streams,
             self.config.kpl,
             start + self.config.produce_for,
         ));
@@ -727,6 +748,7 @@ async fn produce(
     log: Arc<Log>,
     seed: u64,
     keys: usize,
+    streams: usize,
     kpl: bool,
     until: Instant,
 ) -> usize {
@@ -762,7 +784,13 @@ async fn produce(
             };
             // Retry throttled writes of the same record, so per-key order holds.
             loop {
-                match model.put_record(STREAM, &key, data.clone(), None) {
+                // Each key lives in one stream, so its order is one shard's at a time.
+                let stream = if streams > 1 && k % 2 == 1 {
+                    SECOND_STREAM
+                } else {
+                    STREAM
+                };
+                match model.put_record(stream, &key, data.clone(), None) {
                     Ok(_) => break,
                     Err(error) if error.is_throttling() => {
                         tokio::time::sleep(Duration::from_millis(100)).await;
