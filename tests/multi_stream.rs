@@ -455,3 +455,40 @@ async fn only_the_streams_listed_as_former_lose_their_leases() {
     );
     assert_eq!(late, names(&["alpha", "beta"]));
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_stream_reads_its_own_way_and_fan_out_registers_on_its_stream() {
+    let model =
+        KinesisModel::new(ModelConfig::new().with_consumer_registration_time(Duration::ZERO));
+    model.create_stream("polled", 2).unwrap();
+    model.create_stream("pushed", 2).unwrap();
+    let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
+    let recorder = Recorder::new();
+    let polled = produce(&model, "polled", 50, 0);
+    let pushed = produce(&model, "pushed", 50, 0);
+    let tracker = MultiStreamTracker::new([
+        StreamConfig::parse("polled").unwrap(),
+        StreamConfig::parse("pushed")
+            .unwrap()
+            .retrieval(kcl_core::retrieval::Retrieval::fan_out()),
+    ]);
+    let w = start("w1", &model, &table, &recorder, tracker);
+    recorder
+        .wait_until(LONG, |r| {
+            has_all(r, "polled", &polled) && has_all(r, "pushed", &pushed)
+        })
+        .await;
+    let fan_out = kcl_core::backend::StreamBackend::fan_out(model.as_ref()).unwrap();
+    // The consumer (named after the application) exists on the fan-out stream only.
+    assert!(
+        fan_out
+            .describe_stream_consumer("pushed", "app")
+            .await
+            .is_ok()
+    );
+    assert!(matches!(
+        fan_out.describe_stream_consumer("polled", "app").await,
+        Err(kcl_core::backend::BackendError::ResourceNotFound(_))
+    ));
+    w.stop().await;
+}
