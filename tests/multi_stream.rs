@@ -472,12 +472,21 @@ async fn each_stream_reads_its_own_way_and_fan_out_registers_on_its_stream() {
             .unwrap()
             .retrieval(kcl_core::retrieval::Retrieval::fan_out()),
     ]);
-    let w = start("w1", &model, &table, &recorder, tracker);
+    let metrics = support::metrics::recorder();
+    let w = start("w-fanout", &model, &table, &recorder, tracker);
     recorder
         .wait_until(LONG, |r| {
             has_all(r, "polled", &polled) && has_all(r, "pushed", &pushed)
         })
         .await;
+    // Each shard's metrics carry its own stream's label.
+    let processed = |stream: &str| {
+        metrics.value(
+            kcl_core::metrics::names::RECORDS_PROCESSED,
+            &[("worker", "w-fanout"), ("stream", stream)],
+        )
+    };
+    assert_eq!((processed("polled"), processed("pushed")), (50.0, 50.0));
     let fan_out = kcl_core::backend::StreamBackend::fan_out(model.as_ref()).unwrap();
     // The consumer (named after the application) exists on the fan-out stream only.
     assert!(
