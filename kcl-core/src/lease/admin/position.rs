@@ -146,26 +146,37 @@ pub(crate) async fn checkpoint_before(
     }
 }
 
-/// Checks that `sequence` is a record position of `shard` (the stream accepts an iterator at it).
+/// Checks that `sequence` is the sequence number of a record of `shard`: the stream accepts an
+/// iterator at it and the first record there carries it.
 pub(crate) async fn check_sequence(
     backend: &dyn StreamBackend,
     stream: &str,
     shard: &str,
     sequence: &SequenceNumber,
 ) -> Result<(), AdminError> {
-    backend
-        .get_shard_iterator(
-            stream,
-            shard,
-            StartingPosition::AtSequenceNumber(sequence.clone()),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| AdminError::BadSequence {
-            sequence: sequence.clone(),
-            shard: shard.to_owned(),
-            reason: e.to_string(),
-        })
+    let bad = |reason: String| AdminError::BadSequence {
+        sequence: sequence.clone(),
+        shard: shard.to_owned(),
+        reason,
+    };
+    let first = first_at(
+        backend,
+        stream,
+        shard,
+        StartingPosition::AtSequenceNumber(sequence.clone()),
+    )
+    .await
+    .map_err(|e| match e {
+        AdminError::Stream { source, .. } => bad(source.to_string()),
+        other => other,
+    })?;
+    match first {
+        Some(found) if found == *sequence => Ok(()),
+        Some(found) => Err(bad(format!(
+            "no record of the shard has it (the next one is {found})"
+        ))),
+        None => Err(bad("no record of the shard has it".to_owned())),
+    }
 }
 
 /// How far `checkpoint` is behind the tip of `shard`; `None` when the checkpoint says nothing

@@ -502,33 +502,20 @@ async fn handoff_and_write(
             });
         }
         if tokio::time::Instant::now() >= deadline {
-            // Back in the owner's name, the marker still naming it: it never stopped holding
-            // the lease (as a stealer that gives up returns it).
-            let back = LeaseUpdate {
-                owner: Some(Some(owner.clone())),
-                increment_owner_switches: true,
-                ..LeaseUpdate::default()
-            };
-            if let Err(error) = table
-                .update(&current.key, &current.expectation(), &back)
-                .await
-            {
-                debug!(lease = %current.key, %error, "could not give back a lease not handed over");
-                // The owner may have handed it over just now: then finish the reset of it.
-                if let Some(now) = table.get(&lease.key).await?
-                    && now.owner.as_deref() == Some(options.admin_id.as_str())
-                    && now.checkpoint_owner.is_none()
-                {
-                    current = now;
+            match give_back(table, current, &owner, options).await? {
+                Some(handed_over) => {
+                    current = handed_over;
                     continue;
                 }
+                None => {
+                    return Err(AdminError::HandoffTimedOut {
+                        key: lease.key.clone(),
+                        owner,
+                        wait: options.wait,
+                        changed: done.iter().map(|a| a.key.clone()).collect(),
+                    });
+                }
             }
-            return Err(AdminError::HandoffTimedOut {
-                key: lease.key.clone(),
-                owner,
-                wait: options.wait,
-                changed: done.iter().map(|a| a.key.clone()).collect(),
-            });
         }
         tokio::time::sleep(options.poll).await;
         current = match table.get(&lease.key).await? {
@@ -536,4 +523,43 @@ async fn handoff_and_write(
             None => return Err(raced(&lease.key, done)),
         };
     }
+}
+
+/// After a handoff that did not come in time: the lease back in its owner's name, the marker
+/// still naming it (as a stealer that gives up returns it; the owner never stopped holding it).
+/// Retried on a condition failure (the owner renewing meanwhile). Returns the lease when the
+/// owner handed it over after all (then its reset is completed), `None` once given back or
+/// taken by someone else.
+async fn give_back(
+    table: &dyn LeaseTable,
+    mut current: Lease,
+    owner: &str,
+    options: &ApplyOptions,
+) -> Result<Option<Lease>, AdminError> {
+    for _ in 0..20 {
+        if current.owner.as_deref() != Some(options.admin_id.as_str()) {
+            return Ok(None);
+        }
+        if current.checkpoint_owner.is_none() {
+            return Ok(Some(current));
+        }
+        let back = LeaseUpdate {
+            owner: Some(Some(owner.to_owned())),
+            increment_owner_switches: true,
+            ..LeaseUpdate::default()
+        };
+        match table
+            .update(&current.key, &current.expectation(), &back)
+            .await
+        {
+            Ok(_) => return Ok(None),
+            Err(LeaseError::ConditionFailed { .. }) => {}
+            Err(error) => return Err(error.into()),
+        }
+        current = match table.get(&current.key).await? {
+            Some(lease) => lease,
+            None => return Ok(None),
+        };
+    }
+    Ok(None)
 }
