@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::backend::StreamBackend;
+use crate::backend::{BackendError, StreamBackend};
 use crate::record::ExtendedSequenceNumber;
 
 use super::super::{Lease, LeaseTable};
@@ -121,7 +121,16 @@ pub async fn describe(
     if let Some((backend, name)) = stream {
         for row in &mut leases {
             if row.state != LeaseState::Finished {
-                row.lag = position::lag(backend, name, &row.key, &row.checkpoint).await?;
+                row.lag = match position::lag(backend, name, &row.key, &row.checkpoint).await {
+                    Ok(lag) => lag,
+                    // A lease of a shard the stream no longer has (trimmed away, or a table
+                    // shared with another stream): no lag to show, the rest still is.
+                    Err(AdminError::Stream {
+                        source: BackendError::ResourceNotFound(_),
+                        ..
+                    }) => None,
+                    Err(error) => return Err(error),
+                };
             }
         }
     }

@@ -55,20 +55,36 @@ impl fmt::Display for ResetTarget {
         match self {
             Self::TrimHorizon => f.write_str("trim-horizon"),
             Self::Latest => f.write_str("latest"),
-            Self::AtTimestamp(at) => {
-                let since = at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default();
-                write!(
-                    f,
-                    "at-timestamp:{}.{:03}s-since-epoch",
-                    since.as_secs(),
-                    since.subsec_millis()
-                )
-            }
+            Self::AtTimestamp(at) => write!(f, "at-timestamp:{}", rfc3339(*at)),
             Self::Sequence(seq) => write!(f, "sequence:{seq}"),
         }
     }
+}
+
+/// `at` as RFC 3339 in UTC with milliseconds (`2026-12-03T09:00:00.000Z`), as operators wrote it.
+pub fn rfc3339(at: SystemTime) -> String {
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        since.subsec_millis()
+    )
 }
 
 /// What to reset.
@@ -562,4 +578,20 @@ async fn give_back(
         };
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_print_as_rfc3339() {
+        let at = |secs: u64, millis: u64| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis)
+        };
+        assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(at(951_782_400, 5)), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(at(4_070_908_800, 0)), "2099-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(at(1_796_288_461, 250)), "2026-12-03T09:01:01.250Z");
+    }
 }
