@@ -13,6 +13,8 @@
 //! (`AWS_ENDPOINT_URL_DYNAMODB`, `AWS_ENDPOINT_URL_KINESIS`, `AWS_REGION`, profiles, roles).
 //! The lease logic is `kcl_core::lease::admin`, the same code for every store.
 
+#![deny(missing_docs)]
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -112,3 +112,65 @@ pub async fn apply(
     }
     Ok((deleted, kept))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::admin::watch::{Liveness, WorkerInfo};
+    use crate::record::SequenceNumber;
+    use std::time::Duration;
+
+    fn at(n: u128) -> ExtendedSequenceNumber {
+        ExtendedSequenceNumber::Sequence {
+            sequence: SequenceNumber::from_u128(n),
+            sub_sequence: 0,
+        }
+    }
+
+    #[test]
+    fn finished_parents_go_once_every_child_progressed_oldest_first() {
+        let mut grand = Lease::new("s0", ExtendedSequenceNumber::ShardEnd);
+        grand.child_shard_ids = vec!["s1".into()];
+        let mut parent = Lease::new("s1", ExtendedSequenceNumber::ShardEnd).with_parents(["s0"]);
+        parent.child_shard_ids = vec!["s2".into(), "s3".into()];
+        let progressed = Lease::new("s2", at(5)).with_parents(["s1"]);
+        let fresh = Lease::new("s3", ExtendedSequenceNumber::TrimHorizon).with_parents(["s1"]);
+        let mut other = Lease::new("s4", ExtendedSequenceNumber::ShardEnd);
+        other.child_shard_ids = vec!["s5".into()];
+        let child = Lease::new("s5", at(7)).with_parents(["s4"]);
+        let mut busy = Lease::worker_heartbeat("busy");
+        busy.counter = 9;
+        let mut owned = Lease::new("s6", at(1));
+        owned.owner = Some("busy".into());
+        let idle = Lease::worker_heartbeat("idle");
+        let view = WorkerView {
+            workers: ["busy", "idle"]
+                .iter()
+                .map(|id| WorkerInfo {
+                    id: (*id).to_owned(),
+                    heartbeat_counter: Some(0),
+                    liveness: Liveness::Stale,
+                    leaving: false,
+                    leases_held: 0,
+                })
+                .collect(),
+            rows: vec![
+                grand, parent, progressed, fresh, other, child, busy, owned, idle,
+            ],
+            watched_for: Duration::from_secs(1),
+        };
+        let planned: Vec<(String, Removal)> =
+            plan(&view).into_iter().map(|c| (c.key, c.why)).collect();
+        // s0's child s1 is finished (progressed), and s0 has no parents: it goes. s1 waits for
+        // its parent s0 and for s3, still at its start. s4's child progressed: it goes. The
+        // stale worker owning s6 keeps its row; the idle one's row goes.
+        assert_eq!(
+            planned,
+            [
+                ("s0".to_owned(), Removal::FinishedLease),
+                ("s4".to_owned(), Removal::FinishedLease),
+                ("kcl-rs/worker/idle".to_owned(), Removal::StaleHeartbeat),
+            ]
+        );
+    }
+}
