@@ -63,6 +63,11 @@ cargo build --workspace --example record_sink
 KCL_RECORD_SINK=${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/record_sink
 export KCL_RECORD_SINK
 
+log "building the kcl binary (the kcl-cli end-to-end test runs it as a black box)"
+cargo build --workspace --bin kcl
+KCL_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/kcl
+export KCL_BIN
+
 # ---- servers (loopback only), stopped on exit ------------------------------------------------
 STOPS=()
 stop_servers() {

@@ -50,6 +50,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use clap::{Parser, ValueEnum};
+use kcl_cli::store::{self, Create, LeaseStore};
 use kcl_core::aws::KinesisBackend;
 use kcl_core::checkpoint::Checkpointer;
 use kcl_core::lease::LeaseTable;
@@ -60,31 +61,7 @@ use kcl_core::processor::{
 use kcl_core::retrieval::{FanOutConfig, Retrieval};
 use kcl_core::shard_sync::InitialPosition;
 use kcl_core::worker::{CheckpointCadence, KeyOrdered, MultiStreamTracker, StreamConfig, Worker};
-use kcl_lease_dynamo::DynamoLeaseTable;
-use kcl_lease_sqlite::SqliteLeaseTable;
 use tokio::sync::oneshot;
-
-/// Where leases live.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum LeaseStore {
-    Sqlite(PathBuf),
-    Dynamo(Option<String>),
-}
-
-fn parse_lease_store(value: &str) -> Result<LeaseStore, String> {
-    if let Some(path) = value.strip_prefix("sqlite:") {
-        if path.is_empty() {
-            return Err("sqlite: needs a path".into());
-        }
-        Ok(LeaseStore::Sqlite(PathBuf::from(path)))
-    } else if value == "dynamodb" {
-        Ok(LeaseStore::Dynamo(None))
-    } else if let Some(table) = value.strip_prefix("dynamodb:") {
-        Ok(LeaseStore::Dynamo(Some(table.to_owned())))
-    } else {
-        Err("expected sqlite:PATH, dynamodb or dynamodb:TABLE".into())
-    }
-}
 
 /// How records are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -133,7 +110,7 @@ struct Args {
     worker_id: String,
     /// Where leases live: sqlite:PATH (one host), dynamodb (table named after the
     /// application) or dynamodb:TABLE.
-    #[arg(long, value_name = "STORE", value_parser = parse_lease_store)]
+    #[arg(long, value_name = "STORE", value_parser = store::parse_lease_store)]
     lease_table: LeaseStore,
     /// How records are read.
     #[arg(long, value_enum)]
@@ -298,21 +275,7 @@ impl ConcurrentProcessor for RecordSink {
 }
 
 async fn lease_table(args: &Args) -> Result<Arc<dyn LeaseTable>, BoxError> {
-    Ok(match &args.lease_table {
-        LeaseStore::Sqlite(path) => {
-            Arc::new(SqliteLeaseTable::open(path, &args.application).await?)
-        }
-        LeaseStore::Dynamo(None) => Arc::new(DynamoLeaseTable::from_env(&args.application).await?),
-        LeaseStore::Dynamo(Some(table)) => {
-            let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-            Arc::new(
-                DynamoLeaseTable::builder(table.as_str())
-                    .application(&args.application)
-                    .build(&config)
-                    .await?,
-            )
-        }
-    })
+    Ok(store::open(&args.lease_table, &args.application, Create::IfMissing).await?)
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {

@@ -17,6 +17,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`admin`] | what an operator's tool does: describe, reset, cleanup (above the trait, like the workers) |
 //! | [`config`] | [`LeaseConfig`]: failover time, renewal mode, scan interval, limits |
 //! | `held` | a lease this worker holds: fenced writes, loss and handoff signals |
 //! | `instrumented` | the worker's wrapper of its table: calls counted, timed, health watched |
@@ -36,6 +37,7 @@ use bytes::Bytes;
 
 use crate::record::{ExtendedSequenceNumber, HashKeyRange};
 
+pub mod admin;
 mod balance;
 pub mod config;
 pub mod coordinator;

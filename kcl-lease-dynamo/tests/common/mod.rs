@@ -13,6 +13,8 @@
 //! static test credentials (local servers accept any).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod java;
+
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
