@@ -501,3 +501,48 @@ async fn each_stream_reads_its_own_way_and_fan_out_registers_on_its_stream() {
     ));
     w.stop().await;
 }
+
+/// A lease of the other key style (a single-stream table's `shardId-...` key) appearing in a
+/// multi-stream worker's table is never taken: the worker cannot process it, so it must stay
+/// free for a worker that can (neither held forever nor counted in its fair share).
+#[tokio::test(start_paused = true)]
+async fn a_multi_stream_worker_never_takes_a_lease_it_cannot_process() {
+    let model = KinesisModel::new(ModelConfig::new());
+    model.create_stream("orders", 1).unwrap();
+    let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
+    let recorder = Recorder::new();
+    let tracked = Tracked::default();
+    tracked.set(&["orders"]);
+    let produced = produce(&model, "orders", 20, 0);
+    let w = start(
+        "w1",
+        &model,
+        &table,
+        &recorder,
+        tracked.tracker(Duration::from_secs(5)),
+    );
+    recorder
+        .wait_until(LONG, |r| has_all(r, "orders", &produced))
+        .await;
+    // A single-stream worker's lease, free (its owner left it).
+    let plain = Lease::new("shardId-000000000000", ExtendedSequenceNumber::TrimHorizon);
+    assert!(table.create_if_absent(&plain).await.unwrap());
+    tokio::time::advance(Duration::from_secs(120)).await;
+    let more = produce(&model, "orders", 20, 20);
+    recorder
+        .wait_until(LONG, |r| has_all(r, "orders", &more))
+        .await;
+    tokio::time::advance(Duration::from_secs(120)).await;
+    let row = shard_leases(table.as_ref())
+        .await
+        .into_iter()
+        .find(|l| l.key == plain.key)
+        .unwrap();
+    assert_eq!(row.owner, None, "the single-stream lease is held: {row:?}");
+    assert_eq!(
+        (row.counter, row.owner_switches_since_checkpoint),
+        (plain.counter, 0),
+        "the single-stream lease was written (taken, or taken and released): {row:?}"
+    );
+    w.stop().await;
+}

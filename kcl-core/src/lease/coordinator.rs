@@ -302,9 +302,15 @@ impl Departed {
     }
 }
 
+/// Which lease keys a worker can process (a key of one of its streams, in its key style): the
+/// coordinator takes, steals, asks for and counts no other lease.
+pub(crate) type LeaseFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Renews and takes leases for one worker. See the [module docs](self).
 pub(crate) struct LeaseCoordinator {
     worker_id: String,
+    /// The leases this worker can process; `None`: all of them.
+    accepts: Mutex<Option<LeaseFilter>>,
     table: Arc<dyn LeaseTable>,
     config: LeaseConfig,
     liveness: Arc<Liveness>,
@@ -354,6 +360,7 @@ impl LeaseCoordinator {
         Self {
             poker: Poker::new(table.clone(), &worker_id),
             worker_id,
+            accepts: Mutex::new(None),
             table,
             liveness,
             heartbeat: Heartbeat::default(),
@@ -390,6 +397,17 @@ impl LeaseCoordinator {
 
     pub(crate) fn config(&self) -> &LeaseConfig {
         &self.config
+    }
+
+    /// Restricts the leases this coordinator takes, steals and asks for to those `filter`
+    /// accepts (the others are neither candidates nor counted in fair share).
+    pub(crate) fn set_filter(&self, filter: LeaseFilter) {
+        *lock(&self.accepts) = Some(filter);
+    }
+
+    /// Whether this worker can process the lease `key`.
+    pub(crate) fn accepts(&self, key: &str) -> bool {
+        lock(&self.accepts).as_ref().is_none_or(|f| f(key))
     }
 
     /// What the coordination did so far.
@@ -1213,7 +1231,7 @@ impl LeaseCoordinator {
         }
         let mut candidates = Vec::new();
         for lease in view.leases.values() {
-            if lease.is_finished() || !view.parents_done(lease) {
+            if lease.is_finished() || !view.parents_done(lease) || !self.accepts(&lease.key) {
                 continue;
             }
             let (standing, idle_for) = match lease.owner.as_deref() {

@@ -357,9 +357,12 @@ impl<F: ProcessorFactory> Worker<F> {
             Some(tracker) => StreamSet::multi(tracker.clone(), defaults),
             None => StreamSet::single(&config.stream, defaults),
         };
+        let streams = Arc::new(streams);
+        let accepts = streams.clone();
+        coordinator.set_filter(Arc::new(move |key: &str| accepts.accepts(key)));
         Self {
             budget: WorkerBudget::new(config.worker_prefetch),
-            streams: Arc::new(streams),
+            streams,
             config: Arc::new(config),
             factory: Arc::new(factory),
             backend,
@@ -847,7 +850,12 @@ impl<F: ProcessorFactory> Worker<F> {
     ) {
         let held = self.coordinator.held();
         // Before any starts: the first to start must not take the prefetch shares of the rest.
-        self.budget.expect_shards(held.len());
+        // Only the leases it processes share the budget.
+        let processed = held
+            .iter()
+            .filter(|h| self.streams.accepts(h.key()))
+            .count();
+        self.budget.expect_shards(processed);
         for held in held {
             let key = held.key().to_owned();
             if consumers.running.contains(&key) {
@@ -870,9 +878,16 @@ impl<F: ProcessorFactory> Worker<F> {
             let (stream, shard_id) = match self.streams.for_key(&key) {
                 Ok(found) => found,
                 Err(why) => {
-                    if consumers.unreadable.insert(key.clone()) {
-                        warn!(lease = %key, reason = %why, "holding a lease that is not processed");
+                    // Not this worker's to process (any more): released in the table for whoever
+                    // can, and never taken again (the coordinator's filter refuses it).
+                    warn!(lease = %key, reason = %why, "releasing a lease this worker cannot process");
+                    if !held.is_lost()
+                        && let Err(error) = held.release(None).await
+                    {
+                        warn!(lease = %key, %error, "could not release a lease this worker cannot process");
                     }
+                    self.status.remove(&key);
+                    self.coordinator.forget(&held);
                     continue;
                 }
             };
@@ -1013,8 +1028,6 @@ struct Consumers {
     running: HashSet<String>,
     /// Shards stopped by the failure policy, whose lease is kept until shutdown.
     stopped: HashMap<String, Arc<HeldLease>>,
-    /// Held leases whose key names no shard of this worker's streams (reported once).
-    unreadable: HashSet<String>,
 }
 
 /// Renews the worker's claim every renewal interval (sooner after a failure) until the worker

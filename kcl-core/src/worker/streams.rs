@@ -464,6 +464,26 @@ impl StreamSet {
             .collect()
     }
 
+    /// Whether this worker can process the lease `key` (what [`Self::for_key`] reads), without
+    /// making a context for it: the lease filter of the worker's coordinator.
+    pub(crate) fn accepts(&self, key: &str) -> bool {
+        if self.tracker.is_none() {
+            return LeaseNaming::Single.shard_id(key).is_some();
+        }
+        let Ok((id, _)) = StreamIdentifier::parse_lease_key(key) else {
+            return false;
+        };
+        let Ok(naming) = LeaseNaming::multi(&id) else {
+            return false;
+        };
+        let current = lock(&self.current);
+        current.contains_key(&naming)
+            || !current
+                .keys()
+                .filter_map(LeaseNaming::stream)
+                .any(|s| same_stream_name(s, &id))
+    }
+
     /// The stream of the lease `key` and the shard id within it. `None` for a key this worker
     /// cannot read as a lease of its streams (a plain shard id in a multi-stream table, a
     /// multi-stream key in a single-stream one).
