@@ -546,3 +546,62 @@ async fn a_multi_stream_worker_never_takes_a_lease_it_cannot_process() {
     );
     w.stop().await;
 }
+
+/// A multi-stream worker refuses a table with live single-stream leases (it would create fresh
+/// leases at the initial position beside them), and a single-stream worker refuses the reverse;
+/// the error names one of the other mode's keys. Finished leases of the other mode are fine.
+#[tokio::test(start_paused = true)]
+async fn a_table_of_the_other_key_style_is_refused_at_start() {
+    let model = KinesisModel::new(ModelConfig::new());
+    model.create_stream("orders", 1).unwrap();
+    let multi_key = format!(
+        "{}:shardId-000000000000",
+        serialized(&model, "orders").await
+    );
+    for (multi, live, finished) in [
+        (
+            true,
+            "shardId-000000000001",
+            "shardId-000000000000".to_owned(),
+        ),
+        (false, multi_key.as_str(), format!("{multi_key}9")),
+    ] {
+        let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
+        let live = Lease::new(live, ExtendedSequenceNumber::TrimHorizon);
+        assert!(table.create_if_absent(&live).await.unwrap());
+        let done = Lease::new(finished, ExtendedSequenceNumber::ShardEnd);
+        assert!(table.create_if_absent(&done).await.unwrap());
+        let builder = kcl_core::worker::Worker::builder(RecordingProcessor::factory(
+            "w1",
+            Recorder::new(),
+            Faults::default(),
+        ))
+        .application_name("app")
+        .worker_id("w1")
+        .backend(model.clone())
+        .lease_table(table.clone());
+        let builder = if multi {
+            builder.multi_stream(MultiStreamTracker::new([
+                StreamConfig::parse("orders").unwrap()
+            ]))
+        } else {
+            builder.stream("orders")
+        };
+        let error = within(LONG, "a refused worker", builder.build().unwrap().run())
+            .await
+            .unwrap_err();
+        match &error {
+            kcl_core::worker::WorkerError::LeaseKeyStyle {
+                multi_stream,
+                example,
+            } => {
+                assert_eq!(*multi_stream, multi);
+                assert_eq!(example, &live.key);
+            }
+            other => panic!("expected a key-style refusal, got {other}"),
+        }
+        assert!(error.to_string().contains(&live.key), "{error}");
+        // Nothing was created beside the other mode's leases.
+        assert_eq!(shard_leases(table.as_ref()).await.len(), 2);
+    }
+}

@@ -60,6 +60,17 @@ pub enum WorkerError {
         /// What the store answered.
         source: Arc<LeaseError>,
     },
+    /// The lease table holds live (unfinished) leases keyed in the other mode's style: a
+    /// multi-stream worker on a single-stream table (`shardId-...` keys), or a single-stream
+    /// worker on a multi-stream one (`account:stream:creationEpoch:shardId` keys). Refused at
+    /// start: the worker could process none of them and would create its own leases beside
+    /// them. Finish or remove the other mode's leases, or use another table.
+    LeaseKeyStyle {
+        /// Whether this worker runs in multi-stream mode.
+        multi_stream: bool,
+        /// One of the other mode's live lease keys.
+        example: String,
+    },
     /// A task of the worker panicked.
     Task(String),
     /// The worker's `run` future was dropped before it finished.
@@ -134,6 +145,21 @@ impl std::fmt::Display for WorkerError {
                 source,
             } => write!(f, "stream {stream:?}{}: {source}", on_shard(shard)),
             Self::LeaseTable { source } => write!(f, "the lease table cannot be used: {source}"),
+            Self::LeaseKeyStyle {
+                multi_stream,
+                example,
+            } => {
+                let (mine, theirs) = if *multi_stream {
+                    ("a multi-stream", "single-stream")
+                } else {
+                    ("a single-stream", "multi-stream")
+                };
+                write!(
+                    f,
+                    "the lease table holds live {theirs} leases (e.g. {example:?}), which {mine} \
+                     worker cannot process; finish or remove them, or use another table"
+                )
+            }
             Self::Task(message) => write!(f, "worker task failed: {message}"),
             Self::Cancelled => f.write_str("the worker was cancelled before it finished"),
         }
@@ -150,7 +176,7 @@ impl std::error::Error for WorkerError {
             | Self::InvalidRequest { source, .. }
             | Self::Backend { source, .. } => std::error::Error::source(source),
             Self::LeaseTable { source } => std::error::Error::source(source.as_ref()),
-            Self::Task(_) | Self::Cancelled => None,
+            Self::LeaseKeyStyle { .. } | Self::Task(_) | Self::Cancelled => None,
         }
     }
 }

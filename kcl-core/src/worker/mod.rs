@@ -416,6 +416,7 @@ impl<F: ProcessorFactory> Worker<F> {
         crate::metrics::describe();
         self.lifecycle.phase.set(Phase::Running);
         let mut shutdown_rx = self.shutdown.watch();
+        self.check_key_style().await?;
         // A first proof of life before taking anything.
         let renewed = self.coordinator.renew().await;
         Lifecycle::flag(&self.lifecycle.heartbeat_failing, !renewed);
@@ -687,6 +688,34 @@ impl<F: ProcessorFactory> Worker<F> {
             }
         }
         Lifecycle::flag(&self.lifecycle.sync_failing, state.failing());
+    }
+
+    /// Refuses a table holding live leases of the other mode's key style (see
+    /// [`WorkerError::LeaseKeyStyle`]). A table that cannot be read is left to the coordinator,
+    /// which reports it as it always does.
+    async fn check_key_style(&self) -> Result<(), WorkerError> {
+        let rows = match self.table.list().await {
+            Ok(rows) => rows,
+            Err(error) => {
+                debug!(%error, "reading the table to check its key style failed");
+                return Ok(());
+            }
+        };
+        let multi_stream = self.streams.tracker().is_some();
+        let other = rows.iter().find(|l| {
+            l.heartbeat_of().is_none()
+                && !l.is_finished()
+                && (crate::stream::LeaseNaming::of_key(&l.key)
+                    == crate::stream::LeaseNaming::Single)
+                    == multi_stream
+        });
+        match other {
+            Some(lease) => Err(WorkerError::LeaseKeyStyle {
+                multi_stream,
+                example: lease.key.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Deletes the leases of former streams that the tracker's strategy says are due (see
