@@ -302,6 +302,9 @@ impl Departed {
     }
 }
 
+/// The longest a worker leaves alone a lease whose shard it failed to read.
+const FAILED_HOLD_OFF_MAX: Duration = Duration::from_secs(300);
+
 /// Which lease keys a worker can process (a key of one of its streams, in its key style): the
 /// coordinator takes, steals, asks for and counts no other lease.
 pub(crate) type LeaseFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -311,6 +314,9 @@ pub(crate) struct LeaseCoordinator {
     worker_id: String,
     /// The leases this worker can process; `None`: all of them.
     accepts: Mutex<Option<LeaseFilter>>,
+    /// Leases this worker released after failing to read their shard: how many times in a
+    /// row, and until when it does not take them again (pruned to the table's leases).
+    held_off: Mutex<BTreeMap<String, (u32, Instant)>>,
     table: Arc<dyn LeaseTable>,
     config: LeaseConfig,
     liveness: Arc<Liveness>,
@@ -361,6 +367,7 @@ impl LeaseCoordinator {
             poker: Poker::new(table.clone(), &worker_id),
             worker_id,
             accepts: Mutex::new(None),
+            held_off: Mutex::new(BTreeMap::new()),
             table,
             liveness,
             heartbeat: Heartbeat::default(),
@@ -403,6 +410,28 @@ impl LeaseCoordinator {
     /// accepts (the others are neither candidates nor counted in fair share).
     pub(crate) fn set_filter(&self, filter: LeaseFilter) {
         *lock(&self.accepts) = Some(filter);
+    }
+
+    /// Releases `held` in the table after its shard could not be read (it stays free for
+    /// whoever can), forgets it, and leaves it alone for a while, longer after each failure in
+    /// a row: this worker does not retake it at its next scan to fail again.
+    pub(crate) async fn release_failed(&self, held: &Arc<HeldLease>) {
+        if !held.is_lost()
+            && let Err(error) = held.release(None).await
+        {
+            warn!(lease = held.key(), %error, "could not release the lease of a failed shard");
+        }
+        self.forget(held);
+        let now = Instant::now();
+        let mut held_off = lock(&self.held_off);
+        let entry = held_off.entry(held.key().to_owned()).or_insert((0, now));
+        entry.0 = entry.0.saturating_add(1);
+        let delay = self
+            .config
+            .failover_time
+            .saturating_mul(1 << entry.0.saturating_sub(1).min(10))
+            .min(FAILED_HOLD_OFF_MAX);
+        entry.1 = now + delay;
     }
 
     /// Whether this worker can process the lease `key`.
@@ -1230,8 +1259,21 @@ impl LeaseCoordinator {
             }
         }
         let mut candidates = Vec::new();
+        let held_off: BTreeSet<String> = {
+            let mut held_off = lock(&self.held_off);
+            held_off.retain(|key, _| view.leases.contains_key(key.as_str()));
+            held_off
+                .iter()
+                .filter(|(_, (_, until))| *until > now)
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
         for lease in view.leases.values() {
-            if lease.is_finished() || !view.parents_done(lease) || !self.accepts(&lease.key) {
+            if lease.is_finished()
+                || !view.parents_done(lease)
+                || !self.accepts(&lease.key)
+                || held_off.contains(&lease.key)
+            {
                 continue;
             }
             let (standing, idle_for) = match lease.owner.as_deref() {

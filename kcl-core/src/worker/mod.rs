@@ -474,7 +474,7 @@ impl<F: ProcessorFactory> Worker<F> {
                 biased;
                 _ = shutdown_rx.changed() => continue,
                 Some((held, exit)) = exit_rx.recv() => {
-                    match self.exited(&mut consumers, &held, exit) {
+                    match self.exited(&mut consumers, &held, exit).await {
                         Ok(true) => {
                             // Children may be leasable now: sync and take at once.
                             sync.next = Instant::now();
@@ -609,7 +609,7 @@ impl<F: ProcessorFactory> Worker<F> {
                 _ = shutdown_rx.changed() => {}
                 Some((held, exit)) = exit_rx.recv() => {
                     // Already stopping: a permanent failure now changes nothing.
-                    let _ = self.exited(consumers, &held, exit);
+                    let _ = self.exited(consumers, &held, exit).await;
                 }
                 joined = consumers.set.join_next_with_id() => {
                     match joined {
@@ -789,7 +789,7 @@ impl<F: ProcessorFactory> Worker<F> {
 
     /// Records a consumer's exit. `Ok(true)` when its shard ended; an error for a permanent
     /// failure.
-    fn exited(
+    async fn exited(
         &self,
         consumers: &mut Consumers,
         held: &Arc<HeldLease>,
@@ -814,7 +814,9 @@ impl<F: ProcessorFactory> Worker<F> {
                 Ok(false)
             }
             ConsumerExit::Failed(error) => {
-                self.coordinator.forget(held);
+                // Released in the table (not only here: still in this worker's name, the next
+                // scan would take it back to fail again), and left alone for a while.
+                self.coordinator.release_failed(held).await;
                 self.status.remove(key);
                 let (stream, shard) = match self.streams.for_key(key) {
                     Ok((context, shard)) => (context.name.clone(), shard),

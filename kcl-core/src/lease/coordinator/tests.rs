@@ -710,3 +710,36 @@ async fn the_leaders_audit_finds_a_lease_given_to_a_worker_that_never_heard_of_i
     .unwrap();
     assert_eq!(keys(&b.scan().await.unwrap()), ["lost"]);
 }
+
+/// A lease released after its shard failed is released in the table (not only forgotten, which
+/// left it in this worker's name for the next scan to take back), and left alone for the
+/// failover time, twice that after a second failure in a row, before it is taken again.
+#[tokio::test(start_paused = true)]
+async fn a_lease_released_after_a_failure_is_held_off_with_backoff() {
+    let table = table_with(&["shard-1"]).await;
+    let w = worker("w1", &table, config()).await;
+    run_for(FAILOVER, &[&w], &[&w]).await;
+    assert_eq!(keys(&w.held()), ["shard-1"]);
+    for failures in 1..=2u32 {
+        let held = w.held();
+        w.release_failed(&held[0]).await;
+        assert_eq!(
+            owner(&table, "shard-1").await,
+            None,
+            "released in the table"
+        );
+        let hold_off = FAILOVER * 2u32.pow(failures - 1);
+        run_for(hold_off - Duration::from_secs(1), &[&w], &[&w]).await;
+        assert!(
+            w.held().is_empty(),
+            "retaken during the hold-off ({failures})"
+        );
+        assert_eq!(owner(&table, "shard-1").await, None);
+        run_for(Duration::from_secs(3), &[&w], &[&w]).await;
+        assert_eq!(
+            keys(&w.held()),
+            ["shard-1"],
+            "taken again after it ({failures})"
+        );
+    }
+}
