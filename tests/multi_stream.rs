@@ -10,6 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kcl_core::backend::{
+    BackendError, GetRecordsOutput, ListShardsPage, ListShardsRequest, ShardIterator,
+    StartingPosition, StreamBackend, StreamDescription,
+};
 use kcl_core::lease::{InMemoryLeaseTable, Lease, LeaseTable};
 use kcl_core::model::{KinesisModel, ModelConfig};
 use kcl_core::processor::BoxError;
@@ -329,13 +333,17 @@ async fn a_recreated_stream_starts_afresh_and_never_reads_through_its_old_leases
         m
     });
     assert_eq!(by_stream.get(new_id.as_str()), Some(&2), "{by_stream:?}");
-    // The old incarnation's lease stays its own: its shard was gone, so (as Java KCL does) it
-    // was recorded as ended; it never became the new stream's.
+    // The old incarnation's lease stays its own, never the new stream's: either its consumer
+    // found the shard gone and recorded it as ended (as Java KCL does), or the worker let it go
+    // first on seeing the name tracked under the new epoch (it cannot process it any more).
     let old_lease = leases
         .iter()
         .find(|l| l.key == format!("{old_id}:shardId-000000000000"))
         .expect("old lease kept");
-    assert_eq!(old_lease.checkpoint, ExtendedSequenceNumber::ShardEnd);
+    assert!(
+        old_lease.checkpoint == ExtendedSequenceNumber::ShardEnd || old_lease.owner.is_none(),
+        "{old_lease:?}"
+    );
     for lease in leases.iter().filter(|l| l.key.starts_with(&new_id)) {
         assert!(
             lease.parent_shard_ids.is_empty(),
@@ -603,5 +611,119 @@ async fn a_table_of_the_other_key_style_is_refused_at_start() {
         assert!(error.to_string().contains(&live.key), "{error}");
         // Nothing was created beside the other mode's leases.
         assert_eq!(shard_leases(table.as_ref()).await.len(), 2);
+    }
+}
+
+/// A stream tracked by its serialized identifier (`account:stream:creationEpoch`) and then
+/// deleted and created again under its name is another stream: the identifier's leases never
+/// read the new incarnation (its shard has the same id), and no lease is made for it.
+#[tokio::test(start_paused = true)]
+async fn a_serialized_identifier_never_reads_a_recreated_stream() {
+    let model = KinesisModel::new(ModelConfig::new());
+    model.create_stream("orders", 1).unwrap();
+    let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
+    let recorder = Recorder::new();
+    let old_id = serialized(&model, "orders").await;
+    let tracked = Tracked::default();
+    tracked.set(&[old_id.as_str()]);
+    let old = produce(&model, "orders", 30, 0);
+    let backend = Arc::new(Freezing {
+        inner: model.clone(),
+        frozen: tokio::sync::watch::channel(false).0,
+    });
+    support::init_tracing();
+    let worker = kcl_core::worker::Worker::builder(RecordingProcessor::factory(
+        "w1",
+        recorder.clone(),
+        Faults::default(),
+    ))
+    .application_name("app")
+    .multi_stream(tracked.tracker(Duration::from_secs(5)))
+    .worker_id("w1")
+    .backend(backend.clone())
+    .lease_table(table.clone())
+    .initial_position(kcl_core::shard_sync::InitialPosition::TrimHorizon)
+    .build()
+    .unwrap();
+    let w = Running {
+        handle: worker.handle(),
+        task: tokio::spawn(async move { worker.run().await.unwrap() }),
+        bound: LONG,
+    };
+    recorder
+        .wait_until(LONG, |r| has_all(r, "orders", &old))
+        .await;
+    // The consumer does not get to see the deletion: its reads wait meanwhile.
+    backend.frozen.send_replace(true);
+    model.delete_stream("orders").unwrap();
+    tokio::time::advance(Duration::from_secs(3)).await;
+    model.create_stream("orders", 1).unwrap();
+    let new_id = serialized(&model, "orders").await;
+    assert_ne!(old_id, new_id);
+    let new = produce(&model, "orders", 30, 1_000);
+    // The tracker re-reads the streams meanwhile.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    backend.frozen.send_replace(false);
+    // Two minutes of virtual time, every timer of the worker's firing on the way.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let read_new: Vec<_> = recorder
+        .seen()
+        .into_iter()
+        .filter(|s| new.contains(&s.data))
+        .collect();
+    assert!(
+        read_new.is_empty(),
+        "the old identifier read the new stream: {read_new:?}"
+    );
+    let leases = shard_leases(table.as_ref()).await;
+    assert!(
+        leases.iter().all(|l| l.key.starts_with(&old_id)),
+        "{leases:?}"
+    );
+    // The old lease is let go, not consumed: neither held nor recorded as ended by reading
+    // (through the name) the new stream, whose shard of the same id it would hide.
+    let old_lease = &leases[0];
+    assert_eq!(old_lease.owner, None, "{old_lease:?}");
+    assert_ne!(
+        old_lease.checkpoint,
+        ExtendedSequenceNumber::ShardEnd,
+        "{old_lease:?}"
+    );
+    w.stop().await;
+}
+
+/// The model, with `GetRecords` waiting while `frozen` is set.
+#[derive(Debug)]
+struct Freezing {
+    inner: Arc<KinesisModel>,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait::async_trait]
+impl StreamBackend for Freezing {
+    async fn describe_stream(&self, stream: &str) -> Result<StreamDescription, BackendError> {
+        self.inner.describe_stream(stream).await
+    }
+    async fn list_shards(&self, r: ListShardsRequest) -> Result<ListShardsPage, BackendError> {
+        self.inner.list_shards(r).await
+    }
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: StartingPosition,
+    ) -> Result<ShardIterator, BackendError> {
+        let _ = self.frozen.subscribe().wait_for(|f| !*f).await;
+        self.inner
+            .get_shard_iterator(stream, shard_id, position)
+            .await
+    }
+    async fn get_records(
+        &self,
+        iterator: &ShardIterator,
+        limit: u32,
+    ) -> Result<GetRecordsOutput, BackendError> {
+        let _ = self.frozen.subscribe().wait_for(|f| !*f).await;
+        self.inner.get_records(iterator, limit).await
     }
 }

@@ -165,6 +165,9 @@ pub mod names {
     pub const SHARD_TASK_FAILURES: &str = "kcl_shard_task_failures_total";
     /// Shards stopped by the failure policy (lease kept, nothing processed).
     pub const SHARDS_STOPPED: &str = "kcl_shards_stopped";
+    /// Streams named by a serialized identifier found deleted and created again under their
+    /// name (no longer synced nor consumed).
+    pub const STREAMS_RECREATED: &str = "kcl_streams_recreated_total";
 }
 
 use names::*;
@@ -564,6 +567,15 @@ pub const CATALOG: &[MetricInfo] = &[
         java: "-",
     },
     MetricInfo {
+        name: STREAMS_RECREATED,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &[],
+        help: "Streams named by a serialized identifier found deleted and created again under \
+               their name; their leases are no longer synced nor consumed.",
+        java: "-",
+    },
+    MetricInfo {
         name: SHARD_TASK_FAILURES,
         kind: MetricKind::Counter,
         unit: None,
@@ -687,6 +699,11 @@ impl Scope {
     }
 
     /// The behind-latest gauge of `shard` (detailed level), or of the worker (summary level).
+    /// Counts a stream of this scope found recreated under its name.
+    pub(crate) fn stream_recreated(&self) -> Counter {
+        self.counter(STREAMS_RECREATED, &self.base())
+    }
+
     pub(crate) fn behind_latest(&self, shard: Option<&str>) -> Gauge {
         match shard {
             Some(shard) => self.gauge(BEHIND_LATEST, &self.shard_labels(shard)),

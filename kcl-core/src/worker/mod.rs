@@ -890,6 +890,14 @@ impl<F: ProcessorFactory> Worker<F> {
         for held in held {
             let key = held.key().to_owned();
             if consumers.running.contains(&key) {
+                if !self.streams.accepts(&key) && !held.is_lost() {
+                    // Its stream became unreadable while it ran (deleted and created again
+                    // under its name): released, which stops the consumer (its lease is lost).
+                    warn!(lease = %key, "releasing a lease whose stream is gone; its consumer stops");
+                    if let Err(error) = held.release(None).await {
+                        warn!(lease = %key, %error, "could not release a lease whose stream is gone");
+                    }
+                }
                 continue;
             }
             if let Some(stopped) = consumers.stopped.get(&key)

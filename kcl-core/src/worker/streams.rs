@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::backend::{BackendError, StreamBackend};
 use crate::lease::Lease;
@@ -245,6 +245,12 @@ pub(crate) struct StreamSet {
     current: Mutex<BTreeMap<LeaseNaming, Arc<StreamContext>>>,
     /// The last resolution of each name and ARN, used while describing it fails.
     resolved: Mutex<BTreeMap<StreamIdentifier, StreamIdentifier>>,
+    /// The creation time (epoch seconds) first described for each serialized identifier
+    /// tracked (`account:stream:creationEpoch`).
+    first_seen: Mutex<BTreeMap<String, u64>>,
+    /// Serialized identifiers whose stream was deleted and created again under its name (the
+    /// described creation time changed): never synced nor consumed again.
+    recreated: Mutex<BTreeSet<LeaseNaming>>,
     /// Contexts made for leases of untracked streams.
     untracked: Mutex<BTreeMap<LeaseNaming, Arc<StreamContext>>>,
     /// Former-streams strategies: since when each stream with leases has been a candidate for
@@ -271,6 +277,8 @@ impl StreamSet {
             defaults,
             current: Mutex::new(BTreeMap::from([(LeaseNaming::Single, context)])),
             resolved: Mutex::default(),
+            first_seen: Mutex::default(),
+            recreated: Mutex::default(),
             untracked: Mutex::default(),
             former: Mutex::default(),
             complete: std::sync::atomic::AtomicBool::new(false),
@@ -284,6 +292,8 @@ impl StreamSet {
             defaults,
             current: Mutex::default(),
             resolved: Mutex::default(),
+            first_seen: Mutex::default(),
+            recreated: Mutex::default(),
             untracked: Mutex::default(),
             former: Mutex::default(),
             complete: std::sync::atomic::AtomicBool::new(false),
@@ -321,6 +331,7 @@ impl StreamSet {
                     let gone = matches!(
                         error,
                         ResolveError::Backend(BackendError::ResourceNotFound(_))
+                            | ResolveError::Recreated(_)
                     );
                     complete &= gone;
                     warn!(stream = %config.stream, %error, "cannot resolve a tracked stream; left out for now");
@@ -429,9 +440,10 @@ impl StreamSet {
         backend: &dyn StreamBackend,
         given: &StreamIdentifier,
     ) -> Result<StreamIdentifier, ResolveError> {
-        // Java's serialized identifiers name the exact stream (incarnation): used as given.
+        // Java's serialized identifiers name the exact stream (incarnation): described too, so
+        // that a stream deleted and created again under the name is not read through them.
         if given.is_resolved() {
-            return Ok(given.clone());
+            return self.check_serialized(backend, given).await;
         }
         // Described at every refresh: a stream deleted and created again under its name is a
         // new stream (a new creation epoch), whose leases start afresh.
@@ -450,6 +462,60 @@ impl StreamSet {
         let id = given.resolve(&description)?;
         lock(&self.resolved).insert(given.clone(), id.clone());
         Ok(id)
+    }
+
+    /// Checks a serialized identifier against the stream its name describes now. The creation
+    /// epoch it carries need not be the described creation time (Java tables may carry made-up
+    /// epochs: warned about once); the first creation time described is remembered, and a later
+    /// different one means the identifier's stream was deleted and the name reused: the
+    /// identifier is refused from then on (its leases are neither synced nor consumed).
+    async fn check_serialized(
+        &self,
+        backend: &dyn StreamBackend,
+        given: &StreamIdentifier,
+    ) -> Result<StreamIdentifier, ResolveError> {
+        let naming = LeaseNaming::multi(given)?;
+        let serialized = given.serialize()?;
+        if lock(&self.recreated).contains(&naming) {
+            return Err(ResolveError::Recreated(serialized));
+        }
+        let description = match backend.describe_stream(given.name()).await {
+            Ok(description) => description,
+            // Not known to be another stream: used as given meanwhile.
+            Err(_) => return Ok(given.clone()),
+        };
+        let described = StreamIdentifier::parse_arn(&description.arn)?;
+        if described.account_id() != given.account_id() {
+            return Err(ResolveError::ForeignAccount {
+                given: serialized,
+                described: description.arn,
+            });
+        }
+        let created = description
+            .created_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut first_seen = lock(&self.first_seen);
+        let first = *first_seen.entry(serialized.clone()).or_insert_with(|| {
+            if given.creation_epoch() != Some(created) {
+                warn!(stream = %serialized, described_epoch = created, "the stream's creation time differs from the epoch its identifier carries; tracking the stream described now");
+            }
+            created
+        });
+        drop(first_seen);
+        if first != created {
+            error!(stream = %serialized, first_epoch = first, described_epoch = created, "the stream was deleted and created again under its name; its identifier names the stream that is gone: no longer synced nor consumed");
+            Scope::new(
+                self.defaults.metrics_level,
+                given.name(),
+                &self.defaults.worker_id,
+            )
+            .stream_recreated()
+            .increment(1);
+            lock(&self.recreated).insert(naming);
+            return Err(ResolveError::Recreated(serialized));
+        }
+        Ok(given.clone())
     }
 
     /// The streams to sync, in a stable order.
@@ -476,6 +542,9 @@ impl StreamSet {
         let Ok(naming) = LeaseNaming::multi(&id) else {
             return false;
         };
+        if lock(&self.recreated).contains(&naming) {
+            return false;
+        }
         let current = lock(&self.current);
         current.contains_key(&naming)
             || !current
@@ -503,6 +572,9 @@ impl StreamSet {
             StreamIdentifier::parse_lease_key(key).map_err(|_| Unreadable::NotOurs)?;
         let naming = LeaseNaming::multi(&id).map_err(|_| Unreadable::NotOurs)?;
         let shard = shard.to_owned();
+        if lock(&self.recreated).contains(&naming) {
+            return Err(Unreadable::Recreated);
+        }
         let current = lock(&self.current);
         if let Some(context) = current.get(&naming) {
             return Ok((context.clone(), shard));
@@ -549,6 +621,10 @@ pub(crate) enum Unreadable {
         "it belongs to an earlier incarnation of a stream now tracked as {0} (deleted and created again)"
     )]
     FormerIncarnation(String),
+    /// Its stream (named by a serialized identifier) was deleted and created again under its
+    /// name: the shard it names is gone.
+    #[error("its stream was deleted and created again under its name")]
+    Recreated,
 }
 
 /// Whether the identifier a user listed (`former`) names the stream `id`: exactly when it is
@@ -576,6 +652,14 @@ enum ResolveError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Id(#[from] StreamIdError),
+    #[error(
+        "stream {0} was deleted and created again under its name: the identifier names the stream that is gone"
+    )]
+    Recreated(String),
+    #[error(
+        "stream {given} is in another account than the backend's ({described}); cross-account streams need an ARN the backend can read"
+    )]
+    ForeignAccount { given: String, described: String },
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
