@@ -364,6 +364,15 @@ async fn a_recreated_stream_starts_afresh_and_never_reads_through_its_old_leases
 /// Runs three streams with `former`, stops tracking beta and gamma, and returns the streams
 /// whose leases remain (by name) 15 s and 120 s after (virtual time).
 async fn former_streams_run(former: FormerStreams) -> (BTreeSet<String>, BTreeSet<String>) {
+    former_streams_run_with(former, false).await
+}
+
+/// As [`former_streams_run`]; with `delete`, beta and gamma are deleted (still listed) instead
+/// of untracked.
+async fn former_streams_run_with(
+    former: FormerStreams,
+    delete: bool,
+) -> (BTreeSet<String>, BTreeSet<String>) {
     let model = KinesisModel::new(ModelConfig::new());
     let table: Arc<dyn LeaseTable> = Arc::new(InMemoryLeaseTable::new());
     let recorder = Recorder::new();
@@ -401,7 +410,12 @@ async fn former_streams_run(former: FormerStreams) -> (BTreeSet<String>, BTreeSe
     recorder
         .wait_until(LONG, |r| produced.iter().all(|(s, p)| has_all(r, s, p)))
         .await;
-    tracked.set(&["alpha"]);
+    if delete {
+        model.delete_stream("beta").unwrap();
+        model.delete_stream("gamma").unwrap();
+    } else {
+        tracked.set(&["alpha"]);
+    }
     let streams_with_leases = || async {
         shard_leases(table.as_ref())
             .await
@@ -441,6 +455,21 @@ async fn untracked_streams_lose_their_leases_after_the_wait() {
         "not before the wait"
     );
     assert_eq!(late, names(&["alpha"]));
+}
+
+/// A stream the user still lists whose describe says it does not exist keeps its leases under
+/// DeleteWhenUntracked (as Java KCL, which deletes only the streams that left the list).
+#[tokio::test(start_paused = true)]
+async fn listed_streams_that_are_gone_keep_their_leases() {
+    let (early, late) = former_streams_run_with(
+        FormerStreams::DeleteWhenUntracked {
+            wait: Duration::from_secs(30),
+        },
+        true,
+    )
+    .await;
+    assert_eq!(early, names(&["alpha", "beta", "gamma"]));
+    assert_eq!(late, names(&["alpha", "beta", "gamma"]));
 }
 
 #[tokio::test(start_paused = true)]

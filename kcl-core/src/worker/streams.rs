@@ -251,6 +251,9 @@ pub(crate) struct StreamSet {
     /// Serialized identifiers whose stream was deleted and created again under its name (the
     /// described creation time changed): never synced nor consumed again.
     recreated: Mutex<BTreeSet<LeaseNaming>>,
+    /// The streams the last refresh listed that could not be resolved (described as not
+    /// existing, say): still listed, so their leases are no former stream's.
+    listed_unresolved: Mutex<Vec<StreamIdentifier>>,
     /// Contexts made for leases of untracked streams.
     untracked: Mutex<BTreeMap<LeaseNaming, Arc<StreamContext>>>,
     /// Former-streams strategies: since when each stream with leases has been a candidate for
@@ -279,6 +282,7 @@ impl StreamSet {
             resolved: Mutex::default(),
             first_seen: Mutex::default(),
             recreated: Mutex::default(),
+            listed_unresolved: Mutex::default(),
             untracked: Mutex::default(),
             former: Mutex::default(),
             complete: std::sync::atomic::AtomicBool::new(false),
@@ -294,6 +298,7 @@ impl StreamSet {
             resolved: Mutex::default(),
             first_seen: Mutex::default(),
             recreated: Mutex::default(),
+            listed_unresolved: Mutex::default(),
             untracked: Mutex::default(),
             former: Mutex::default(),
             complete: std::sync::atomic::AtomicBool::new(false),
@@ -322,6 +327,7 @@ impl StreamSet {
         };
         let mut next: BTreeMap<LeaseNaming, Arc<StreamContext>> = BTreeMap::new();
         let mut complete = true;
+        let mut unresolved = Vec::new();
         for config in configs {
             let id = match self.resolve(backend, &config.stream).await {
                 Ok(id) => id,
@@ -334,6 +340,7 @@ impl StreamSet {
                             | ResolveError::Recreated(_)
                     );
                     complete &= gone;
+                    unresolved.push(config.stream.clone());
                     warn!(stream = %config.stream, %error, "cannot resolve a tracked stream; left out for now");
                     continue;
                 }
@@ -365,6 +372,7 @@ impl StreamSet {
             info!(streams = ?next.keys().filter_map(LeaseNaming::stream).collect::<Vec<_>>(), "tracked streams");
         }
         *current = next;
+        *lock(&self.listed_unresolved) = unresolved;
         self.complete.store(complete, Ordering::SeqCst);
         Ok(changed)
     }
@@ -394,6 +402,17 @@ impl StreamSet {
             .filter(|n| *n != LeaseNaming::Single && !current.contains_key(n))
             .collect();
         drop(current);
+        // Still listed (though not resolved now): not former, whatever the strategy.
+        let unresolved = lock(&self.listed_unresolved).clone();
+        let with_leases: BTreeSet<LeaseNaming> = with_leases
+            .into_iter()
+            .filter(|naming| {
+                let Some(Ok(id)) = naming.stream().map(StreamIdentifier::parse_serialized) else {
+                    return true;
+                };
+                !unresolved.iter().any(|listed| names_stream(listed, &id))
+            })
+            .collect();
         let candidates: BTreeSet<LeaseNaming> = match listed {
             None => with_leases,
             Some(listed) => with_leases
