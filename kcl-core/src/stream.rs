@@ -72,8 +72,11 @@ pub enum StreamIdError {
 /// - `arn:aws:kinesis:eu-west-1:123456789012:stream/orders` (account and region known),
 /// - `123456789012:orders:1700000000` (Java's `account:stream:creationEpoch`: fully resolved).
 ///
-/// Two identifiers are equal when all their known parts are; a stream recreated under the same
-/// name has another creation epoch and so another identity.
+/// Two identifiers are equal (`==`) when all their parts are, including the region and partition
+/// an ARN or a resolution carries, which Java's serialized form and lease keys do not: to ask
+/// whether two identifiers name the same stream incarnation, compare [`Self::serialize`]d forms
+/// (account, name, creation epoch). A stream recreated under the same name has another creation
+/// epoch and so another identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamIdentifier {
     name: String,

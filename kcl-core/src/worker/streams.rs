@@ -646,11 +646,12 @@ pub(crate) enum Unreadable {
     Recreated,
 }
 
-/// Whether the identifier a user listed (`former`) names the stream `id`: exactly when it is
+/// Whether the identifier a user listed (`former`) names the stream `id`: by serialized form
+/// (account, name, creation epoch; not region nor partition, which keys do not carry) when it is
 /// resolved, else by account (when given) and name, whatever the creation epoch.
 fn names_stream(former: &StreamIdentifier, id: &StreamIdentifier) -> bool {
     if former.is_resolved() {
-        return former == id;
+        return matches!((former.serialize(), id.serialize()), (Ok(a), Ok(b)) if a == b);
     }
     former.name() == id.name()
         && former
@@ -683,4 +684,33 @@ enum ResolveError {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{StreamDescription, StreamStatus};
+
+    /// A resolved identifier (with region and partition, from a description) names the
+    /// stream parsed back from its lease keys (which carry neither).
+    #[test]
+    fn a_resolved_identifier_names_the_stream_of_its_lease_keys() {
+        let description = StreamDescription {
+            name: "orders".into(),
+            arn: "arn:aws:kinesis:eu-west-1:123456789012:stream/orders".into(),
+            status: StreamStatus::Active,
+            retention: Duration::from_secs(86_400),
+            open_shard_count: 1,
+            created_at: std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        };
+        let listed = StreamIdentifier::from_name("orders")
+            .unwrap()
+            .resolve(&description)
+            .unwrap();
+        let key = listed.lease_key("shardId-000000000000").unwrap();
+        let (from_key, _) = StreamIdentifier::parse_lease_key(&key).unwrap();
+        assert!(names_stream(&listed, &from_key));
+        let other = StreamIdentifier::parse_serialized("123456789012:orders:1700000001").unwrap();
+        assert!(!names_stream(&listed, &other), "another incarnation");
+    }
 }
