@@ -49,8 +49,9 @@ enum Command {
     Describe {
         #[command(flatten)]
         table: TableArgs,
-        /// The stream, to show how far each lease is behind the tip of its shard.
-        #[arg(long, value_name = "NAME")]
+        /// The stream, to show how far each lease is behind the tip of its shard: a name, an ARN
+        /// or ACCOUNT:STREAM:CREATION_EPOCH (in a multi-stream table, that stream's leases).
+        #[arg(long, value_name = "STREAM")]
         stream: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Table)]
@@ -74,8 +75,10 @@ enum Command {
     Reset {
         #[command(flatten)]
         table: TableArgs,
-        /// The stream (its shards and, for a timestamp, its records are read).
-        #[arg(long, value_name = "NAME")]
+        /// The stream (its shards and, for a timestamp, its records are read): a name, an ARN or
+        /// ACCOUNT:STREAM:CREATION_EPOCH. In a multi-stream table only this stream's leases are
+        /// reset; a name with two incarnations in the table must be given with its epoch.
+        #[arg(long, value_name = "STREAM")]
         stream: String,
         /// Where to: trim-horizon, latest, at-timestamp:RFC3339 (the first record that arrived
         /// at or after it is delivered next) or sequence:SEQ (delivery restarts after that
@@ -269,7 +272,9 @@ fn print_description(d: &Description, output: Output) -> std::io::Result<()> {
                 .iter()
                 .map(|l| {
                     json!({
-                        "shard_id": l.key,
+                        "lease_key": l.key,
+                        "stream": l.stream,
+                        "shard_id": l.shard,
                         "state": l.state.as_str(),
                         "owner": l.owner,
                         "handing_over_from": l.handing_over_from,
@@ -293,7 +298,11 @@ fn print_description(d: &Description, output: Output) -> std::io::Result<()> {
         }
         Output::Table => {
             let with_lag = d.leases.iter().any(|l| l.lag.is_some());
+            let multi = d.leases.iter().any(|l| l.stream.is_some());
             let mut header = vec!["SHARD", "STATE", "OWNER", "CHECKPOINT", "SWITCHES"];
+            if multi {
+                header.insert(0, "STREAM");
+            }
             if with_lag {
                 header.extend(["BEHIND", "MILLIS_BEHIND"]);
             }
@@ -306,12 +315,15 @@ fn print_description(d: &Description, output: Output) -> std::io::Result<()> {
                         None => or_dash(l.owner.as_deref()),
                     };
                     let mut row = vec![
-                        l.key.clone(),
+                        l.shard.clone(),
                         l.state.as_str().to_owned(),
                         owner,
                         checkpoint_text(&l.checkpoint),
                         l.owner_switches.to_string(),
                     ];
+                    if multi {
+                        row.insert(0, or_dash(l.stream.as_deref()));
+                    }
                     if with_lag {
                         match &l.lag {
                             Some(lag) => {
@@ -350,17 +362,21 @@ fn print_plan(plan: &ResetPlan, dry_run: bool) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "{} {} lease(s) to {}:",
+        "{} {} lease(s) to {}{}:",
         if dry_run { "would reset" } else { "resetting" },
         plan.changes.len(),
-        plan.request.target
+        plan.request.target,
+        match plan.naming.stream() {
+            Some(stream) => format!(" (stream {stream}, leases keyed {stream}:SHARD)"),
+            None => String::new(),
+        }
     )?;
     let rows: Vec<Vec<String>> = plan
         .changes
         .iter()
         .map(|c| {
             vec![
-                c.key.clone(),
+                c.shard.clone(),
                 c.from
                     .as_ref()
                     .map_or("(no lease: created)".to_owned(), checkpoint_text),

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use crate::record::ExtendedSequenceNumber;
 
 use super::super::{Lease, LeaseError, LeaseTable};
-use super::AdminError;
 use super::watch::{Liveness, WorkerView};
+use super::{AdminError, streams};
 
 /// Why a row can go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,14 +55,15 @@ pub fn plan(view: &WorkerView) -> Vec<Cleanup> {
     for lease in leases.values() {
         let removable = lease.is_finished()
             && !lease.child_shard_ids.is_empty()
-            && lease
-                .child_shard_ids
-                .iter()
-                .all(|c| leases.get(c.as_str()).is_some_and(|c| progressed(c)))
+            && lease.child_shard_ids.iter().all(|c| {
+                leases
+                    .get(streams::sibling_key(&lease.key, c).as_str())
+                    .is_some_and(|c| progressed(c))
+            })
             && lease
                 .parent_shard_ids
                 .iter()
-                .all(|p| !leases.contains_key(p.as_str()));
+                .all(|p| !leases.contains_key(streams::sibling_key(&lease.key, p).as_str()));
         if removable {
             out.push(Cleanup {
                 key: lease.key.clone(),

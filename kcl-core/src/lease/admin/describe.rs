@@ -9,7 +9,9 @@ use crate::record::ExtendedSequenceNumber;
 use super::super::{Lease, LeaseTable};
 use super::AdminError;
 use super::position;
+use super::streams;
 use super::watch::{WorkerInfo, WorkerView, watch_workers};
+use crate::stream::LeaseNaming;
 
 pub use super::position::Lag;
 
@@ -42,8 +44,13 @@ impl LeaseState {
 /// One lease as `describe` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseRow {
-    /// The lease key (the shard id).
+    /// The lease key (the shard id in a single-stream table).
     pub key: String,
+    /// The stream's serialized identifier (`account:stream:creationEpoch`) in a multi-stream
+    /// table; `None` in a single-stream one.
+    pub stream: Option<String>,
+    /// The shard id.
+    pub shard: String,
     /// Where it stands.
     pub state: LeaseState,
     /// Its owner.
@@ -79,11 +86,11 @@ pub fn state_of(lease: &Lease, leases: &BTreeMap<&str, &Lease>) -> LeaseState {
         LeaseState::Finished
     } else if lease.checkpoint_owner.is_some() {
         LeaseState::HandoffPending
-    } else if lease
-        .parent_shard_ids
-        .iter()
-        .any(|p| leases.get(p.as_str()).is_some_and(|l| !l.is_finished()))
-    {
+    } else if lease.parent_shard_ids.iter().any(|p| {
+        leases
+            .get(streams::sibling_key(&lease.key, p).as_str())
+            .is_some_and(|l| !l.is_finished())
+    }) {
         LeaseState::BlockedOnParents
     } else {
         LeaseState::Open
@@ -97,6 +104,8 @@ pub fn rows(view: &WorkerView) -> Vec<LeaseRow> {
         .values()
         .map(|lease| LeaseRow {
             key: lease.key.clone(),
+            stream: LeaseNaming::of_key(&lease.key).stream().map(str::to_owned),
+            shard: streams::shard_of(&lease.key).to_owned(),
             state: state_of(lease, &by_key),
             owner: lease.owner.clone(),
             handing_over_from: lease.checkpoint_owner.clone(),
@@ -111,6 +120,8 @@ pub fn rows(view: &WorkerView) -> Vec<LeaseRow> {
 
 /// Describes the table: watches the workers for `watch` (see [`watch_workers`]) and, given the
 /// stream (`backend` and its name), measures each unfinished lease's lag from the shard's tip.
+/// In a multi-stream table the stream (a name, an ARN or `account:stream:creationEpoch`) picks
+/// the leases measured: those of that stream (every incarnation of a name).
 pub async fn describe(
     table: &dyn LeaseTable,
     stream: Option<(&dyn StreamBackend, &str)>,
@@ -118,10 +129,22 @@ pub async fn describe(
 ) -> Result<Description, AdminError> {
     let view = watch_workers(table, watch).await?;
     let mut leases = rows(&view);
-    if let Some((backend, name)) = stream {
+    if let Some((backend, named)) = stream {
+        let id = streams::parse(named)?;
+        let name = id.name();
+        let wanted = |row: &LeaseRow| match &row.stream {
+            None => true,
+            Some(serialized) => crate::stream::StreamIdentifier::parse_serialized(serialized)
+                .is_ok_and(|s| {
+                    s.name() == name
+                        && id
+                            .creation_epoch()
+                            .is_none_or(|e| s.creation_epoch() == Some(e))
+                }),
+        };
         for row in &mut leases {
-            if row.state != LeaseState::Finished {
-                row.lag = match position::lag(backend, name, &row.key, &row.checkpoint).await {
+            if row.state != LeaseState::Finished && wanted(row) {
+                row.lag = match position::lag(backend, name, &row.shard, &row.checkpoint).await {
                     Ok(lag) => lag,
                     // A lease of a shard the stream no longer has (trimmed away, or a table
                     // shared with another stream): no lag to show, the rest still is.

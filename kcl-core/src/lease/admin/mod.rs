@@ -9,6 +9,7 @@
 //! | [`reset`] | planning a checkpoint reset (lineage aware) and applying it with cooperative handoffs |
 //! | [`cleanup`] | finished leases whose children progressed, and stale heartbeat rows |
 //! | `position` | what the stream says: a timestamp as a checkpoint, how far a checkpoint is behind |
+//! | [`streams`] | which leases belong to the stream the operator names (single- or multi-stream keys) |
 //!
 //! Every write is conditional on the lease as read, so an operator racing a worker or another
 //! operator either wins or gets [`AdminError::Raced`], and nothing is lost. Bad input (an unknown
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use crate::backend::BackendError;
 use crate::record::SequenceNumber;
+use crate::stream::StreamIdError;
 
 use super::LeaseError;
 
@@ -26,6 +28,7 @@ pub mod cleanup;
 pub mod describe;
 mod position;
 pub mod reset;
+pub mod streams;
 mod watch;
 
 pub use watch::{Liveness, WorkerInfo, WorkerView, watch_workers};
@@ -56,6 +59,36 @@ pub enum AdminError {
     UnknownShard {
         /// The shard id as given.
         shard: String,
+        /// The stream name.
+        stream: String,
+    },
+    /// The stream as named is not a stream name, ARN or `account:stream:creationEpoch`.
+    #[error("stream {stream:?}: {source}")]
+    BadStream {
+        /// The stream as given.
+        stream: String,
+        /// Why it was refused.
+        #[source]
+        source: StreamIdError,
+    },
+    /// A multi-stream table holds leases of several incarnations of the stream (deleted and
+    /// created again under the same name): name one by its serialized identifier.
+    #[error(
+        "the table holds leases of {} incarnations of stream {stream}: name one as ACCOUNT:STREAM:CREATION_EPOCH ({})",
+        incarnations.len(),
+        incarnations.join(", ")
+    )]
+    AmbiguousStream {
+        /// The stream name.
+        stream: String,
+        /// The serialized identifiers found.
+        incarnations: Vec<String>,
+    },
+    /// A multi-stream table holds no lease of the stream named without its creation epoch.
+    #[error(
+        "the lease table is a multi-stream table and holds no lease of stream {stream}: name it as ACCOUNT:STREAM:CREATION_EPOCH to create its leases"
+    )]
+    StreamNotInTable {
         /// The stream name.
         stream: String,
     },

@@ -30,11 +30,12 @@ use tracing::{debug, info};
 
 use crate::backend::{Shard, ShardFilter, StreamBackend, list_all_shards};
 use crate::record::{ExtendedSequenceNumber, SequenceNumber};
+use crate::stream::LeaseNaming;
 
 use super::super::{Expectation, Lease, LeaseError, LeaseTable, LeaseUpdate, WORKER_KEY_PREFIX};
 use super::describe::{LeaseState, state_of};
 use super::watch::{WorkerView, watch_workers};
-use super::{ADMIN_OWNER, AdminError, position, stream_error};
+use super::{ADMIN_OWNER, AdminError, position, stream_error, streams};
 
 /// Where to move the checkpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,8 +123,10 @@ impl Reason {
 /// One planned change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
-    /// The lease key (shard id).
+    /// The lease key (the shard id in a single-stream table).
     pub key: String,
+    /// The shard id.
+    pub shard: String,
     /// The checkpoint now; `None` when the lease does not exist and will be created.
     pub from: Option<ExtendedSequenceNumber>,
     /// The checkpoint after the reset.
@@ -148,6 +151,8 @@ pub struct ResetPlan {
     pub request: ResetRequest,
     /// The changes, parents before children (the order they are applied in).
     pub changes: Vec<Change>,
+    /// How the stream's leases are keyed in the table.
+    pub naming: LeaseNaming,
     view: WorkerView,
 }
 
@@ -165,6 +170,9 @@ impl ResetPlan {
 /// Plans a reset of the leases in `table` of the stream `stream`: reads the shards (every shard,
 /// and those open at the target), watches the workers for `watch`, and validates the request.
 /// Writes nothing.
+///
+/// `stream` is a name, an ARN or a serialized `account:stream:creationEpoch`; in a multi-stream
+/// table only that stream's leases are planned (see [`streams`]).
 pub async fn plan(
     table: &dyn LeaseTable,
     backend: &dyn StreamBackend,
@@ -181,6 +189,8 @@ pub async fn plan(
     if matches!(request.target, ResetTarget::Sequence(_)) && request.shards.len() != 1 {
         return Err(AdminError::SequenceNeedsOneShard);
     }
+    let id = streams::parse(stream)?;
+    let stream = id.name();
     let all = list_all_shards(backend, stream, None)
         .await
         .map_err(stream_error(stream))?;
@@ -232,10 +242,12 @@ pub async fn plan(
         }
     };
     let view = watch_workers(table, watch).await?;
-    let changes = changes_for(&request, &shards, &starts, &view);
+    let naming = streams::naming_for(&view, &id)?;
+    let changes = changes_for(&request, &shards, &starts, &view, &naming);
     Ok(ResetPlan {
         request,
         changes,
+        naming,
         view,
     })
 }
@@ -251,6 +263,7 @@ fn changes_for(
     shards: &BTreeMap<&str, &Shard>,
     starts: &[(String, ExtendedSequenceNumber)],
     view: &WorkerView,
+    naming: &LeaseNaming,
 ) -> Vec<Change> {
     let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for shard in shards.values() {
@@ -308,7 +321,12 @@ fn changes_for(
         scope.extend(request.shards.iter().cloned());
         scope
     });
-    let leases: BTreeMap<&str, &Lease> = view.leases().map(|l| (l.key.as_str(), l)).collect();
+    // This stream's leases by shard id, and every lease by key (for the states).
+    let by_key: BTreeMap<&str, &Lease> = view.leases().map(|l| (l.key.as_str(), l)).collect();
+    let leases: BTreeMap<&str, &Lease> = view
+        .leases()
+        .filter_map(|l| naming.shard_id(&l.key).map(|shard| (shard, l)))
+        .collect();
     let mut changes = Vec::new();
     for (id, (to, reason)) in target {
         if scope.as_ref().is_some_and(|s| !s.contains(&id)) {
@@ -323,7 +341,7 @@ fn changes_for(
         }
         let handoff = lease.is_some_and(|l| {
             let processed = matches!(
-                state_of(l, &leases),
+                state_of(l, &by_key),
                 LeaseState::Open | LeaseState::HandoffPending
             );
             processed && l.owner.as_deref().is_some_and(|o| view.is_alive(o))
@@ -334,7 +352,8 @@ fn changes_for(
             .unwrap_or_default();
         changes.push(Change {
             depth: depth(&id),
-            key: id,
+            key: naming.lease_key(&id),
+            shard: id,
             from: lease.map(|l| l.checkpoint.clone()),
             to,
             reason,
