@@ -620,30 +620,10 @@ fn start_multi(
     table: &Arc<dyn LeaseTable>,
     recorder: &Arc<Recorder>,
 ) -> Running {
-    support::init_tracing();
     let tracker = kcl_core::worker::MultiStreamTracker::new(
         ["a", "b"].map(|s| kcl_core::worker::StreamConfig::parse(s).unwrap()),
     );
-    let worker = kcl_core::worker::Worker::builder(RecordingProcessor::factory(
-        name,
-        recorder.clone(),
-        Faults::default(),
-    ))
-    .application_name("app")
-    .multi_stream(tracker)
-    .worker_id(name)
-    .backend(model.clone())
-    .lease_table(table.clone())
-    .initial_position(kcl_core::shard_sync::InitialPosition::TrimHorizon)
-    .build()
-    .unwrap();
-    let handle = worker.handle();
-    let task = tokio::spawn(async move { worker.run().await.unwrap() });
-    Running {
-        handle,
-        task,
-        bound: LONG,
-    }
+    support::start_multi_stream_worker(name, model.clone(), table, recorder, tracker, LONG)
 }
 
 /// In a multi-stream table, a reset names one stream and moves only that stream's leases

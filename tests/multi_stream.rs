@@ -70,27 +70,7 @@ fn start(
     recorder: &Arc<Recorder>,
     tracker: MultiStreamTracker,
 ) -> Running {
-    support::init_tracing();
-    let worker = kcl_core::worker::Worker::builder(RecordingProcessor::factory(
-        name,
-        recorder.clone(),
-        Faults::default(),
-    ))
-    .application_name("app")
-    .multi_stream(tracker)
-    .worker_id(name)
-    .backend(model.clone())
-    .lease_table(table.clone())
-    .initial_position(kcl_core::shard_sync::InitialPosition::TrimHorizon)
-    .build()
-    .unwrap();
-    let handle = worker.handle();
-    let task = tokio::spawn(async move { worker.run().await.unwrap() });
-    Running {
-        handle,
-        task,
-        bound: LONG,
-    }
+    support::start_multi_stream_worker(name, model.clone(), table, recorder, tracker, LONG)
 }
 
 /// The serialized identifier of `stream` as the model describes it now.

@@ -361,6 +361,39 @@ pub fn start_worker<F: ProcessorFactory>(
     }
 }
 
+/// Starts a multi-stream worker `name` of application `app` on `backend` and `table`, consuming
+/// the streams `tracker` lists, with a [`RecordingProcessor`] recording into `recorder`.
+pub fn start_multi_stream_worker(
+    name: &str,
+    backend: Arc<dyn kcl_core::backend::StreamBackend>,
+    table: &Arc<dyn kcl_core::lease::LeaseTable>,
+    recorder: &Arc<Recorder>,
+    tracker: kcl_core::worker::MultiStreamTracker,
+    bound: Duration,
+) -> Running {
+    init_tracing();
+    let worker = kcl_core::worker::Worker::builder(RecordingProcessor::factory(
+        name,
+        recorder.clone(),
+        Faults::default(),
+    ))
+    .application_name("app")
+    .multi_stream(tracker)
+    .worker_id(name)
+    .backend(backend)
+    .lease_table(table.clone())
+    .initial_position(kcl_core::shard_sync::InitialPosition::TrimHorizon)
+    .build()
+    .unwrap();
+    let handle = worker.handle();
+    let task = tokio::spawn(async move { worker.run().await.unwrap() });
+    Running {
+        handle,
+        task,
+        bound,
+    }
+}
+
 /// Puts `count` records over `keys` partition keys; payloads are `"<key>:<n>"` with `n` counting
 /// per key, so order per key can be checked. Returns the payloads per key.
 pub fn produce(
